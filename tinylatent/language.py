@@ -470,6 +470,7 @@ def random_language(
         letters = own_letters(k)
         first_letter[k, letters] = rng.dirichlet(np.full(block, concentration))
         rows = rng.dirichlet(np.full(block, concentration), size=block)
+        letter_transition[k, letters, :] = 0.0
         letter_transition[k, letters[:, None], letters[None, :]] = rows
         # rows of letters k never writes are unreachable under k; keep them uniform.
     if eta > 0.0:

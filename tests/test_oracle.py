@@ -1,0 +1,216 @@
+"""The exact oracle against brute-force enumeration, the chain rule, degenerate cases,
+windows from a sampled stream, and long-sequence stability."""
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+import brute_force
+from tinylatent.language import (
+    Language, fixed_length, mixture_language, paper_language, random_language, sample_corpus, sample_windows,
+)
+from tinylatent.oracle import Oracle, describe_impossible
+
+
+@st.composite
+def small_languages(draw):
+    """Random small languages: K ≤ 3 intentions, V ≤ 4 letters, messages of 1..3 letters."""
+    n_letters = draw(st.integers(1, 4))
+    low = draw(st.integers(1, 2))
+    high = draw(st.integers(low, 3))
+    return random_language(
+        n_intentions=draw(st.integers(1, 3)),
+        n_letters=n_letters,
+        letters_per_intention=draw(st.one_of(st.none(), st.integers(1, n_letters))),
+        message_length=(low, high),
+        concentration=draw(st.sampled_from([0.3, 1.0, 5.0])),
+        eta=draw(st.sampled_from([0.0, 0.05])),
+        noisy_first_letter=draw(st.booleans()),
+        transition=draw(st.sampled_from(["random", "identity", "uniform", "circular"])),
+        seed=draw(st.integers(0, 2**16)),
+    )
+
+
+@st.composite
+def language_and_prompt(draw, max_tokens=5):
+    language = draw(small_languages())
+    seed = draw(st.integers(0, 2**16))
+    length = draw(st.integers(1, max_tokens))
+    stream = sample_corpus(language, 12, seed).tokens
+    start = draw(st.integers(0, max(0, len(stream) - length)))
+    return language, stream[start:start + length], start
+
+
+@given(language_and_prompt())
+def test_unknown_phase_matches_enumeration(case):
+    language, prompt, _ = case
+    oracle = Oracle(language)
+    result = oracle.filter(prompt, phase="unknown", known_intention=0)
+    expected = brute_force.marginal(language, prompt, "unknown")
+    assert expected > 0  # cut from a sampled stream, so possible
+    np.testing.assert_allclose(result.log_marginal[0], np.log(expected), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(result.posterior[0, -1], brute_force.posterior_last(language, prompt, "unknown"), atol=1e-10)
+    np.testing.assert_allclose(result.predictive[0, -1], brute_force.predictive(language, prompt, "unknown"), atol=1e-10)
+    posterior_next = np.array([sum(w for w, th in brute_force.paths(language, list(prompt) + [v], "unknown") if th[-1] == 0)
+                               for v in range(language.vocab_size)])
+    if posterior_next.sum() > 0:  # q(θ_{t+1} = 0 | x) > 0: the conditional is defined
+        np.testing.assert_allclose(result.known_intention_predictive[0, -1],
+                                   brute_force.known_intention_predictive(language, prompt, 0, "unknown"), atol=1e-10)
+
+
+@given(language_and_prompt(), st.data())
+def test_known_phase_matches_enumeration(case, data):
+    language, _, _ = case
+    seed = data.draw(st.integers(0, 2**16))
+    stream = sample_corpus(language, 6, seed).tokens
+    prompt = stream[: data.draw(st.integers(1, min(6, len(stream))))]
+    theta = data.draw(st.integers(0, language.n_intentions - 1))
+    oracle = Oracle(language)
+    result = oracle.filter(prompt, phase="start", known_intention=theta)
+    np.testing.assert_allclose(result.log_marginal[0], np.log(brute_force.marginal(language, prompt)), rtol=1e-10)
+    for t in range(len(prompt)):  # every position, not only the last
+        np.testing.assert_allclose(result.posterior[0, t], brute_force.posterior_last(language, prompt[:t + 1]), atol=1e-10)
+        np.testing.assert_allclose(result.predictive[0, t], brute_force.predictive(language, prompt[:t + 1]), atol=1e-10)
+    mass = sum(w for v in range(language.vocab_size)
+               for w, th in brute_force.paths(language, list(prompt) + [v], "start") if th[-1] == theta)
+    if mass > 0:
+        np.testing.assert_allclose(result.known_intention_predictive[0, -1],
+                                   brute_force.known_intention_predictive(language, prompt, theta), atol=1e-10)
+
+
+@given(language_and_prompt(max_tokens=30))
+def test_chain_rule_and_normalisation(case):
+    language, prompt, _ = case
+    for phase in ("start", "unknown"):
+        result = Oracle(language).filter(prompt, phase=phase)
+        assert np.isclose(result.token_log_probs.sum(), result.log_marginal[0])
+        if not result.possible[0]:  # a window of the stream read as if it began a message
+            assert phase == "start" and result.log_marginal[0] == -np.inf
+            continue
+        np.testing.assert_allclose(result.posterior.sum(-1), 1.0, atol=1e-12)
+        np.testing.assert_allclose(result.predictive.sum(-1), 1.0, atol=1e-12)
+        # the predictive at t-1 gives exactly the probability the filter used for token t
+        used = result.predictive[0, np.arange(len(prompt) - 1), prompt[1:]]
+        np.testing.assert_allclose(np.log(used), result.token_log_probs[0, 1:], rtol=1e-12)
+
+
+def test_batch_equals_one_at_a_time():
+    language = random_language(3, 5, letters_per_intention=2, message_length=(2, 4), eta=0.02, seed=3)
+    windows = sample_windows(language, 7, 15, seed=1)
+    oracle = Oracle(language)
+    for phase in ("start", "unknown"):
+        batch = oracle.filter(windows, phase=phase, known_intention=np.arange(7) % 3)
+        for b in range(7):
+            single = oracle.filter(windows[b], phase=phase, known_intention=b % 3)
+            # equal up to BLAS summation order, which may depend on the batch size
+            np.testing.assert_allclose(batch.token_log_probs[b], single.token_log_probs[0], rtol=1e-13)
+            np.testing.assert_allclose(batch.predictive[b], single.predictive[0], rtol=1e-13, atol=1e-16)
+            np.testing.assert_allclose(batch.known_intention_predictive[b], single.known_intention_predictive[0],
+                                       rtol=1e-13, atol=1e-16)
+
+
+def test_one_intention_is_a_plain_markov_chain():
+    """K = 1: no latent variable; q(x) is the product of the letter chain's probabilities."""
+    language = random_language(1, 4, message_length=3, seed=5)
+    prompt = sample_corpus(language, 3, seed=2).tokens  # 3 messages of 3 letters + delimiters
+    s, a = language.first_letter[0], language.letter_transition[0]
+    expected = 0.0
+    for m in range(3):
+        letters = prompt[4 * m: 4 * m + 3] - 1
+        expected += np.log(s[letters[0]]) + np.log(a[letters[0], letters[1]]) + np.log(a[letters[1], letters[2]])
+    result = Oracle(language).filter(prompt, phase="start")
+    np.testing.assert_allclose(result.log_marginal[0], expected, rtol=1e-12)
+    np.testing.assert_array_equal(result.posterior, 1.0)
+
+
+def test_identity_chain_is_a_static_mixture():
+    """T = I: q(x) = Σ_θ π(θ) Π_messages q(message | θ), the messages independent given θ."""
+    base = random_language(3, 4, message_length=2, eta=0.1, seed=7)
+    language = mixture_language(base, prior=np.array([0.2, 0.3, 0.5]))
+    prompt = sample_corpus(language, 4, seed=3).tokens
+    oracle = Oracle(language)
+    per_theta = np.zeros(3)
+    for theta in range(3):
+        one = Oracle(Language(initial=np.eye(3)[theta], transition=np.eye(3), first_letter=language.first_letter,
+                              letter_transition=language.letter_transition, length_probs=language.length_probs))
+        per_theta[theta] = one.log_marginal(prompt)[0]
+    expected = np.log(np.sum(language.initial * np.exp(per_theta)))
+    np.testing.assert_allclose(oracle.log_marginal(prompt)[0], expected, rtol=1e-12)
+    np.testing.assert_allclose(oracle.posterior(prompt)[0, -1], language.initial * np.exp(per_theta - expected), rtol=1e-10)
+
+
+def test_unambiguous_language_posterior_is_one_hot_after_the_first_letter():
+    language = paper_language(0.0)
+    corpus = sample_corpus(language, 30, seed=11)
+    posterior = Oracle(language).posterior(corpus.tokens, phase="start")[0]
+    message_of_token = np.repeat(np.arange(30), 22)
+    np.testing.assert_array_equal(posterior, np.eye(6)[corpus.intentions[message_of_token]])
+
+
+def test_windows_from_the_stream_match_the_unknown_phase_oracle():
+    """Empirical frequencies of short windows cut from a long stream equal q(x) (unknown phase)."""
+    language = random_language(2, 3, letters_per_intention=2, message_length=(1, 2), transition="random", seed=4)
+    n_windows = 40_000
+    windows = sample_windows(language, n_windows, 3, seed=0, burn_in_messages=30)
+    codes = windows @ (language.vocab_size ** np.arange(3))
+    counts = np.bincount(codes, minlength=language.vocab_size ** 3)
+    all_windows = np.array(np.meshgrid(*[np.arange(language.vocab_size)] * 3, indexing="ij")).reshape(3, -1).T[:, ::-1]
+    codes_all = all_windows @ (language.vocab_size ** np.arange(3))
+    probs = np.exp(Oracle(language).log_marginal(all_windows, phase="unknown"))
+    np.testing.assert_allclose(probs.sum(), 1.0, atol=1e-12)
+    expected = np.zeros_like(probs)
+    expected[codes_all] = probs
+    assert np.all(counts[expected == 0] == 0)
+    from scipy.stats import chisquare
+    keep = expected > 0
+    statistic, p_value = chisquare(counts[keep], expected[keep] / expected[keep].sum() * n_windows)
+    assert p_value > 1e-3, (statistic, p_value)
+
+
+def test_long_peaked_sequences_stay_finite_and_normalised():
+    language = random_language(4, 6, letters_per_intention=3, message_length=(5, 30), concentration=0.05,
+                               eta=1e-9, transition="random", seed=9)
+    stream = sample_corpus(language, 800, seed=1).tokens[:10_000]
+    assert len(stream) == 10_000
+    for phase in ("start", "unknown"):
+        result = Oracle(language).filter(stream, phase=phase)
+        assert result.possible[0]
+        assert np.isfinite(result.log_marginal[0]) and result.log_marginal[0] < -1000
+        assert np.all(np.isfinite(result.posterior)) and np.all(np.isfinite(result.predictive))
+        np.testing.assert_allclose(result.posterior.sum(-1), 1.0, atol=1e-12)
+        np.testing.assert_allclose(result.predictive.sum(-1), 1.0, atol=1e-12)
+
+
+def test_impossible_sequences_give_minus_infinity_and_a_report():
+    language = paper_language(0.0)
+    oracle = Oracle(language)
+    prompt = language.encode("abd")  # d is outside intention 0's block: impossible after "ab"
+    possible = language.encode("abc")
+    result = oracle.filter(np.stack([prompt, possible]), phase="start")
+    assert result.log_marginal[0] == -np.inf and np.isfinite(result.log_marginal[1])
+    assert list(result.first_impossible) == [2, -1]
+    assert not np.any(np.isnan(result.posterior)) and not np.any(np.isnan(result.predictive))
+    assert "position 2" in describe_impossible(language, prompt, result)
+    double_delimiter = language.encode("a\n\n")
+    assert oracle.log_marginal(double_delimiter)[0] == -np.inf
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.zeros((1, 0), dtype=np.int64), "empty"),
+    (np.array([[0, 19]]), "outside the vocabulary"),
+    (np.array([[-1, 2]]), "outside the vocabulary"),
+    (np.array([[0.5, 2.0]]), "integer"),
+    (np.zeros((1, 2, 3), dtype=np.int64), "shape"),
+])
+def test_bad_prompts_are_value_errors(bad, message):
+    with pytest.raises(ValueError, match=message):
+        Oracle(paper_language(0.0)).filter(bad)
+
+
+def test_bad_options_are_value_errors():
+    oracle = Oracle(paper_language(0.0))
+    with pytest.raises(ValueError, match="phase"):
+        oracle.filter([1, 2], phase="middle")
+    with pytest.raises(ValueError, match="known_intention"):
+        oracle.filter([1, 2], known_intention=6)
+    with pytest.raises(ValueError, match="prior"):
+        oracle.filter([1, 2], prior=[1.0, 0.0])
