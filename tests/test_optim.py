@@ -1,0 +1,202 @@
+"""AdamW against a hand-written reference, exact resume, the schedule, and clipping."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from tinylatent.optim import AdamW, clip_grad_norm, lr_at
+
+
+def make_params(rng, dtype=np.float64):
+    return {
+        "wte": rng.standard_normal((5, 3)).astype(dtype),        # a matrix: decays
+        "h.0.ln_1.weight": rng.standard_normal(3).astype(dtype),  # a vector: does not
+        "h.0.attn.c_attn.bias": rng.standard_normal(9).astype(dtype),
+    }
+
+
+def make_grads(rng, params):
+    return {name: rng.standard_normal(p.shape).astype(p.dtype) for name, p in params.items()}
+
+
+def reference_adamw(params, grad_sequence, lrs, weight_decay, beta1, beta2, eps):
+    """AdamW written out line by line from Loshchilov & Hutter, Algorithm 2 (decoupled decay)."""
+    params = {name: p.copy() for name, p in params.items()}
+    m = {name: np.zeros_like(p) for name, p in params.items()}
+    v = {name: np.zeros_like(p) for name, p in params.items()}
+    for t, (grads, lr) in enumerate(zip(grad_sequence, lrs), start=1):
+        for name in params:
+            g = grads[name]
+            if params[name].ndim >= 2:
+                params[name] = params[name] - lr * weight_decay * params[name]
+            m[name] = beta1 * m[name] + (1 - beta1) * g
+            v[name] = beta2 * v[name] + (1 - beta2) * g * g
+            m_hat = m[name] / (1 - beta1 ** t)
+            v_hat = v[name] / (1 - beta2 ** t)
+            params[name] = params[name] - lr * m_hat / (np.sqrt(v_hat) + eps)
+    return params
+
+
+def test_adamw_matches_a_hand_written_reference_for_three_steps():
+    rng = np.random.default_rng(0)
+    params = make_params(rng)
+    grad_sequence = [make_grads(rng, params) for _ in range(3)]
+    lrs = [1e-2, 3e-2, 2e-2]
+    expected = reference_adamw(params, grad_sequence, lrs, weight_decay=0.1, beta1=0.9, beta2=0.95, eps=1e-8)
+    optimizer = AdamW(weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8)
+    for grads, lr in zip(grad_sequence, lrs):
+        optimizer.step(params, grads, lr)
+    assert optimizer.step_count == 3
+    for name in params:
+        # the formulas differ only in where eps meets the bias correction: sqrt(v)/sqrt(c2) + eps
+        # versus sqrt(v/c2) + eps are equal, so agreement is to rounding
+        np.testing.assert_allclose(params[name], expected[name], rtol=1e-13, atol=1e-15, err_msg=name)
+
+
+def test_adamw_decays_matrices_only():
+    params = {"matrix": np.ones((2, 2)), "vector": np.ones(2)}
+    zero_grads = {name: np.zeros_like(p) for name, p in params.items()}
+    AdamW(weight_decay=0.5).step(params, zero_grads, lr=0.1)
+    np.testing.assert_array_equal(params["matrix"], 0.95)  # 1 - lr * wd
+    np.testing.assert_array_equal(params["vector"], 1.0)
+
+
+def test_adamw_keeps_float32():
+    rng = np.random.default_rng(1)
+    params = make_params(rng, np.float32)
+    optimizer = AdamW()
+    optimizer.step(params, make_grads(rng, params), lr=1e-3)
+    assert all(p.dtype == np.float32 for p in params.values())
+    assert all(m.dtype == np.float32 for m in optimizer.m.values())
+
+
+def test_adamw_resumes_exactly_from_its_state_dict():
+    rng = np.random.default_rng(2)
+    params = make_params(rng)
+    grad_sequence = [make_grads(rng, params) for _ in range(4)]
+
+    straight = {name: p.copy() for name, p in params.items()}
+    optimizer = AdamW()
+    for grads in grad_sequence:
+        optimizer.step(straight, grads, lr=1e-2)
+
+    resumed = {name: p.copy() for name, p in params.items()}
+    first = AdamW()
+    for grads in grad_sequence[:2]:
+        first.step(resumed, grads, lr=1e-2)
+    state = first.state_dict()
+    second = AdamW(weight_decay=0.0, betas=(0.5, 0.5))  # overwritten by the state
+    second.load_state_dict(state)
+    for grads in grad_sequence[2:]:
+        second.step(resumed, grads, lr=1e-2)
+    for name in params:
+        np.testing.assert_array_equal(resumed[name], straight[name])
+    assert second.step_count == 4
+
+
+def test_adamw_matches_torch_when_available():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    params = make_params(rng)
+    grad_sequence = [make_grads(rng, params) for _ in range(3)]
+    torch_params = {name: torch.tensor(p.copy(), requires_grad=True) for name, p in params.items()}
+    torch_opt = torch.optim.AdamW(
+        [{"params": [p for p in torch_params.values() if p.ndim >= 2], "weight_decay": 0.1},
+         {"params": [p for p in torch_params.values() if p.ndim < 2], "weight_decay": 0.0}],
+        lr=1e-2, betas=(0.9, 0.95), eps=1e-8)
+    optimizer = AdamW()
+    for grads in grad_sequence:
+        for name, p in torch_params.items():
+            p.grad = torch.tensor(grads[name])
+        torch_opt.step()
+        optimizer.step(params, grads, lr=1e-2)
+    for name in params:
+        np.testing.assert_allclose(params[name], torch_params[name].detach().numpy(), rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(betas=(1.0, 0.95)), "betas"),
+    (dict(eps=0.0), "eps"),
+    (dict(weight_decay=-0.1), "weight_decay"),
+])
+def test_adamw_rejects_bad_hyperparameters(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        AdamW(**kwargs)
+
+
+def test_adamw_rejects_mismatched_gradients():
+    params = {"w": np.ones((2, 2))}
+    with pytest.raises(ValueError, match="exactly the keys"):
+        AdamW().step(params, {"u": np.ones((2, 2))}, lr=0.1)
+    with pytest.raises(ValueError, match="shape"):
+        AdamW().step(params, {"w": np.ones(4)}, lr=0.1)
+
+
+# --------------------------------------------------------------------------------------
+# learning-rate schedule
+# --------------------------------------------------------------------------------------
+
+def test_lr_schedule_values():
+    max_lr, min_lr, warmup, total = 6e-4, 6e-5, 100, 1100
+    assert lr_at(0, max_lr, warmup, total, min_lr) == pytest.approx(max_lr / 101)
+    assert lr_at(49, max_lr, warmup, total, min_lr) == pytest.approx(max_lr * 50 / 101)
+    assert lr_at(warmup, max_lr, warmup, total, min_lr) == pytest.approx(max_lr)        # warm-up ends
+    assert lr_at(600, max_lr, warmup, total, min_lr) == pytest.approx((max_lr + min_lr) / 2)  # midpoint
+    assert lr_at(total, max_lr, warmup, total, min_lr) == pytest.approx(min_lr)          # end
+    assert lr_at(total + 500, max_lr, warmup, total, min_lr) == min_lr
+    quarter = lr_at(350, max_lr, warmup, total, min_lr)
+    assert quarter == pytest.approx(min_lr + (max_lr - min_lr) * (1 + math.cos(math.pi / 4)) / 2)
+    rates = [lr_at(s, max_lr, warmup, total, min_lr) for s in range(total + 1)]
+    assert all(a <= b for a, b in zip(rates[:warmup + 1], rates[1:warmup + 1]))  # rising
+    assert all(a >= b for a, b in zip(rates[warmup:], rates[warmup + 1:]))       # then falling
+
+
+@pytest.mark.parametrize("args, message", [
+    ((-1, 1e-3, 10, 100, 0.0), "step"),
+    ((0, 1e-3, 100, 100, 0.0), "warmup_steps < total_steps"),
+    ((0, 1e-3, -1, 100, 0.0), "warmup_steps"),
+    ((0, 1e-3, 10, 100, 1e-2), "min_lr <= max_lr"),
+])
+def test_lr_schedule_rejects_bad_arguments(args, message):
+    with pytest.raises(ValueError, match=message):
+        lr_at(*args)
+
+
+# --------------------------------------------------------------------------------------
+# gradient clipping
+# --------------------------------------------------------------------------------------
+
+def global_norm(grads):
+    return math.sqrt(sum(float(np.sum(g * g)) for g in grads.values()))
+
+
+def test_clipping_scales_the_global_norm_exactly():
+    rng = np.random.default_rng(4)
+    grads = make_grads(rng, make_params(rng))
+    before = {name: g.copy() for name, g in grads.items()}
+    norm = global_norm(grads)
+    returned = clip_grad_norm(grads, max_norm=norm / 3)
+    assert isinstance(returned, float) and returned == pytest.approx(norm, rel=1e-14)
+    assert global_norm(grads) == pytest.approx(norm / 3, rel=1e-14)
+    for name in grads:  # one common factor: directions are kept
+        np.testing.assert_allclose(grads[name], before[name] / 3, rtol=1e-14)
+
+
+def test_clipping_leaves_small_gradients_alone():
+    rng = np.random.default_rng(5)
+    grads = make_grads(rng, make_params(rng))
+    before = {name: g.copy() for name, g in grads.items()}
+    norm = clip_grad_norm(grads, max_norm=1e6)
+    assert norm == pytest.approx(global_norm(before), rel=1e-14)
+    for name in grads:
+        np.testing.assert_array_equal(grads[name], before[name])
+
+
+def test_clipping_reports_a_non_finite_norm_without_touching_the_gradients():
+    grads = {"w": np.array([[1.0, np.inf]]), "b": np.array([2.0])}
+    assert math.isinf(clip_grad_norm(grads, 1.0))
+    assert grads["b"][0] == 2.0
+    with pytest.raises(ValueError, match="max_norm"):
+        clip_grad_norm(grads, 0.0)

@@ -1,0 +1,177 @@
+"""AdamW, the learning-rate schedule and gradient clipping, as nanoGPT trains with them.
+
+Parameters and gradients are dicts of arrays with the same keys and shapes (see
+:mod:`tinylatent.gpt`); everything here is a loop over names, in place, on whichever
+device the arrays live (NumPy or CuPy).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from tinylatent import backend
+
+
+class AdamW:
+    """Adam with decoupled weight decay (Loshchilov & Hutter 2019), as ``torch.optim.AdamW``.
+
+    For each parameter p with gradient g, at step t = 1, 2, ...:
+
+        p <- p * (1 - lr * weight_decay)          only for matrices (p.ndim >= 2)
+        m <- beta1 * m + (1 - beta1) * g           first moment
+        v <- beta2 * v + (1 - beta2) * g^2         second moment
+        p <- p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+
+    Which parameters decay follows nanoGPT: every parameter with two or more dimensions,
+    which means the linear weights and also the embeddings ``wte`` and ``wpe`` (and the
+    head, tied to ``wte`` or not); LayerNorm weights and all biases do not decay.
+
+    Moments are created on the first :meth:`step` with the parameters' shapes, dtype and
+    device. :meth:`state_dict` / :meth:`load_state_dict` save and restore them with the
+    step count, so a resumed run continues bit for bit.
+    """
+
+    def __init__(self, weight_decay: float = 0.1, betas: tuple = (0.9, 0.95), eps: float = 1e-8):
+        # nanoGPT / the paper: weight_decay 0.1, betas (0.9, 0.95); PyTorch's eps 1e-8
+        beta1, beta2 = (float(b) for b in betas)
+        if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
+            raise ValueError(f"betas must both lie in [0, 1); got {tuple(betas)}")
+        if not (math.isfinite(eps) and eps > 0.0):
+            raise ValueError(f"eps must be a positive number; got {eps!r}")
+        if not (math.isfinite(weight_decay) and weight_decay >= 0.0):
+            raise ValueError(f"weight_decay must be a non-negative number; got {weight_decay!r}")
+        self.weight_decay = float(weight_decay)
+        self.beta1, self.beta2 = beta1, beta2
+        self.eps = float(eps)
+        self.step_count = 0        # t: how many updates have been applied
+        self.m = {}                # name -> first-moment estimate, shape of the parameter
+        self.v = {}                # name -> second-moment estimate, shape of the parameter
+        self._scratch = {}         # name -> work buffer, so a step allocates nothing
+
+    @staticmethod
+    def decays(param) -> bool:
+        """Whether weight decay applies to a parameter: matrices yes, vectors no (nanoGPT)."""
+        return param.ndim >= 2
+
+    def _prepare(self, params: dict, grads: dict) -> None:
+        if set(grads) != set(params):
+            raise ValueError(f"grads must have exactly the keys of params; "
+                             f"missing {sorted(set(params) - set(grads))}, extra {sorted(set(grads) - set(params))}")
+        for name, param in params.items():
+            if grads[name].shape != param.shape:
+                raise ValueError(f"gradient {name} has shape {grads[name].shape}; its parameter has {param.shape}")
+            xp = backend.xp_of(param)
+            for moments in (self.m, self.v):
+                if name not in moments:
+                    moments[name] = xp.zeros(param.shape, dtype=param.dtype)
+                elif moments[name].shape != param.shape:
+                    raise ValueError(f"optimizer state for {name} has shape {moments[name].shape}; "
+                                     f"the parameter has {param.shape}")
+                elif backend.device_of(moments[name]) != backend.device_of(param) or moments[name].dtype != param.dtype:
+                    moments[name] = backend.to_device(backend.to_host(moments[name]),
+                                                      backend.device_of(param), dtype=param.dtype)
+            if name not in self._scratch or self._scratch[name].dtype != param.dtype:
+                self._scratch[name] = xp.empty(param.shape, dtype=param.dtype)
+
+    def step(self, params: dict, grads: dict, lr: float) -> None:
+        """Apply one AdamW update to every parameter, in place."""
+        self._prepare(params, grads)
+        self.step_count += 1
+        t = self.step_count
+        beta1, beta2, eps = self.beta1, self.beta2, self.eps
+        step_size = float(lr) / (1.0 - beta1 ** t)             # lr with the first moment's bias correction
+        inv_sqrt_correction2 = 1.0 / math.sqrt(1.0 - beta2 ** t)  # the second moment's, under the root
+        decay_factor = 1.0 - float(lr) * self.weight_decay
+        for name, param in params.items():
+            xp = backend.xp_of(param)
+            grad, m, v, scratch = grads[name], self.m[name], self.v[name], self._scratch[name]
+            if self.decays(param) and self.weight_decay != 0.0:
+                param *= decay_factor                           # p <- p (1 - lr wd)
+            m *= beta1                                          # m <- beta1 m + (1 - beta1) g
+            xp.multiply(grad, 1.0 - beta1, out=scratch)
+            m += scratch
+            v *= beta2                                          # v <- beta2 v + (1 - beta2) g^2
+            xp.multiply(grad, grad, out=scratch)
+            scratch *= 1.0 - beta2
+            v += scratch
+            xp.sqrt(v, out=scratch)                             # denominator sqrt(v_hat) + eps
+            scratch *= inv_sqrt_correction2
+            scratch += eps
+            xp.divide(m, scratch, out=scratch)                  # m / denominator
+            scratch *= step_size
+            param -= scratch                                    # p <- p - step_size m / denominator
+
+    def state_dict(self) -> dict:
+        """Hyperparameters, the step count and host (NumPy) copies of every moment."""
+        return {
+            "step": self.step_count,
+            "weight_decay": self.weight_decay,
+            "betas": (self.beta1, self.beta2),
+            "eps": self.eps,
+            "m": {name: np.array(backend.to_host(value)) for name, value in self.m.items()},
+            "v": {name: np.array(backend.to_host(value)) for name, value in self.v.items()},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s output; moments move to the parameters' device at the next step."""
+        missing = {"step", "m", "v"} - set(state)
+        if missing:
+            raise ValueError(f"optimizer state is missing {sorted(missing)}")
+        if set(state["m"]) != set(state["v"]):
+            raise ValueError("optimizer state has first and second moments for different parameters")
+        self.step_count = int(state["step"])
+        self.weight_decay = float(state.get("weight_decay", self.weight_decay))
+        self.beta1, self.beta2 = (float(b) for b in state.get("betas", (self.beta1, self.beta2)))
+        self.eps = float(state.get("eps", self.eps))
+        self.m = {name: np.array(value) for name, value in state["m"].items()}
+        self.v = {name: np.array(value) for name, value in state["v"].items()}
+        self._scratch = {}
+
+
+def lr_at(step: int, max_lr: float, warmup_steps: int, total_steps: int, min_lr: float) -> float:
+    """nanoGPT's learning rate at ``step`` (0-based): linear warm-up, then cosine decay.
+
+        step <  warmup_steps:               max_lr * (step + 1) / (warmup_steps + 1)
+        warmup_steps <= step <= total_steps: min_lr + (max_lr - min_lr) * (1 + cos(pi * r)) / 2,
+                                             r = (step - warmup_steps) / (total_steps - warmup_steps)
+        step >  total_steps:                min_lr
+
+    So the rate is max_lr when warm-up ends, (max_lr + min_lr) / 2 halfway through the
+    decay, and min_lr at ``total_steps``. The warm-up's ``+ 1`` keeps step 0 from being
+    a wasted step with lr = 0.
+    """
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+        raise ValueError(f"step must be a non-negative integer; got {step!r}")
+    if warmup_steps < 0 or total_steps <= warmup_steps:
+        raise ValueError(f"need 0 <= warmup_steps < total_steps; got warmup_steps={warmup_steps}, "
+                         f"total_steps={total_steps}")
+    if not 0.0 <= min_lr <= max_lr:
+        raise ValueError(f"need 0 <= min_lr <= max_lr; got min_lr={min_lr}, max_lr={max_lr}")
+    if step < warmup_steps:
+        return max_lr * (step + 1) / (warmup_steps + 1)
+    if step > total_steps:
+        return min_lr
+    decay_ratio = (step - warmup_steps) / (total_steps - warmup_steps)
+    cosine_coefficient = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))  # from 1 down to 0
+    return min_lr + cosine_coefficient * (max_lr - min_lr)
+
+
+def clip_grad_norm(grads: dict, max_norm: float) -> float:
+    """Scale all gradients together, in place, so that their global norm is at most ``max_norm``.
+
+    global norm = sqrt(sum over every gradient entry of g^2). If it exceeds ``max_norm``,
+    every gradient is multiplied by max_norm / norm, so the new global norm is exactly
+    ``max_norm`` (PyTorch adds 1e-6 to the denominator; this does not). Returns the norm
+    *before* clipping as a Python float (one device-to-host transfer). A non-finite norm
+    is returned as is and the gradients are left untouched, for the caller to act on.
+    """
+    if not max_norm > 0.0:
+        raise ValueError(f"max_norm must be positive; got {max_norm!r}")
+    squared_norms = [backend.xp_of(g).vdot(g.reshape(-1), g.reshape(-1)) for g in grads.values()]
+    total_norm = math.sqrt(float(backend.to_host(sum(squared_norms))))
+    if math.isfinite(total_norm) and total_norm > max_norm:
+        scale = max_norm / total_norm
+        for g in grads.values():
+            g *= scale
+    return total_norm
