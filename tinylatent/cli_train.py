@@ -1,0 +1,210 @@
+"""Command-line subcommands about models: ``train`` and ``generate``.
+
+``tinylatent train`` trains a GPT on a language (:func:`tinylatent.train.train`);
+``tinylatent generate`` samples text from a checkpoint. Both take ``--json``.
+
+Resuming: ``tinylatent train --out DIR --resume`` continues the run in DIR with the
+language, model and settings stored in its checkpoint; options given next to
+``--resume`` replace the stored ones, and the run refuses any change that would alter
+the parameters (only ``--steps``, the eval/checkpoint intervals and ``--device`` may
+change). See docs/training.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from tinylatent.backend import DEVICES
+from tinylatent.checkpoint import CHECKPOINT_FILENAME, load_checkpoint
+from tinylatent.gpt import GPTConfig
+from tinylatent.language import PRESETS, as_generator, load_language, preset
+from tinylatent.train import DATA_MODES, TrainConfig, train
+
+MODEL_PRESETS = ("small", "paper")
+DEFAULT_PRESET = "paper"
+DEFAULT_MODEL = "small"
+DEFAULT_OUT = "runs/train"
+DEFAULT_NEW_TOKENS = 200  # about nine messages of the paper's language (22 tokens each)
+
+
+def _positive_int(text: str) -> int:
+    value = _integer(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = _integer(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer; got {text}")
+    return value
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer; got {text!r}") from None
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=2))
+
+
+# -- tinylatent train ------------------------------------------------------------------------
+
+# (command-line option's dest, TrainConfig field) for the options that map one to one
+_TRAIN_OPTIONS = (
+    ("steps", "steps"), ("batch_size", "batch_size"), ("lr", "max_lr"), ("warmup", "warmup_steps"),
+    ("seed", "seed"), ("data", "data"), ("corpus_messages", "corpus_messages"), ("device", "device"),
+    ("eval_interval", "eval_interval"), ("eval_windows", "eval_windows"),
+    ("checkpoint_interval", "checkpoint_interval"),
+)
+# (command-line option's dest, GPTConfig field)
+_MODEL_OPTIONS = (("n_layer", "n_layer"), ("n_head", "n_head"), ("d_model", "d_model"), ("context", "context_length"))
+
+
+def _language_from_args(args, stored=None):
+    """The language named on the command line, or the checkpoint's when none is named."""
+    if args.language_file is not None:
+        if args.eta is not None:
+            raise ValueError("--eta sets the noise of a preset; it cannot be combined with --language-file")
+        return load_language(args.language_file)
+    if args.preset is None and args.eta is None and stored is not None:
+        return stored
+    return preset(args.preset or DEFAULT_PRESET, 0.0 if args.eta is None else args.eta)
+
+
+def _model_config_from_args(args, vocab_size: int, stored=None) -> GPTConfig:
+    """A model preset (or the checkpoint's config) with the command line's overrides applied."""
+    if args.model is None and stored is not None:
+        config = stored
+    else:
+        config = GPTConfig.paper(vocab_size) if (args.model or DEFAULT_MODEL) == "paper" else GPTConfig.small(vocab_size)
+    overrides = {field: getattr(args, dest) for dest, field in _MODEL_OPTIONS if getattr(args, dest) is not None}
+    return replace(config, **overrides)  # replace() re-runs GPTConfig's validation
+
+
+def _train_config_from_args(args, stored=None) -> TrainConfig:
+    overrides = {field: getattr(args, dest) for dest, field in _TRAIN_OPTIONS if getattr(args, dest) is not None}
+    if stored is None:
+        return TrainConfig(**overrides)
+    return TrainConfig.from_dict({**stored, **overrides})
+
+
+def cmd_train(args) -> int:
+    out_dir = Path(args.out)
+    checkpoint = None
+    if args.resume:
+        checkpoint_path = out_dir / CHECKPOINT_FILENAME
+        if not checkpoint_path.exists():
+            raise ValueError(f"nothing to resume: {checkpoint_path} does not exist")
+        checkpoint = load_checkpoint(checkpoint_path)
+    language = _language_from_args(args, checkpoint.language if checkpoint else None)
+    model_config = _model_config_from_args(args, language.vocab_size, checkpoint.model_config if checkpoint else None)
+    train_config = _train_config_from_args(args, checkpoint.train_config if checkpoint else None)
+    _, summary = train(language, model_config, train_config, out_dir, resume=args.resume,
+                       progress=not args.no_progress)
+    if args.json:
+        _print_json(summary)
+        return 0
+    excess = summary["excess_val_loss"]
+    print(f"trained {summary['language']} for {summary['steps']} steps "
+          f"({summary['tokens_seen']:,} tokens, {summary['parameters']:,} parameters)"
+          + (f" in {summary['train_seconds']:.1f} s, {summary['tokens_per_s']:,.0f} tokens/s"
+             if summary["tokens_per_s"] else ""))
+    print(f"validation loss {summary['val_loss']:.4f} nats/token"
+          + (f"; Bayes {summary['bayes_val_loss']:.4f}; excess {excess:.4f}" if excess is not None else ""))
+    print(f"checkpoint {summary['checkpoint']}; log {summary['log']}")
+    return 0
+
+
+# -- tinylatent generate ---------------------------------------------------------------------
+
+def _prompt_text(prompt: str, delimiter: str) -> str:
+    """The prompt with the two characters ``\\n`` read as the delimiter (a shell cannot easily type a newline)."""
+    return prompt.replace("\\n", delimiter) if delimiter == "\n" else prompt
+
+
+def cmd_generate(args) -> int:
+    checkpoint = load_checkpoint(args.checkpoint)
+    language = checkpoint.language
+    prompt = language.delimiter if args.prompt is None else _prompt_text(args.prompt, language.delimiter)
+    if not prompt:
+        raise ValueError("the prompt is empty; give at least one character (the default is the delimiter, "
+                         "which starts a new message)")
+    prompt_ids = language.encode(prompt)  # a ValueError naming the bad character and the vocabulary
+    model = checkpoint.model(args.device)
+    tokens = model.generate(prompt_ids, args.tokens, as_generator(args.seed),
+                            temperature=args.temperature, top_k=args.top_k)
+    completion = language.decode(tokens[len(prompt_ids):])
+    if args.json:
+        _print_json({"checkpoint": str(args.checkpoint), "step": checkpoint.step, "language": language.name,
+                     "prompt": prompt, "completion": completion, "seed": args.seed,
+                     "temperature": args.temperature, "top_k": args.top_k})
+        return 0
+    print(prompt + completion, end="" if (prompt + completion).endswith("\n") else "\n")
+    return 0
+
+
+# -- registration ----------------------------------------------------------------------------
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train", help="train a GPT on a language; checkpoints, log.jsonl, --resume",
+        description="Train a GPT on a language from latent intentions. Writes OUT/ckpt.npz and OUT/log.jsonl. "
+                    "Options left out take the defaults of a new run, or with --resume the values stored "
+                    "in the checkpoint.",
+    )
+    language = p.add_argument_group("language (default: the paper's, eta 0)")
+    choice = language.add_mutually_exclusive_group()
+    choice.add_argument("--language", "--preset", dest="preset", choices=PRESETS, default=None,
+                        help=f"a named language (default {DEFAULT_PRESET}; THEORY.md §1)")
+    choice.add_argument("--language-file", metavar="JSON", default=None, help="a language JSON file")
+    language.add_argument("--eta", type=float, default=None, help="the noise level η ≥ 0 of a preset (default 0)")
+    model = p.add_argument_group("model")
+    model.add_argument("--model", choices=MODEL_PRESETS, default=None,
+                       help=f"GPT preset: small (CPU-sized) or paper (the paper's 21M parameters); default {DEFAULT_MODEL}")
+    model.add_argument("--n-layer", type=_positive_int, default=None, help="override the preset's number of blocks")
+    model.add_argument("--n-head", type=_positive_int, default=None, help="override the preset's attention heads")
+    model.add_argument("--d-model", type=_positive_int, default=None, help="override the preset's width")
+    model.add_argument("--context", type=_positive_int, default=None, help="override the context length (tokens)")
+    run = p.add_argument_group("training (defaults: TrainConfig, the paper's run)")
+    run.add_argument("--steps", type=_positive_int, default=None, help="optimiser steps (default 5000)")
+    run.add_argument("--batch-size", type=_positive_int, default=None, help="windows per step (default 12)")
+    run.add_argument("--lr", type=float, default=None, help="peak learning rate (default 6e-4); decays to a tenth")
+    run.add_argument("--warmup", type=_non_negative_int, default=None,
+                     help="warm-up steps (default min(100, steps/10))")
+    run.add_argument("--seed", type=_non_negative_int, default=None, help="seed of every random stream (default 0)")
+    run.add_argument("--data", choices=DATA_MODES, default=None,
+                     help="stream: fresh windows every step (default); corpus: a fixed corpus, 10%% held out")
+    run.add_argument("--corpus-messages", type=_positive_int, default=None,
+                     help="messages in the corpus for --data corpus (default 100000)")
+    run.add_argument("--eval-interval", type=_positive_int, default=None, help="steps between validations (default 100)")
+    run.add_argument("--eval-windows", type=_positive_int, default=None, help="validation windows (default 256)")
+    run.add_argument("--checkpoint-interval", type=_positive_int, default=None,
+                     help="steps between checkpoints (default 500)")
+    run.add_argument("--device", choices=DEVICES, default=None, help="cpu (NumPy, default) or gpu (CuPy)")
+    p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default {DEFAULT_OUT})")
+    p.add_argument("--resume", action="store_true", help="continue the run whose checkpoint is in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines on stderr")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_train)
+
+    g = subparsers.add_parser("generate", help="sample text from a trained checkpoint",
+                              description="Continue a prompt with text sampled from a trained model.")
+    g.add_argument("--checkpoint", required=True, metavar="PATH", help="a checkpoint file (OUT/ckpt.npz)")
+    g.add_argument("--prompt", default=None,
+                   help="text to continue, over the language's vocabulary; the two characters \\n stand for the "
+                        "delimiter (default: the delimiter alone, i.e. start a new message)")
+    g.add_argument("--tokens", type=_non_negative_int, default=DEFAULT_NEW_TOKENS,
+                   help=f"tokens to generate (default {DEFAULT_NEW_TOKENS})")
+    g.add_argument("--temperature", type=float, default=1.0, help="divide the logits by this (default 1: the model's own p)")
+    g.add_argument("--top-k", type=_positive_int, default=None, help="sample among the k likeliest tokens only")
+    g.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the sampling (default 0)")
+    g.add_argument("--device", choices=DEVICES, default="cpu", help="cpu (default) or gpu")
+    g.add_argument("--json", action="store_true", help="print prompt and completion as JSON")
+    g.set_defaults(func=cmd_generate)
