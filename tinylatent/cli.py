@@ -53,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         message = str(exc) if not isinstance(exc, OSError) else f"{exc.strerror}: {exc.filename}"
         print(f"tinylatent {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `tinylatent ... | head`: the reader left, which is not an error
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print(f"tinylatent {args.command}: interrupted", file=sys.stderr)
         return 130

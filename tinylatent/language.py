@@ -78,8 +78,7 @@ def _as_probability_array(values, name: str, shape: tuple) -> np.ndarray:
             f"{name} must be stochastic (each row sums to 1 within {STOCHASTIC_ATOL:g}); "
             f"a row sums to {row_sums.flat[np.abs(row_sums - 1.0).argmax()]:.12g}"
         )
-    # Remove the last rounding so that sampling and the oracle see exact rows.
-    return array / row_sums[..., None]
+    return array
 
 
 @dataclass(frozen=True, eq=False)
@@ -214,6 +213,21 @@ class Language:
         stationary = np.clip(stationary, 0.0, None)
         return stationary / stationary.sum()
 
+    def reachable_letters(self) -> np.ndarray:
+        """(K, V) bool: the letters that a message of intention θ can contain.
+
+        The closure of s_θ's support under A_θ. Rows of A_θ for the other letters are
+        never used by q (θ never writes those letters); they are kept as distributions
+        only so that every row can be validated the same way.
+        """
+        reachable = self.first_letter > 0.0
+        for _ in range(self.n_letters):
+            grown = reachable | (np.einsum("kv,kvw->kw", reachable.astype(np.float64), self.letter_transition) > 0.0)
+            if np.array_equal(grown, reachable):
+                break
+            reachable = grown
+        return reachable
+
     # -- text <-> token ids --------------------------------------------------------------
     def encode(self, text: str) -> np.ndarray:
         """Token ids (int64) of a text over this language's vocabulary."""
@@ -337,7 +351,7 @@ def load_language(path: Union[str, os.PathLike]) -> Language:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON (truncated or malformed): {exc.msg} at line {exc.lineno}") from None
+        raise ValueError(f"{path} is not valid JSON (truncated or malformed): {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
     try:
         return Language.from_dict(data)
     except ValueError as exc:

@@ -1,0 +1,183 @@
+"""Languages: the paper's exact setup, constructors, sampling frequencies, text and JSON round trips, bad input."""
+import json
+
+import numpy as np
+import pytest
+from scipy.stats import chisquare
+
+from tinylatent.language import (
+    Language, fixed_length, load_language, mixture_language, paper_language, preset, random_language,
+    sample_corpus, sample_intentions, sample_messages, sample_windows, save_language,
+)
+
+
+def test_paper_language_matches_the_papers_generator():
+    language = paper_language(0.0)
+    assert (language.n_intentions, language.n_letters, language.vocab_size, language.max_length) == (6, 18, 19, 21)
+    assert language.vocabulary == "\nabcdefghijklmnopqr"
+    np.testing.assert_array_equal(language.initial, [0.5, 0.5, 0, 0, 0, 0])
+    expected_t = 0.5 * (np.eye(6) + np.roll(np.eye(6), 1, axis=1))
+    np.testing.assert_array_equal(language.transition, expected_t)
+    # the blocks: RandomState(1713).rand(3, 3) for k = 0..5, rows normalised (the script's np.random.seed(1713))
+    legacy = np.random.RandomState(1713)
+    for k in range(6):
+        block = legacy.rand(3, 3)
+        np.testing.assert_allclose(language.letter_transition[k, 3 * k:3 * k + 3, 3 * k:3 * k + 3],
+                                   block / block.sum(1, keepdims=True), rtol=1e-15)
+        np.testing.assert_array_equal(language.first_letter[k], np.where(np.arange(18) // 3 == k, 1 / 3, 0.0))
+    noisy = paper_language(0.02)
+    raw = np.zeros((6, 18, 18))
+    for k in range(6):
+        raw[k, 3 * k:3 * k + 3, 3 * k:3 * k + 3] = language.letter_transition[k, 3 * k:3 * k + 3, 3 * k:3 * k + 3]
+    np.testing.assert_allclose(noisy.letter_transition, (raw + 0.02) / (raw + 0.02).sum(-1, keepdims=True), rtol=1e-14)
+    np.testing.assert_array_equal(noisy.first_letter, language.first_letter)  # the paper's first letter is not noised
+    assert np.all(paper_language(0.02, noisy_first_letter=True).first_letter > 0)
+
+
+def test_unambiguous_paper_messages_stay_in_their_block():
+    language = paper_language(0.0)
+    corpus = sample_corpus(language, 500, seed=1)
+    letters = corpus.tokens.reshape(500, 22)
+    assert np.all(letters[:, 21] == 0)
+    np.testing.assert_array_equal((letters[:, :21] - 1) // 3, np.repeat(corpus.intentions[:, None], 21, axis=1))
+
+
+def test_same_seed_same_corpus_and_generator_accepted():
+    language = paper_language(0.02)
+    a = sample_corpus(language, 50, seed=7)
+    b = sample_corpus(language, 50, seed=np.random.default_rng(7))
+    c = sample_corpus(language, 50, seed=8)
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+    assert not np.array_equal(a.tokens, c.tokens)
+    np.testing.assert_array_equal(sample_windows(language, 4, 9, 3), sample_windows(language, 4, 9, 3))
+
+
+def test_sampling_frequencies_match_the_specified_probabilities():
+    """Chi-square tests (fixed seed) on every distribution the sampler draws from."""
+    language = random_language(3, 4, letters_per_intention=3, message_length=(1, 4), transition="random", seed=2)
+    n = 60_000
+    # first letters under intention 1, and the lengths
+    messages = sample_messages(language, np.ones(n, dtype=np.int64), np.random.default_rng(0))
+    first = np.array([m[0] - 1 for m in messages])
+    observed = np.bincount(first, minlength=4)
+    keep = language.first_letter[1] > 0
+    assert np.all(observed[~keep] == 0)
+    assert chisquare(observed[keep], language.first_letter[1][keep] * n).pvalue > 1e-3
+    lengths = np.array([len(m) - 1 for m in messages])
+    assert chisquare(np.bincount(lengths, minlength=5)[1:], language.length_probs[1:] * n).pvalue > 1e-3
+    # letter transitions out of the most common letter under intention 1
+    pairs = np.concatenate([np.stack([m[:-2], m[1:-1]], 1) for m in messages if len(m) > 2]) - 1
+    source = np.bincount(pairs[:, 0]).argmax()
+    follow = np.bincount(pairs[pairs[:, 0] == source, 1], minlength=4)
+    row = language.letter_transition[1, source]
+    assert chisquare(follow[row > 0], row[row > 0] * follow.sum()).pvalue > 1e-3
+    # the outer chain
+    intentions = sample_intentions(language, n, np.random.default_rng(1), first=0)
+    pair_counts = np.zeros((3, 3))
+    np.add.at(pair_counts, (intentions[:-1], intentions[1:]), 1)
+    for k in range(3):
+        assert chisquare(pair_counts[k], language.transition[k] * pair_counts[k].sum()).pvalue > 1e-3
+
+
+def test_windows_start_anywhere_inside_a_message():
+    language = paper_language(0.0)
+    windows = sample_windows(language, 2000, 22, seed=0)
+    offsets = np.argmax(windows == 0, axis=1)  # where the first delimiter falls: uniform over 0..21
+    assert chisquare(np.bincount(offsets, minlength=22), np.full(22, 2000 / 22)).pvalue > 1e-3
+
+
+def test_text_round_trip():
+    language = paper_language(0.0)
+    text = "abc\ndef\n"
+    np.testing.assert_array_equal(language.encode(text), [1, 2, 3, 0, 4, 5, 6, 0])
+    assert language.decode(language.encode(text)) == text
+    with pytest.raises(ValueError, match="not in the vocabulary"):
+        language.encode("abz")
+    with pytest.raises(ValueError, match="token ids"):
+        language.decode([0, 19])
+
+
+def test_json_round_trip(tmp_path):
+    for language in [paper_language(0.03), random_language(4, 7, message_length=(2, 6), eta=0.1, seed=3),
+                     mixture_language(paper_language(0.0))]:
+        path = save_language(language, tmp_path / "lang.json")
+        loaded = load_language(path)
+        for field in ["initial", "transition", "first_letter", "letter_transition", "length_probs"]:
+            np.testing.assert_array_equal(getattr(loaded, field), getattr(language, field))
+        assert (loaded.alphabet, loaded.delimiter, loaded.name) == (language.alphabet, language.delimiter, language.name)
+
+
+def test_presets_and_mixture():
+    mixture = preset("paper-mixture", 0.02)
+    np.testing.assert_array_equal(mixture.transition, np.eye(6))
+    np.testing.assert_allclose(mixture.initial, np.full(6, 1 / 6))
+    np.testing.assert_allclose(mixture.stationary_intentions(), mixture.initial)
+    np.testing.assert_allclose(paper_language(0.0).stationary_intentions(), np.full(6, 1 / 6), atol=1e-12)
+    with pytest.raises(ValueError, match="unknown language preset"):
+        preset("english")
+
+
+def test_stationary_intentions_of_a_reducible_chain_is_the_cesaro_limit():
+    transition = np.array([[1.0, 0.0, 0.0], [0.5, 0.0, 0.5], [0.0, 0.0, 1.0]])
+    language = Language(initial=[0.0, 1.0, 0.0], transition=transition, first_letter=np.ones((3, 2)) / 2,
+                        letter_transition=np.ones((3, 2, 2)) / 2, length_probs=fixed_length(2))
+    np.testing.assert_allclose(language.stationary_intentions(), [0.5, 0.0, 0.5], atol=1e-12)
+    periodic = Language(initial=[1.0, 0.0], transition=[[0.0, 1.0], [1.0, 0.0]], first_letter=np.ones((2, 2)) / 2,
+                        letter_transition=np.ones((2, 2, 2)) / 2, length_probs=fixed_length(2))
+    np.testing.assert_allclose(periodic.stationary_intentions(), [0.5, 0.5], atol=1e-12)
+
+
+def _valid_fields():
+    return dict(initial=[0.5, 0.5], transition=[[0.5, 0.5], [0.5, 0.5]], first_letter=[[1.0, 0.0], [0.0, 1.0]],
+                letter_transition=np.ones((2, 2, 2)) / 2, length_probs=[0.0, 1.0])
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("transition", [[0.5, 0.6], [0.5, 0.5]], "stochastic"),
+    ("transition", [[1.5, -0.5], [0.5, 0.5]], "non-negative"),
+    ("transition", [[np.nan, 1.0], [0.5, 0.5]], "finite"),
+    ("transition", [[1.0, 0.0, 0.0]], "square"),
+    ("initial", [1.0, 0.0, 0.0], "shape"),
+    ("first_letter", [[1.0, 0.0]], "shape"),
+    ("letter_transition", np.ones((2, 2, 3)) / 3, "shape"),
+    ("length_probs", [1.0, 0.0], "at least one letter"),
+    ("alphabet", ("a", "bb"), "single character"),
+    ("alphabet", ("a", "\n"), "different characters"),
+])
+def test_bad_languages_are_value_errors(field, value, message):
+    fields = _valid_fields()
+    fields[field] = value
+    with pytest.raises(ValueError, match=message):
+        Language(**fields)
+
+
+def test_bad_constructor_arguments():
+    with pytest.raises(ValueError, match="eta"):
+        paper_language(-0.01)
+    with pytest.raises(ValueError, match="eta"):
+        paper_language(float("nan"))
+    with pytest.raises(ValueError, match="letters_per_intention"):
+        random_language(2, 3, letters_per_intention=4)
+    with pytest.raises(ValueError, match="seed"):
+        sample_corpus(paper_language(0.0), 3, seed=-1)
+    with pytest.raises(ValueError, match="window_length"):
+        sample_windows(paper_language(0.0), 3, 0, seed=0)
+
+
+def test_bad_files_are_value_errors(tmp_path):
+    good = paper_language(0.0).to_dict()
+    cases = {
+        "truncated.json": json.dumps(good)[:200],
+        "not_object.json": "[1, 2]",
+        "wrong_format.json": json.dumps({**good, "format": "something"}),
+        "wrong_version.json": json.dumps({**good, "version": 99}),
+        "missing.json": json.dumps({k: v for k, v in good.items() if k != "transition"}),
+        "ragged.json": json.dumps({**good, "transition": [[1.0], [0.5, 0.5]]}),
+        "not_stochastic.json": json.dumps({**good, "initial": [1.0] * 6}),
+    }
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ValueError, match=name):
+            load_language(tmp_path / name)
+    with pytest.raises(FileNotFoundError):
+        load_language(tmp_path / "absent.json")

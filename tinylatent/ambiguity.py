@@ -1,0 +1,189 @@
+"""How ambiguous is a language? Three statistics of ε(x) = 1 − q(θ* | x) (THEORY.md §2).
+
+For a message x written under intention θ* (θ* drawn from the long-run share of
+intentions μ, the prior of a message picked from the stream):
+
+* ``map_error``: the paper code's statistic. The MAP intention from the letter
+  transitions alone (uniform prior, the first letter ignored, ties to the lowest
+  index as ``np.argmax`` breaks them) is wrong. The paper reports this number as its
+  language's "ambiguity".
+* ``mean_posterior_error``: E[ε(x)], with the exact posterior given the whole message
+  (first letter included) and the prior μ.
+* ``fraction_ambiguous``: q(ε(x) > 0), the share of messages that more than one
+  intention could have written.
+
+Each is estimated by sampling messages, with a 95% confidence interval, or computed
+exactly by enumerating every message when the message space is small.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from typing import NamedTuple, Optional
+
+import numpy as np
+
+from tinylatent.language import DELIMITER_ID, Language, SeedLike, _draw, as_generator, fixed_length, sample_messages
+from tinylatent.oracle import Oracle
+
+Z_95 = 1.959963984540054  # the 97.5% quantile of the standard normal
+MAX_ENUMERATED_MESSAGES = 200_000
+
+
+class Estimate(NamedTuple):
+    """A statistic with its 95% confidence interval (``low == high == value`` when exact)."""
+
+    value: float
+    low: float
+    high: float
+
+    def as_dict(self) -> dict:
+        return {"value": self.value, "low": self.low, "high": self.high}
+
+
+class AmbiguityReport(NamedTuple):
+    """The three statistics of module docstring, and how they were obtained.
+
+    method: ``"exact"`` (every message enumerated) or ``"sampled"``.
+    n_messages: messages sampled (or enumerated with positive probability).
+    message_length: the letters per message used (``None``: the language's own rule).
+    """
+
+    map_error: Estimate
+    mean_posterior_error: Estimate
+    fraction_ambiguous: Estimate
+    method: str
+    n_messages: int
+    message_length: Optional[int]
+
+    def as_dict(self) -> dict:
+        return {
+            "map_error": self.map_error.as_dict(),
+            "mean_posterior_error": self.mean_posterior_error.as_dict(),
+            "fraction_ambiguous": self.fraction_ambiguous.as_dict(),
+            "method": self.method,
+            "n_messages": self.n_messages,
+            "message_length": self.message_length,
+        }
+
+
+def wilson_interval(successes: int, trials: int, z: float = Z_95) -> Estimate:
+    """A proportion with its Wilson score interval (good also near 0 and 1)."""
+    p = successes / trials
+    denominator = 1.0 + z * z / trials
+    centre = (p + z * z / (2.0 * trials)) / denominator
+    half = z * math.sqrt(p * (1.0 - p) / trials + z * z / (4.0 * trials * trials)) / denominator
+    return Estimate(p, max(0.0, centre - half), min(1.0, centre + half))
+
+
+def mean_interval(values: np.ndarray, z: float = Z_95) -> Estimate:
+    """A sample mean with its normal-approximation interval (mean ± z · standard error)."""
+    mean = float(values.mean())
+    half = z * float(values.std(ddof=1)) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+    return Estimate(mean, mean - half, mean + half)
+
+
+def with_message_length(language: Language, message_length: Optional[int]) -> Language:
+    """The same language with messages of exactly ``message_length`` letters (None: unchanged)."""
+    if message_length is None:
+        return language
+    return dataclasses.replace(language, length_probs=fixed_length(message_length))
+
+
+def transition_log_likelihoods(language: Language, letters: np.ndarray) -> np.ndarray:
+    """Σ_i log A_θ[ℓ_i, ℓ_{i+1}] for every θ: (K, M) for M messages of n letters, ``letters`` (M, n) in 0..V−1.
+
+    A message containing a letter that θ can never write gets −inf under θ: the paper's
+    matrices hold zero rows for such letters, and so does this statistic.
+    """
+    with np.errstate(divide="ignore"):
+        log_a = np.log(language.letter_transition)                                 # (K, V, V)
+    log_likelihood = log_a[:, letters[:, :-1], letters[:, 1:]].sum(axis=-1)        # (K, M)
+    writable = language.reachable_letters()[:, letters].all(axis=-1)               # (K, M)
+    return np.where(writable, log_likelihood, -np.inf)
+
+
+def map_intentions(language: Language, letters: np.ndarray) -> np.ndarray:
+    """The paper code's MAP intention of each message: transitions only, uniform prior. (M,)"""
+    return np.argmax(transition_log_likelihoods(language, letters), axis=0)
+
+
+def measure_ambiguity(language: Language, n_messages: int = 20_000, seed: SeedLike = 0,
+                      message_length: Optional[int] = None, exact: Optional[bool] = None) -> AmbiguityReport:
+    """The ambiguity statistics of ``language``, sampled or exact.
+
+    Args:
+        n_messages: messages to sample (ignored when exact).
+        seed: a seed or Generator for the sampled estimate.
+        message_length: letters per message (None: the language's own length rule).
+        exact: True to enumerate every message (an error if there are more than
+            200,000), False to sample, None to enumerate when small enough.
+    """
+    language = with_message_length(language, message_length)
+    space = sum(language.n_letters ** int(n) for n in np.nonzero(language.length_probs)[0])  # Python ints: no overflow
+    if exact is None:
+        exact = space <= MAX_ENUMERATED_MESSAGES
+    if exact:
+        if space > MAX_ENUMERATED_MESSAGES:
+            raise ValueError(f"{space} possible messages are too many to enumerate (at most {MAX_ENUMERATED_MESSAGES}); "
+                             "sample instead")
+        return _exact(language, message_length)
+    if int(n_messages) != n_messages or n_messages < 2:
+        raise ValueError(f"n_messages must be an integer ≥ 2; got {n_messages}")
+    return _sampled(language, int(n_messages), as_generator(seed), message_length)
+
+
+def _sampled(language: Language, n_messages: int, rng: np.random.Generator, message_length) -> AmbiguityReport:
+    prior = language.stationary_intentions()
+    true_intentions = _draw(np.broadcast_to(prior, (n_messages, language.n_intentions)), rng.random(n_messages))
+    messages = sample_messages(language, true_intentions, rng)
+    oracle = Oracle(language)
+    lengths = np.array([len(m) for m in messages])
+    map_wrong = np.zeros(n_messages, dtype=bool)
+    epsilon = np.zeros(n_messages, dtype=np.float64)
+    for length in np.unique(lengths):  # equal-length messages form one batch
+        rows = np.nonzero(lengths == length)[0]
+        batch = np.stack([messages[j] for j in rows])                              # (M, n + 1), delimiter last
+        letters = batch[:, :-1] - 1
+        map_wrong[rows] = map_intentions(language, letters) != true_intentions[rows]
+        epsilon[rows] = oracle.message_ambiguity(batch, true_intentions[rows], prior=prior)
+    return AmbiguityReport(
+        map_error=wilson_interval(int(map_wrong.sum()), n_messages),
+        mean_posterior_error=mean_interval(epsilon),
+        fraction_ambiguous=wilson_interval(int((epsilon > 0.0).sum()), n_messages),
+        method="sampled",
+        n_messages=n_messages,
+        message_length=message_length,
+    )
+
+
+def _exact(language: Language, message_length) -> AmbiguityReport:
+    prior = language.stationary_intentions()
+    oracle = Oracle(language)
+    map_error = mean_error = fraction = 0.0
+    n_possible = 0
+    for length in np.nonzero(language.length_probs)[0]:
+        letters = np.array(list(itertools.product(range(language.n_letters), repeat=int(length))), dtype=np.int64)
+        tokens = np.concatenate([letters + 1, np.full((len(letters), 1), DELIMITER_ID)], axis=1)
+        # q(θ, x) = μ(θ) q(x | θ), with q(x | θ) from the oracle started with θ for sure
+        log_given = np.stack([oracle.filter(tokens, prior=np.eye(language.n_intentions)[k], predictive=False).log_marginal
+                              for k in range(language.n_intentions)])            # (K, M)
+        joint = prior[:, None] * np.exp(log_given)                                 # (K, M)
+        marginal = joint.sum(axis=0)                                               # q(x), (M,)
+        possible = marginal > 0.0
+        joint, marginal, letters = joint[:, possible], marginal[possible], letters[possible]
+        n_possible += int(possible.sum())
+        posterior = joint / marginal                                               # q(θ | x)
+        map_guess = map_intentions(language, letters)                              # (M,)
+        map_error += float(joint.sum() - joint[map_guess, np.arange(len(map_guess))].sum())
+        mean_error += float((joint * (1.0 - posterior)).sum())
+        fraction += float(joint[posterior < 1.0].sum())
+    return AmbiguityReport(
+        map_error=Estimate(map_error, map_error, map_error),
+        mean_posterior_error=Estimate(mean_error, mean_error, mean_error),
+        fraction_ambiguous=Estimate(fraction, fraction, fraction),
+        method="exact",
+        n_messages=n_possible,
+        message_length=message_length,
+    )
