@@ -1,0 +1,214 @@
+"""Checkpoints: an exact round trip, and a clear ValueError for every way a file can be wrong."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from tinylatent import __version__
+from tinylatent.checkpoint import (
+    FORMAT_VERSION, METADATA_KEY, generator_from_state, load_checkpoint, save_checkpoint,
+)
+from tinylatent.gpt import GPT, GPTConfig
+from tinylatent.language import random_language
+from tinylatent.optim import AdamW
+
+
+def make_state(seed: int = 0) -> dict:
+    """The keyword arguments of save_checkpoint for a tiny model after two AdamW steps."""
+    language = random_language(n_intentions=2, n_letters=4, letters_per_intention=2, message_length=4, seed=0)
+    config = GPTConfig(vocab_size=language.vocab_size, context_length=8, n_layer=1, n_head=2, d_model=16)
+    rng = np.random.default_rng(seed)
+    model = GPT.create(config, rng)
+    optimizer = AdamW()
+    for _ in range(2):
+        idx = rng.integers(0, language.vocab_size, size=(3, 8))
+        _, grads = model.loss_and_grads(idx, np.roll(idx, -1, axis=1))
+        optimizer.step(model.params, grads, lr=1e-3)
+    return dict(params=model.params, optimizer_state=optimizer.state_dict(), step=2, model_config=config,
+                train_config={"steps": 10, "batch_size": 3}, language=language,
+                rng_state=rng.bit_generator.state, metrics={"train_loss": 1.25, "val_loss": 1.5})
+
+
+def rewrite(path, edit) -> None:
+    """Load the raw archive, let ``edit(arrays, metadata)`` change it, and save it back."""
+    with np.load(path) as archive:
+        arrays = {key: archive[key] for key in archive.files}
+    metadata = json.loads(str(arrays.pop(METADATA_KEY)[()]))
+    edit(arrays, metadata)
+    arrays[METADATA_KEY] = np.array(json.dumps(metadata))
+    with open(path, "wb") as handle:
+        np.savez(handle, **arrays)
+
+
+@pytest.fixture
+def saved(tmp_path):
+    state = make_state()
+    path = save_checkpoint(tmp_path / "ckpt.npz", **state)
+    return path, state
+
+
+def test_round_trip_is_exact(saved):
+    path, state = saved
+    checkpoint = load_checkpoint(path)
+    assert checkpoint.step == 2
+    assert checkpoint.tinylatent_version == __version__
+    assert checkpoint.model_config == state["model_config"]
+    assert checkpoint.train_config == state["train_config"]
+    assert checkpoint.metrics == state["metrics"]
+    assert list(checkpoint.params) == list(state["params"])
+    for name, value in state["params"].items():
+        assert checkpoint.params[name].dtype == value.dtype and np.array_equal(checkpoint.params[name], value)
+    saved_optimizer = state["optimizer_state"]
+    assert checkpoint.optimizer_state["step"] == saved_optimizer["step"] == 2
+    assert tuple(checkpoint.optimizer_state["betas"]) == saved_optimizer["betas"]
+    for moment in ("m", "v"):
+        for name, value in saved_optimizer[moment].items():
+            assert np.array_equal(checkpoint.optimizer_state[moment][name], value)
+    np.testing.assert_allclose(checkpoint.language.letter_transition, state["language"].letter_transition,
+                               rtol=0, atol=1e-15)
+    # the data generator continues with exactly the numbers the original would have drawn next
+    original = np.random.default_rng(0)
+    original.bit_generator.state = state["rng_state"]
+    assert np.array_equal(checkpoint.generator().random(5), original.random(5))
+
+
+def test_a_restored_optimizer_continues_like_the_original(saved):
+    """AdamW from the file and the AdamW that wrote it make the same next update, bit for bit."""
+    path, state = saved
+    checkpoint = load_checkpoint(path)
+    restored = AdamW()
+    restored.load_state_dict(checkpoint.optimizer_state)
+    original = AdamW()
+    original.load_state_dict(state["optimizer_state"])
+    params_a = {name: value.copy() for name, value in checkpoint.params.items()}
+    params_b = {name: value.copy() for name, value in state["params"].items()}
+    grads = {name: np.full_like(value, 0.5) for name, value in params_a.items()}
+    restored.step(params_a, grads, lr=1e-3)
+    original.step(params_b, grads, lr=1e-3)
+    assert all(np.array_equal(params_a[name], params_b[name]) for name in params_a)
+
+
+def test_numpy_scalars_in_optimizer_state_keep_their_type(tmp_path):
+    state = make_state()
+    state["optimizer_state"]["extra"] = {"beta_power": np.float32(0.81), "count": 3, "note": None}
+    checkpoint = load_checkpoint(save_checkpoint(tmp_path / "c.npz", **state))
+    extra = checkpoint.optimizer_state["extra"]
+    assert type(extra["beta_power"]) is np.float32 and extra["beta_power"] == np.float32(0.81)
+    assert extra["count"] == 3 and extra["note"] is None
+
+
+def test_random_bytes_are_a_clear_error(tmp_path):
+    path = tmp_path / "noise.npz"
+    path.write_bytes(np.random.default_rng(0).bytes(5000))
+    with pytest.raises(ValueError, match="not a readable tinylatent checkpoint .corrupted or truncated"):
+        load_checkpoint(path)
+
+
+def test_a_truncated_file_is_a_clear_error(saved):
+    path, _ = saved
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="corrupted or truncated"):
+        load_checkpoint(path)
+
+
+def test_a_flipped_byte_inside_an_array_is_caught_by_the_crc(saved):
+    path, state = saved
+    data = bytearray(path.read_bytes())
+    # find the bytes of one parameter inside the (uncompressed) archive and damage one
+    needle = state["params"]["h.0.mlp.c_fc.weight"].tobytes()[:64]
+    offset = bytes(data).find(needle)
+    assert offset > 0
+    data[offset + 10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="corrupted or truncated.*CRC"):
+        load_checkpoint(path)
+
+
+def test_a_missing_parameter_is_named(saved):
+    path, _ = saved
+    rewrite(path, lambda arrays, metadata: arrays.pop("params/ln_f.weight"))
+    with pytest.raises(ValueError, match="parameter 'ln_f.weight', which the model config needs, is missing"):
+        load_checkpoint(path)
+
+
+def test_a_missing_metadata_key_is_named(saved):
+    path, _ = saved
+    rewrite(path, lambda arrays, metadata: metadata.pop("rng_state"))
+    with pytest.raises(ValueError, match="missing the key.s. rng_state"):
+        load_checkpoint(path)
+
+
+def test_no_metadata_at_all_is_not_a_checkpoint(tmp_path):
+    path = tmp_path / "other.npz"
+    np.savez(path, weights=np.zeros(3))
+    with pytest.raises(ValueError, match="not a tinylatent checkpoint"):
+        load_checkpoint(path)
+
+
+def test_another_format_version_is_refused(saved):
+    path, _ = saved
+    rewrite(path, lambda arrays, metadata: metadata.update(format_version=FORMAT_VERSION + 1))
+    with pytest.raises(ValueError, match=f"format version {FORMAT_VERSION + 1}; .* reads version {FORMAT_VERSION}"):
+        load_checkpoint(path)
+
+
+def test_params_that_do_not_match_the_config_are_refused(saved):
+    path, _ = saved
+
+    def wider_model(arrays, metadata):
+        metadata["model_config"]["d_model"] = 32
+
+    rewrite(path, wider_model)
+    with pytest.raises(ValueError, match=r"parameter 'wte' has shape \(5, 16\) but the model config needs \(5, 32\)"):
+        load_checkpoint(path)
+
+
+def test_extra_params_are_refused(saved):
+    path, _ = saved
+
+    def add_an_untied_head(arrays, metadata):
+        arrays["params/lm_head.weight"] = np.zeros((5, 16), dtype=np.float32)
+
+    rewrite(path, add_an_untied_head)
+    with pytest.raises(ValueError, match=r"\['lm_head.weight'\] are not part of the model config"):
+        load_checkpoint(path)
+
+
+def test_non_finite_params_are_refused(saved):
+    path, _ = saved
+    rewrite(path, lambda arrays, metadata: arrays["params/wpe"].__setitem__((0, 0), np.nan))
+    with pytest.raises(ValueError, match="'wpe' contains NaN or inf"):
+        load_checkpoint(path)
+
+
+def test_a_bad_generator_state_is_refused():
+    with pytest.raises(ValueError, match="unknown bit generator"):
+        generator_from_state({"bit_generator": "NotAGenerator", "state": {}})
+    with pytest.raises(ValueError, match="not a valid PCG64 state"):
+        generator_from_state({"bit_generator": "PCG64", "state": {"state": "x"}})
+
+
+def test_a_missing_file_is_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "absent.npz")
+
+
+def test_a_crash_while_writing_leaves_the_old_checkpoint_whole(saved, monkeypatch):
+    path, state = saved
+    before = path.read_bytes()
+
+    def crash(handle, **arrays):
+        handle.write(b"PK\x03\x04 half a zip")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", crash)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, **{**state, "step": 3})
+    assert path.read_bytes() == before
+    assert os.listdir(path.parent) == [path.name]  # the temporary file is gone too
+    monkeypatch.undo()
+    assert load_checkpoint(path).step == 2
