@@ -1,0 +1,130 @@
+"""``tinylatent train`` and ``tinylatent generate``, run in-process through ``tinylatent.cli.main``."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tinylatent.checkpoint import load_checkpoint
+from tinylatent.cli import main
+from tinylatent.language import paper_language, save_language
+
+# A tiny GPT on the paper's language (19 tokens), so each command takes well under a second.
+TINY = ["--model", "small", "--n-layer", "1", "--n-head", "2", "--d-model", "16", "--context", "16",
+        "--batch-size", "4", "--eval-windows", "8", "--eval-interval", "2", "--no-progress"]
+
+
+@pytest.fixture
+def trained(tmp_path, capsys):
+    """A 5-step run in tmp_path/run; returns the run folder and the JSON summary."""
+    out = tmp_path / "run"
+    assert main(["train", "--language", "paper", "--eta", "0", "--steps", "5", "--out", str(out), "--json", *TINY]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    return out, json.loads(captured.out)
+
+
+def test_train_writes_a_checkpoint_and_a_log_and_reports_json(trained):
+    out, summary = trained
+    assert summary["steps"] == 5 and summary["language"] == "paper(eta=0)"
+    assert summary["val_loss"] > summary["bayes_val_loss"] > 0
+    checkpoint = load_checkpoint(out / "ckpt.npz")
+    assert checkpoint.step == 5
+    assert checkpoint.model_config.d_model == 16 and checkpoint.model_config.context_length == 16
+    assert checkpoint.train_config["batch_size"] == 4
+    log_lines = (out / "log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in log_lines] == [0, 1, 2, 3, 4, 5]
+
+
+def test_train_prints_a_readable_summary_without_json(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--steps", "3", "--out", str(out), *TINY]) == 0
+    text = capsys.readouterr().out
+    assert "for 3 steps" in text and "validation loss" in text and "Bayes" in text and str(out) in text
+
+
+def test_generate_continues_a_prompt_with_letters_of_the_vocabulary(trained, capsys):
+    out, _ = trained
+    args = ["generate", "--checkpoint", str(out / "ckpt.npz"), "--prompt", "abc", "--tokens", "30", "--seed", "4"]
+    assert main([*args, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["prompt"] == "abc" and result["step"] == 5
+    assert len(result["completion"]) == 30
+    assert set(result["completion"]) <= set(paper_language(0.0).vocabulary)
+    assert main(args) == 0  # plain text: the prompt and the same completion (same seed)
+    assert capsys.readouterr().out == "abc" + result["completion"] + ("" if result["completion"].endswith("\n") else "\n")
+
+
+def test_generate_reads_backslash_n_as_the_delimiter(trained, capsys):
+    out, _ = trained
+    assert main(["generate", "--checkpoint", str(out / "ckpt.npz"), "--prompt", "ab\\nc", "--tokens", "0",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["prompt"] == "ab\nc"
+
+
+def test_resume_from_the_command_line_needs_only_the_folder(trained, capsys):
+    out, _ = trained
+    assert main(["train", "--out", str(out), "--resume", "--steps", "7", "--json", "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["resumed_from_step"] == 5 and summary["steps"] == 7
+    assert load_checkpoint(out / "ckpt.npz").step == 7
+
+
+def test_train_from_a_language_file(tmp_path, capsys):
+    path = save_language(paper_language(0.02), tmp_path / "lang.json")
+    assert main(["train", "--language-file", str(path), "--steps", "3", "--out", str(tmp_path / "run"),
+                 "--json", *TINY]) == 0
+    assert json.loads(capsys.readouterr().out)["language"] == "paper(eta=0.02)"
+
+
+def exit_status(argv) -> int:
+    """What the shell would see: ``main``'s return value, or the code of argparse's SystemExit (usage errors)."""
+    try:
+        return main(argv)
+    except SystemExit as exit_:
+        return exit_.code
+
+
+def assert_one_line_error(capsys, argv, message: str) -> None:
+    """The command exits 2 and prints one line on stderr, containing ``message``, and no traceback."""
+    assert exit_status(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err
+    assert message in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--eta", "-1"], "eta must be a finite number ≥ 0; got -1.0"),
+    (["train", "--language", "klingon"], "invalid choice: 'klingon'"),
+    (["train", "--steps", "0"], "must be a positive integer"),
+    (["train", "--lr", "-0.1", "--steps", "3"], "max_lr must be a positive number"),
+    (["train", "--n-head", "3", "--d-model", "16"], "must be divisible by n_head"),
+    (["train", "--language-file", "/no/such/language.json"], "No such file or directory"),
+    (["generate", "--checkpoint", "/no/such/ckpt.npz"], "No such file or directory: /no/such/ckpt.npz"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
+    assert_one_line_error(capsys, [*argv, "--out", str(tmp_path / "run")] if argv[0] == "train" else argv, message)
+
+
+def test_a_prompt_outside_the_vocabulary_is_one_line_and_exit_2(trained, capsys):
+    out, _ = trained
+    assert_one_line_error(capsys, ["generate", "--checkpoint", str(out / "ckpt.npz"), "--prompt", "abz"],
+                          "character 'z' is not in the vocabulary")
+
+
+def test_a_corrupted_checkpoint_is_one_line_and_exit_2(trained, capsys):
+    out, _ = trained
+    path = out / "ckpt.npz"
+    path.write_bytes(path.read_bytes()[:1000])
+    assert_one_line_error(capsys, ["generate", "--checkpoint", str(path)], "corrupted or truncated")
+
+
+def test_resume_problems_are_one_line_and_exit_2(trained, tmp_path, capsys):
+    out, _ = trained
+    assert_one_line_error(capsys, ["train", "--out", str(tmp_path / "empty"), "--resume"], "nothing to resume")
+    assert_one_line_error(capsys, ["train", "--out", str(out), "--resume", "--batch-size", "2"],
+                          "batch_size 4 -> 2")
+    assert_one_line_error(capsys, ["train", "--out", str(out), "--steps", "3", *TINY], "already exists")
+    assert_one_line_error(capsys, ["train", "--language-file", "x.json", "--eta", "0.1"],
+                          "cannot be combined with --language-file")
