@@ -190,6 +190,10 @@ def test_impossible_sequences_give_minus_infinity_and_a_report():
     assert list(result.first_impossible) == [2, -1]
     assert not np.any(np.isnan(result.posterior)) and not np.any(np.isnan(result.predictive))
     assert "position 2" in describe_impossible(language, prompt, result)
+    too_long = language.encode("a" * 30)  # a message has exactly 21 letters
+    for phase in ("start", "unknown"):
+        result = oracle.filter(too_long, phase=phase)
+        assert result.log_marginal[0] == -np.inf and result.first_impossible[0] == 21  # the 22nd letter, in either phase
     double_delimiter = language.encode("a\n\n")
     assert oracle.log_marginal(double_delimiter)[0] == -np.inf
 

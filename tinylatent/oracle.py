@@ -114,6 +114,19 @@ class Oracle:
             rows[:, n] = current if n > 0 else 0.0
             current = np.einsum("kv,kvw->kw", current, language.letter_transition)
         self.stationary_next_letter = rows                                             # (K, L + 1, V)
+        # For the known-phase filter: the likelihood of token c after token p under each θ,
+        # ignoring the length rule (applied separately): s_θ[c] after a delimiter (p = 0, which
+        # also stands for "before the first token"), A_θ[p, c] after a letter, 1 for a delimiter
+        # after a letter, 0 for a delimiter after a delimiter. Row p·(V + 1) + c, shape ((V+1)², K).
+        vocab = language.vocab_size
+        pair = np.zeros((vocab, vocab, language.n_intentions), dtype=np.float64)
+        pair[0, 1:] = language.first_letter.T
+        pair[1:, 1:] = language.letter_transition.transpose(1, 2, 0)
+        pair[1:, 0] = 1.0
+        self.pair_likelihood = pair.reshape(vocab * vocab, language.n_intentions)
+        # The length rule's factor for a token after n letters: (1 − h[n]) for a letter that
+        # continues a message (1 for one that opens a message, n = 0); h[n] for a delimiter.
+        self.letter_length_factor = np.concatenate([[1.0], self.go_on[1:]])            # (L + 3,)
 
     # ------------------------------------------------------------------------------------
     def _check(self, tokens, prior, known_intention, phase):
@@ -162,50 +175,86 @@ class Oracle:
 
     # -- phase known: the hidden state is θ alone --------------------------------------------
     def _filter_known_phase(self, tokens, prior, want_predictive, known_intention) -> FilterResult:
+        """With the phase known, n (letters so far) is observed, so each token's likelihood
+        under each θ is gathered for the whole batch before the recursion, and the recursion
+        itself is a multiplication and a normalisation per step."""
         batch, length = tokens.shape
         n_intentions, vocab = self.language.n_intentions, self.language.vocab_size
-        rows = np.arange(batch)
-        filtered = np.zeros((batch, n_intentions), dtype=np.float64)   # q(θ | x_{≤t}), current message
-        upcoming = np.tile(prior, (batch, 1))                          # q(θ of the next message | x_{≤t})
-        letters_so_far = np.zeros(batch, dtype=np.int64)               # n: 0 = at a boundary
-        previous_letter = np.zeros(batch, dtype=np.int64)
-        outputs = _Outputs(batch, length, n_intentions, vocab, want_predictive, known_intention is not None)
+        # Time-major (T, B) so that each step of the recursion reads one contiguous slice.
+        token = np.ascontiguousarray(tokens.T)
+        previous = np.concatenate([np.zeros((1, batch), np.int64), token[:-1]])        # a delimiter before token 1
+        is_delimiter = token == DELIMITER_ID
+        opens_message = previous == DELIMITER_ID                                        # (T, B)
+        # n_before[t, b]: letters of the current message before token t (0 = token t opens one)
+        positions = np.arange(length)[:, None]
+        last_delimiter = np.maximum.accumulate(np.where(is_delimiter, positions, -1), axis=0)
+        n_before = positions - np.concatenate([np.full((1, batch), -1), last_delimiter[:-1]]) - 1
+        n_before = np.minimum(n_before, self.max_length + 1)  # past L letters every token is impossible anyway
+        # likelihood[t, b, θ] = q(x_t | x_{<t}, θ), θ the intention of token t's message:
+        #   a letter opening a message: s_θ[c]; a letter inside one: (1 − h[n]) A_θ[ℓ, c];
+        #   a delimiter: h[n] (the same for every θ; 0 right after another delimiter).
+        likelihood = np.take(self.pair_likelihood, previous * vocab + token, axis=0)   # (T, B, K)
+        length_factor = np.where(is_delimiter, self.stop[n_before], self.letter_length_factor[n_before])
+        partial = length_factor != 1.0                                                  # sparse: message ends
+        likelihood[partial] *= length_factor[partial][:, None]
+        any_opens, any_delimiter = opens_message.any(axis=1), is_delimiter.any(axis=1)  # (T,) host flags
+
+        filtered = np.tile(prior, (batch, 1))        # q(θ of the current message | x_{≤t}); the prior before token 1
+        upcoming = filtered.copy()                   # q(θ of the next message | x_{≤t}), used when a message opens
+        token_probs = np.empty((length, batch), dtype=np.float64)                      # q(x_t | x_{<t})
+        posterior = np.empty((length, batch, n_intentions), dtype=np.float64)          # time-major while filling
+        ones = np.ones(n_intentions, dtype=np.float64)
+        alive = np.ones(batch, dtype=bool)                                              # q(x_{≤t}) > 0 so far
         for t in range(length):
-            token = tokens[:, t]
-            is_delimiter = token == DELIMITER_ID
-            letter = np.maximum(token - 1, 0)
-            at_boundary = letters_so_far == 0
-            # Joint q(θ, x_t | x_{<t}) for each case; exactly one applies per sequence.
-            same_message = (filtered * self.go_on[letters_so_far][:, None]
-                            * self.letter_transition[:, previous_letter, letter].T)
-            new_message = upcoming * self.first_letter[:, letter].T
-            ends = filtered * self.stop[letters_so_far][:, None] * (~at_boundary)[:, None]
-            joint = np.where(is_delimiter[:, None], ends, np.where(at_boundary[:, None], new_message, same_message))
-            token_prob = joint.sum(axis=1)
-            ok = outputs.record_token(t, token_prob)
-            filtered = np.where(ok[:, None], joint / np.where(ok, token_prob, 1.0)[:, None], filtered)
-            letters_so_far = np.where(ok, np.where(is_delimiter, 0, letters_so_far + 1), letters_so_far)
-            previous_letter = np.where(ok & ~is_delimiter, letter, previous_letter)
-            upcoming = np.where((ok & is_delimiter)[:, None], filtered @ self.transition, upcoming)
-            at_boundary = letters_so_far == 0
-            outputs.posterior[:, t] = filtered
-            if want_predictive or known_intention is not None:
-                stop = self.stop[letters_so_far] * ~at_boundary                     # (B,)
-                go_on = self.go_on[letters_so_far]                                  # (B,), 0 at a boundary
-                next_rows = self.letter_transition[:, previous_letter, :]           # (K, B, V)
-            if want_predictive:
-                continue_mass = filtered * go_on[:, None]                           # (B, K)
-                letters = (np.einsum("bk,kbv->bv", continue_mass, next_rows)
-                           + (upcoming * at_boundary[:, None]) @ self.first_letter)
-                outputs.predictive[:, t, DELIMITER_ID] = (filtered.sum(axis=1)) * stop
-                outputs.predictive[:, t, 1:] = letters
-            if known_intention is not None:
-                theta = known_intention
-                own_rows = next_rows[theta, rows]                                   # (B, V)
-                letters = np.where(at_boundary[:, None], self.first_letter[theta], go_on[:, None] * own_rows)
-                outputs.known[:, t, DELIMITER_ID] = stop
-                outputs.known[:, t, 1:] = letters
+            current = np.where(opens_message[t][:, None], upcoming, filtered) if any_opens[t] else filtered
+            joint = current * likelihood[t]                                             # q(θ, x_t | x_{<t})
+            np.matmul(joint, ones, out=token_probs[t])                                  # Σ_θ, as a BLAS call
+            if token_probs[t].all():                                                    # the common case
+                filtered = np.divide(joint, token_probs[t][:, None], out=posterior[t])
+            else:  # a row became impossible: it keeps its last well-defined posterior from now on
+                alive &= token_probs[t] > 0.0
+                posterior[t] = np.where(alive[:, None], joint / np.where(alive, token_probs[t], 1.0)[:, None], filtered)
+                filtered = posterior[t]
+            if any_delimiter[t]:  # a message ended: its intention moves on by T
+                upcoming = np.where(is_delimiter[t][:, None], filtered @ self.transition, upcoming)
+        outputs = _Outputs(batch, length, n_intentions, vocab, want_predictive, known_intention is not None,
+                           want_posterior=False)
+        outputs.posterior = posterior.transpose(1, 0, 2)                                # (B, T, K), a view
+        outputs.record_all_tokens(token_probs.T)
+        if want_predictive or known_intention is not None:
+            self._known_phase_predictives(outputs, tokens, np.maximum(tokens - 1, 0), is_delimiter.T,
+                                          n_before.T, want_predictive, known_intention)
         return outputs.result()
+
+    def _known_phase_predictives(self, outputs, tokens, letter, is_delimiter, n_before,
+                                 want_predictive, known_intention) -> None:
+        """q(x_{t+1} | x_{≤t}) and q(x_{t+1} | x_{≤t}, θ) from the filtered posteriors, all t at once."""
+        batch, length = tokens.shape
+        frozen = (outputs.first_impossible >= 0)[:, None] & (np.arange(length)[None, :] >= outputs.first_impossible[:, None])
+        # the letter count after token t, and the last letter (frozen where the prompt became impossible)
+        n_after = np.where(is_delimiter, 0, n_before + 1)                               # (B, T)
+        last_letter = letter
+        if frozen.any():
+            keep = np.where(frozen, -1, np.arange(length)[None, :])
+            source = np.maximum.accumulate(keep, axis=1)                                # last good position
+            n_after = np.where(source >= 0, np.take_along_axis(n_after, np.maximum(source, 0), axis=1), 0)
+            last_letter = np.take_along_axis(letter, np.maximum(source, 0), axis=1)
+        at_boundary = n_after == 0                                                      # (B, T)
+        stop = self.stop[n_after] * ~at_boundary                                        # (B, T)
+        go_on = self.go_on[n_after]                                                     # (B, T); 0 at a boundary
+        next_rows = self.letter_transition[:, last_letter, :]                           # (K, B, T, V)
+        if want_predictive:
+            # the next message's intention: posterior @ T after a delimiter (the prior before any token)
+            upcoming = outputs.posterior @ self.transition                              # (B, T, K)
+            letters = (np.einsum("btk,kbtv->btv", outputs.posterior * go_on[..., None], next_rows)
+                       + (upcoming * at_boundary[..., None]) @ self.first_letter)
+            outputs.predictive[..., DELIMITER_ID] = stop
+            outputs.predictive[..., 1:] = letters
+        if known_intention is not None:
+            theta = known_intention[:, None]                                            # (B, 1)
+            own_rows = next_rows[theta, np.arange(batch)[:, None], np.arange(length)[None, :]]  # (B, T, V)
+            outputs.known[..., DELIMITER_ID] = stop
+            outputs.known[..., 1:] = np.where(at_boundary[..., None], self.first_letter[theta], go_on[..., None] * own_rows)
 
     # -- phase unknown: the hidden state is (θ, n) ------------------------------------------
     def _filter_unknown_phase(self, tokens, want_predictive, known_intention) -> FilterResult:
@@ -306,9 +355,9 @@ class Oracle:
 class _Outputs:
     """The arrays a filter fills in, and the bookkeeping of impossible tokens."""
 
-    def __init__(self, batch, length, n_intentions, vocab, want_predictive, want_known):
+    def __init__(self, batch, length, n_intentions, vocab, want_predictive, want_known, want_posterior=True):
         self.token_log_probs = np.zeros((batch, length), dtype=np.float64)
-        self.posterior = np.zeros((batch, length, n_intentions), dtype=np.float64)
+        self.posterior = np.zeros((batch, length, n_intentions), dtype=np.float64) if want_posterior else None
         self.predictive = np.zeros((batch, length, vocab), dtype=np.float64) if want_predictive else None
         self.known = np.zeros((batch, length, vocab), dtype=np.float64) if want_known else None
         self.first_impossible = np.full(batch, -1, dtype=np.int64)
@@ -321,6 +370,15 @@ class _Outputs:
         with np.errstate(divide="ignore"):
             self.token_log_probs[:, t] = np.where(ok, np.log(np.where(ok, token_prob, 1.0)), -np.inf)
         return ok
+
+    def record_all_tokens(self, token_probs) -> None:
+        """Store every log q(x_t | x_{<t}) at once, (B, T); −inf from the first zero on."""
+        impossible = token_probs <= 0.0
+        any_impossible = impossible.any(axis=1)
+        self.first_impossible = np.where(any_impossible, impossible.argmax(axis=1), -1)
+        after = np.arange(token_probs.shape[1])[None, :] >= np.where(any_impossible, self.first_impossible, token_probs.shape[1])[:, None]
+        with np.errstate(divide="ignore"):
+            self.token_log_probs = np.where(after, -np.inf, np.log(np.where(after, 1.0, token_probs)))
 
     def result(self) -> FilterResult:
         return FilterResult(
