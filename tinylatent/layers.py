@@ -220,9 +220,16 @@ def gelu_forward(x):
     x * Phi(x) (Phi the standard normal CDF); PyTorch's ``gelu(approximate="tanh")``.
     """
     xp = xp_of(x)
-    inner = GELU_SQRT_2_OVER_PI * (x + GELU_CUBIC * (x * x * x))
-    tanh_inner = xp.tanh(inner)
-    out = 0.5 * x * (1.0 + tanh_inner)
+    # in place on two buffers: this runs on the (B, T, 4C) hidden layer, the model's widest
+    inner = x * x
+    inner *= x
+    inner *= GELU_CUBIC
+    inner += x
+    inner *= GELU_SQRT_2_OVER_PI             # u = sqrt(2/pi) (x + 0.044715 x^3)
+    tanh_inner = xp.tanh(inner, out=inner)   # tanh(u)
+    out = tanh_inner + 1.0
+    out *= x
+    out *= 0.5                               # 0.5 x (1 + tanh(u))
     cache = (x, tanh_inner)
     return out, cache
 
@@ -235,9 +242,19 @@ def gelu_backward(dout, cache):
       d out/dx = 0.5 (1 + tanh(u))  +  0.5 x (1 - tanh(u)^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2)
     """
     x, tanh_inner = cache
-    du_dx = GELU_SQRT_2_OVER_PI * (1.0 + (3.0 * GELU_CUBIC) * (x * x))
-    local_grad = 0.5 * (1.0 + tanh_inner) + 0.5 * x * (1.0 - tanh_inner * tanh_inner) * du_dx
-    return dout * local_grad
+    du_dx = x * x
+    du_dx *= 3.0 * GELU_CUBIC
+    du_dx += 1.0
+    du_dx *= GELU_SQRT_2_OVER_PI                       # sqrt(2/pi) (1 + 3 * 0.044715 x^2)
+    local_grad = tanh_inner * tanh_inner
+    xp_of(x).subtract(1.0, local_grad, out=local_grad)  # 1 - tanh^2
+    local_grad *= x
+    local_grad *= du_dx                                # x (1 - tanh^2) du/dx
+    local_grad += tanh_inner
+    local_grad += 1.0
+    local_grad *= 0.5                                  # 0.5 (1 + tanh) + 0.5 x (1 - tanh^2) du/dx
+    local_grad *= dout                                 # chain rule: dx = dout * d out/dx
+    return local_grad
 
 
 # --------------------------------------------------------------------------------------
@@ -252,8 +269,8 @@ def softmax_forward(x):
     subtracted first so exp never overflows.
     """
     xp = xp_of(x)
-    shifted = x - x.max(axis=-1, keepdims=True)
-    probs = xp.exp(shifted)
+    probs = x - x.max(axis=-1, keepdims=True)   # shifted: every entry <= 0
+    xp.exp(probs, out=probs)
     probs /= probs.sum(axis=-1, keepdims=True)
     return probs, probs
 
@@ -268,7 +285,9 @@ def softmax_backward(dprobs, cache):
     Where probs_i = 0 exactly (a -inf input), dx_i = 0 exactly.
     """
     probs = cache
-    return probs * (dprobs - (probs * dprobs).sum(axis=-1, keepdims=True))
+    dx = dprobs - (probs * dprobs).sum(axis=-1, keepdims=True)
+    dx *= probs
+    return dx
 
 
 def log_softmax_forward(x):
@@ -339,8 +358,10 @@ def cross_entropy_backward(dloss, cache):
 
 def _causal_mask(T: int, xp, dtype):
     """(T, T) additive mask: 0 where key position s <= query position t, -inf after it."""
-    allowed = xp.tril(xp.ones((T, T), dtype=bool))
-    return xp.where(allowed, 0.0, -math.inf).astype(dtype)
+    future = xp.triu(xp.ones((T, T), dtype=bool), k=1)  # True where s > t
+    mask = xp.zeros((T, T), dtype=dtype)
+    mask[future] = -math.inf
+    return mask
 
 
 def attention_forward(qkv, n_head: int):
