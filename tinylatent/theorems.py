@@ -94,7 +94,13 @@ def _one_hot(index: int, size: int) -> np.ndarray:
 
 def _prior_or_stationary(language: Language, prior) -> np.ndarray:
     """π: the given prior, or the language's stationary intentions μ (a message read from a boundary)."""
-    return language.stationary_intentions() if prior is None else np.asarray(prior, dtype=np.float64)
+    if prior is not None:
+        return np.asarray(prior, dtype=np.float64)
+    stationary = language.stationary_intentions()
+    if not np.all(np.isfinite(stationary)):
+        raise ValueError(f"the stationary intentions of {language.name} came out as {stationary} "
+                         "(a numerical failure in Language.stationary_intentions); pass prior= explicitly")
+    return stationary
 
 
 def _by_length(sequences):
