@@ -343,3 +343,15 @@ def test_a_model_for_another_vocabulary_is_refused(tmp_path):
     language = tiny_language()
     with pytest.raises(ValueError, match="vocab_size"):
         train(language, GPTConfig.small(19), tiny_run(), tmp_path, progress=False)
+
+
+def test_resume_keeps_the_resolved_warmup_when_steps_grow(tmp_path):
+    """Warm-up left to its default resolves from ``steps`` once; extending the run keeps it."""
+    language = tiny_language()
+    train(language, tiny_model(language), tiny_run(steps=20, warmup_steps=None), tmp_path, progress=False)
+    assert load_checkpoint(tmp_path / CHECKPOINT_FILENAME).train_config["warmup_steps"] == 2
+    _, summary = train(language, tiny_model(language), tiny_run(steps=40, warmup_steps=None), tmp_path,
+                       resume=True, progress=False)
+    assert summary["steps"] == 40
+    stored = load_checkpoint(tmp_path / CHECKPOINT_FILENAME).train_config
+    assert stored["warmup_steps"] == 2 and stored["steps"] == 40

@@ -38,7 +38,7 @@ import numpy as np
 
 from tinylatent import __version__
 from tinylatent._io import atomic_write
-from tinylatent.backend import to_host
+from tinylatent.backend import to_device, to_host
 from tinylatent.gpt import GPT, GPTConfig, param_shapes
 from tinylatent.language import Language
 
@@ -86,8 +86,6 @@ class Checkpoint:
 
     def model(self, device: str = "cpu") -> GPT:
         """A :class:`~tinylatent.gpt.GPT` with these parameters, on ``device``."""
-        from tinylatent.backend import to_device
-
         return GPT(self.model_config, {name: to_device(value, device) for name, value in self.params.items()})
 
     def generator(self) -> np.random.Generator:
@@ -201,7 +199,6 @@ def save_checkpoint(
         "rng_state": rng_state,
         "optimizer_state": optimizer_skeleton,
         "metrics": dict(metrics or {}),
-        "param_names": list(params),
     }
     # A 0-d unicode array: stored as plain .npy, loadable without pickle.
     arrays[METADATA_KEY] = np.array(json.dumps(metadata, allow_nan=True))

@@ -66,6 +66,8 @@ DEFAULT_MIN_LR_FRACTION = 0.1  # cosine decay ends at max_lr / 10 (nanoGPT, afte
 # stretches the cosine schedule (so a resume that changes it is not bit-for-bit
 # comparable with the original plan; it is how one extends a run).
 RESUMABLE_CHANGES = ("steps", "eval_interval", "eval_windows", "checkpoint_interval", "device")
+# Train-config fields that may be None ("derive me"); :meth:`TrainConfig.resolved` fills them in.
+RESOLVED_FIELDS = ("context_length", "warmup_steps", "min_lr")
 
 
 # ----------------------------------------------------------------------------------------
@@ -299,12 +301,13 @@ class Progress:
         self.bar = None
         self.enabled = enabled
         if enabled and hasattr(self.stream, "isatty") and self.stream.isatty():
-            from tqdm import tqdm  # a runtime dependency; imported here so that library users without a terminal never pay for it
+            from tqdm import tqdm  # a runtime dependency, imported only when a bar is drawn
 
             self.bar = tqdm(total=total_steps, initial=start_step, file=self.stream, unit="step",
                             dynamic_ncols=True, smoothing=0.1)
 
-    def step(self, step: int, loss: float, tokens_per_s: float, val_loss: Optional[float] = None) -> None:
+    def step(self, loss: float, tokens_per_s: float, val_loss: Optional[float] = None) -> None:
+        """One more step on the bar (plain lines are printed by :meth:`report` only)."""
         if self.bar is not None:
             postfix = {"loss": f"{loss:.4f}", "tok/s": f"{tokens_per_s:,.0f}"}
             if val_loss is not None:
@@ -474,16 +477,20 @@ def train(language: Language, model_config: GPTConfig, train_config: TrainConfig
     if model_config.vocab_size != language.vocab_size:
         raise ValueError(f"the model's vocab_size ({model_config.vocab_size}) must equal the language's "
                          f"({language.vocab_size} tokens)")
-    config = train_config.resolved(model_config)
     out_dir = Path(out_dir)
     checkpoint_path = out_dir / CHECKPOINT_FILENAME
-    streams = RandomStreams.from_seed(config.seed)
 
     # -- the state of the run: model, optimiser, step, data generator ----------------------
     if resume:
         if not checkpoint_path.exists():
             raise ValueError(f"nothing to resume: {checkpoint_path} does not exist")
         checkpoint = load_checkpoint(checkpoint_path)
+        # Fields left to their defaults keep the values the run resolved them to, not
+        # what they would resolve to now (the warm-up follows ``steps``, which may change).
+        stored = checkpoint.train_config
+        train_config = replace(train_config, **{name: stored.get(name) for name in RESOLVED_FIELDS
+                                                if getattr(train_config, name) is None})
+        config = train_config.resolved(model_config)
         check_resumable(checkpoint, language, model_config, config)
         model = checkpoint.model(config.device)
         optimizer = AdamW(config.weight_decay, config.betas)
@@ -495,6 +502,8 @@ def train(language: Language, model_config: GPTConfig, train_config: TrainConfig
     else:
         if checkpoint_path.exists():
             raise ValueError(f"{checkpoint_path} already exists: resume that run (--resume) or choose another output folder")
+        config = train_config.resolved(model_config)
+        streams = RandomStreams.from_seed(config.seed)
         model = GPT.create(model_config, RandomStreams.generator(streams.init), config.device)
         optimizer = AdamW(config.weight_decay, config.betas)
         step = 0
@@ -502,7 +511,7 @@ def train(language: Language, model_config: GPTConfig, train_config: TrainConfig
         metrics = {}
         resumed_from = None
 
-    data = TrainingData(language, config, streams)
+    data = TrainingData(language, config, RandomStreams.from_seed(config.seed))  # validation (and corpus) streams
     bayes_loss = bayes_validation_loss(language, data.validation)
     log = JsonLog(out_dir / LOG_FILENAME, keep_through_step=step if resume else None)
     bar = Progress(progress, config.steps, step)
@@ -566,7 +575,7 @@ def train(language: Language, model_config: GPTConfig, train_config: TrainConfig
                 evaluated_at = step
                 record.update(val_loss=val_loss, bayes_val_loss=bayes_loss)
             log.write(record)
-            bar.step(step, train_loss, tokens_per_s, val_loss)
+            bar.step(train_loss, tokens_per_s, val_loss)
             if val_loss is not None:
                 tokens_done = (step - (resumed_from or 0)) * config.tokens_per_step
                 interval_rate = (tokens_done - tokens_at_last_report) / max(train_seconds - seconds_at_last_report, 1e-9)
