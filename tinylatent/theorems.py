@@ -534,7 +534,7 @@ class ICLResult(NamedTuple):
     example_ambiguity: (B, m) ε_i = 1 − q_uniform(θ* | x_i), each example read alone
         under a uniform prior.
     query_ambiguity: (B,) ε_q, the same for the query (a message prefix).
-    prior_ratio: (B,) max_{θ ≠ θ*} π(θ) / π(θ*) (0 when K = 1).
+    prior_ratio: (B,) max_θ π(θ) / π(θ*) ≥ 1.
     error_examples: (B,) 1 − q(θ* | x_1..x_m), the intention of the message after the
         examples (1 − π(θ*) at m = 0).
     bound_examples: (B,) prior_ratio · Π_i ε_i / (1 − ε_i).
@@ -599,8 +599,11 @@ def icl_posterior_concentration(language: Language, tasks: ICLTasks, n_examples:
         ≤ max_{θ≠θ*} (π(θ)/π(θ*)) · Π_i Σ_{θ≠θ*} r_i(θ)        (a product of sums of
                                                                 non-negative terms holds the diagonal)
     and Σ_{θ≠θ*} r_i(θ) = ε_i / (1 − ε_i) with ε_i read under a uniform prior. The query is
-    one more independent factor. THEORY.md writes the prior factor as max_θ π(θ)/π(θ*),
-    which is ≥ ours (it includes θ = θ*, ratio 1), so its bound holds a fortiori.
+    one more independent factor. The prior factor is THEORY.md's max_θ π(θ)/π(θ*) ≥ 1, θ = θ*
+    included: the last step needs at least one factor, and at m = 0 (no examples, no query)
+    the bound is 1 − π(θ*) ≤ max_θ π(θ)/π(θ*), true only because that factor is ≥ 1.
+    (The "tighter" max over θ ≠ θ* fails there: π = (2/3, 1/6, 1/6), θ* = 0 gives
+    1/3 > 1/4. Hypothesis found it.)
 
     The predictive inherits it (claim 3 with the query's posterior): TV ≤ ε_m, KL ≤ −log(1 − ε_m).
     When some ε_i ≥ 1/2 the factor exceeds 1 and the bound can exceed 1: still valid, just vacuous.
@@ -608,14 +611,14 @@ def icl_posterior_concentration(language: Language, tasks: ICLTasks, n_examples:
     Args:
         tasks: from :func:`sample_icl_tasks` (or built by hand), with at least m examples each.
         n_examples: m ≥ 0.
-        prior: π, the document's prior over θ; default the language's (stationary = initial for T = I).
+        prior: π, the document's prior over θ; default ``language.initial`` (T = I keeps it).
     """
     _require_mixture(language, "the ICL bound")
     if int(n_examples) != n_examples or not 0 <= n_examples <= tasks.max_examples:
         raise ValueError(f"n_examples must be an integer in 0..{tasks.max_examples}; got {n_examples}")
     n_examples = int(n_examples)
     n_intentions = language.n_intentions
-    prior = _prior_or_stationary(language, prior)
+    prior = language.initial if prior is None else np.asarray(prior, dtype=np.float64)
     truth = np.asarray(tasks.intentions, dtype=np.int64)
     batch = truth.shape[0]
     uniform = np.full(n_intentions, 1.0 / n_intentions)
@@ -634,10 +637,8 @@ def icl_posterior_concentration(language: Language, tasks: ICLTasks, n_examples:
     else:
         example_ambiguity = example_odds = np.zeros((batch, 0), dtype=np.float64)
         error_examples = posterior_error(np.tile(prior, (batch, 1)), truth)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratios = prior[None, :] / prior[truth][:, None]                                   # π(θ)/π(θ*)
-    others = np.arange(n_intentions)[None, :] != truth[:, None]
-    prior_ratio = np.where(others, ratios, 0.0).max(axis=1) if n_intentions > 1 else np.zeros(batch)
+    with np.errstate(divide="ignore"):
+        prior_ratio = prior.max() / prior[truth]                                          # max_θ π(θ)/π(θ*) ≥ 1
     with np.errstate(invalid="ignore"):   # inf · 0 = nan only if a factor is inf and another 0: take 0
         bound_examples = np.nan_to_num(prior_ratio * np.prod(example_odds, axis=1), nan=0.0, posinf=np.inf)
         bound = np.nan_to_num(bound_examples * query_odds, nan=0.0, posinf=np.inf)
