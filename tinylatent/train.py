@@ -533,7 +533,7 @@ def train(language: Language, model_config: GPTConfig, train_config: TrainConfig
 
     train_seconds = 0.0
     tokens_at_last_report, seconds_at_last_report = 0, 0.0
-    evaluated_at = saved_at = None
+    evaluated_at = None
     # The data generator's state after the last completed step: what a checkpoint must hold.
     rng_state_at_step_boundary = data_rng.bit_generator.state
     try:
@@ -584,11 +584,8 @@ def train(language: Language, model_config: GPTConfig, train_config: TrainConfig
                 bar.report(step, train_loss, val_loss, bayes_loss, interval_rate, eta)
             if step % config.checkpoint_interval == 0 or step == config.steps:
                 save()
-                saved_at = step
         if evaluated_at != step:  # a resume of a finished run: nothing was trained
             evaluate()
-        if saved_at != step and last_checkpoint_step != step:
-            save()
     except KeyboardInterrupt:
         data_rng.bit_generator.state = rng_state_at_step_boundary
         save()
