@@ -300,6 +300,7 @@ class Progress:
         self.total_steps = total_steps
         self.bar = None
         self.enabled = enabled
+        self.last_val_loss = None
         if enabled and hasattr(self.stream, "isatty") and self.stream.isatty():
             from tqdm import tqdm  # a runtime dependency, imported only when a bar is drawn
 
@@ -308,10 +309,12 @@ class Progress:
 
     def step(self, loss: float, tokens_per_s: float, val_loss: Optional[float] = None) -> None:
         """One more step on the bar (plain lines are printed by :meth:`report` only)."""
+        if val_loss is not None:
+            self.last_val_loss = val_loss
         if self.bar is not None:
             postfix = {"loss": f"{loss:.4f}", "tok/s": f"{tokens_per_s:,.0f}"}
-            if val_loss is not None:
-                postfix["val"] = f"{val_loss:.4f}"
+            if self.last_val_loss is not None:
+                postfix["val"] = f"{self.last_val_loss:.4f}"  # the latest validation, kept on the bar
             self.bar.set_postfix(postfix, refresh=False)
             self.bar.update(1)
 
