@@ -320,7 +320,8 @@ class Progress:
 
     def report(self, step: int, loss: Optional[float], val_loss: float, bayes_loss: Optional[float],
                tokens_per_s: Optional[float], eta_s: Optional[float]) -> None:
-        """A validation result: a plain line, or a new postfix value on the bar."""
+        """A validation result: a plain line, or (on a terminal) the value the bar shows from now on."""
+        self.last_val_loss = val_loss
         if not self.enabled or self.bar is not None:
             return
         parts = [f"step {step}/{self.total_steps}"]
