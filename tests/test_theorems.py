@@ -54,11 +54,19 @@ def languages(draw, transition=None, max_intentions=3, max_letters=4, max_length
         transition=transition or draw(st.sampled_from(["random", "identity", "uniform", "circular"])),
         seed=draw(st.integers(0, 2**16)),
     )
-    # Language.stationary_intentions returns NaN when T is 1 ulp off a reducible chain
-    # (e.g. K = 1 with T = [[1 − 1.1e-16]]): a bug in language.py, reported, not ours to fix.
-    with np.errstate(invalid="ignore"):
-        assume(np.all(np.isfinite(language.stationary_intentions())))
+    assume(stationary_is_computable(language))
     return language
+
+
+def stationary_is_computable(language):
+    """Language.stationary_intentions returns NaN or raises LinAlgError when rounding in the
+    rows of T hides the eigenvalue-1 space from scipy's null_space (e.g. K = 1 with
+    T = [[1 − 1.1e-16]]): a bug in language.py, reported, not ours to fix. Oracle() calls it."""
+    try:
+        with np.errstate(invalid="ignore"):
+            return bool(np.all(np.isfinite(language.stationary_intentions())))
+    except np.linalg.LinAlgError:
+        return False
 
 
 def sampled_messages(language, n_messages, seed):
@@ -222,9 +230,9 @@ def test_continuations_match_brute_force(language, seed, with_context, n_tokens)
     prompt_joint = brute_joint_at(language, prompt, position)
     for n, y in enumerate(result.continuations):
         joint = brute_joint_at(language, np.concatenate([prompt, y]), position)
-        with np.errstate(invalid="ignore"):
-            expected_conditional = np.where(prompt_joint > 0, joint / prompt_joint, 0.0)
-        np.testing.assert_allclose(result.conditional[0, n], expected_conditional, rtol=1e-9, atol=1e-14)
+        defined = prompt_joint > 0          # q(y | x_head x, θ) is defined where q(θ, x_head x) > 0
+        np.testing.assert_allclose(result.conditional[0, n][defined], joint[defined] / prompt_joint[defined],
+                                   rtol=1e-9, atol=1e-14)
         np.testing.assert_allclose(result.understanding.bayes[0, n], joint.sum() / prompt_joint.sum(), rtol=1e-9, atol=1e-14)
     np.testing.assert_allclose(result.posterior[0], prompt_joint / prompt_joint.sum(), rtol=1e-9, atol=1e-14)
 
@@ -449,9 +457,8 @@ def test_response_is_the_intention_mixture_and_an_edit_acts_only_through_it(lang
     rng = np.random.default_rng(seed)
     prompt_intentions, prompts = sampled_messages(language, 4, seed)
     responses = sample_messages(language, rng.integers(0, language.n_intentions, 4), rng)
-    # an edited chain with every entry ≥ 0.02: a near-reducible T' makes Oracle() fail inside
-    # Language.stationary_intentions (LinAlgError; a language.py bug, reported)
-    edited = 0.9 * rng.dirichlet(np.full(language.n_intentions, 0.5), size=language.n_intentions) + 0.1 / language.n_intentions
+    edited = rng.dirichlet(np.full(language.n_intentions, 0.5), size=language.n_intentions)
+    assume(stationary_is_computable(th.with_transition(language, edited)))
     result = th.instruction_tuning(language, prompts, prompt_intentions, responses, edited_transition=edited)
     np.testing.assert_allclose(result.response_given_intention, result.mixture, rtol=IDENTITY_RTOL, atol=1e-300)
     np.testing.assert_allclose(result.bayes_response, result.bayes_mixture, rtol=IDENTITY_RTOL, atol=1e-300)

@@ -1,0 +1,397 @@
+"""In-context learning: how fast the exact Bayes error about the task's intention falls with examples.
+
+THEORY.md §4: in a *mixture* language (one intention θ* per document) the posterior error
+after m examples is at most max π ratio · Π_i ε_i / (1 − ε_i), so it decays exponentially
+in m; the paper states the rate as ε_0^{m+2}. THEORY.md §8: in the paper's own language
+the intention of consecutive messages changes with probability 0.5, so a reader of that
+language cannot be sure the query continues the examples' intention, and the error need
+not go to zero. This script measures both with the exact oracle (a perfect LM, p = q).
+
+Prompt: m example messages (each with its delimiter) written under θ*, then a query: the
+first letter(s) of one more message under θ* (``--query-letters``, default 1).
+Target: q(· | query, θ*), the next token of the query's message when θ* is known.
+Per m it reports, over ``--trials`` prompts: the Bayes error 1 − q(θ* | prompt) (mean and a
+95% normal-approximation interval, clipped at 0), KL(target ‖ Bayes predictive), the
+proven bound (mixture languages), the paper's ε_0^{m+2} (ε_0 = max_i ε_i of the prompt's
+examples, each read alone under a uniform prior), and a least-squares fit of
+log(mean error) against m (rate = exp(slope): the factor per example).
+It then prints the paper's own ICL numbers (a trained model, THEORY.md §7) beside the
+exact Bayes values in the paper's setting.
+
+Usage (from the repository root):
+    python examples/icl_decay.py                        # the default run, under a minute on 2 cores
+    python examples/icl_decay.py --eta 0.02 0.06 --trials 1000 --json out/icl.json
+
+Everything that reads a prompt goes through a *predictor*, a map from prompts to
+next-token distributions (:class:`ExactBayes` here); a trained model's curve can be added
+beside the oracle's by adding one more predictor to :func:`predictors_for`.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+from typing import NamedTuple, Optional, Protocol, Sequence
+
+import numpy as np
+
+try:
+    import tinylatent  # noqa: F401
+except ModuleNotFoundError:  # run from a checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tinylatent import theorems as th
+from tinylatent._io import write_json
+from tinylatent.language import Language, mixture_language, preset
+
+PROGRAM = "icl_decay.py"
+DEFAULT_ETAS = (0.0, 0.02, 0.04)
+DEFAULT_LANGUAGES = ("paper-mixture", "paper-noisy-first-mixture", "paper", "paper-noisy-first")
+PLOT_NAME = "icl_decay.png"
+
+# THEORY.md §7: the paper's trained model (nanoGPT, 21M parameters), KL(target ‖ model) for
+# m = 1..4 examples; its target was uniform over the 6 first letters of θ* and θ* + 1.
+PAPER_ICL_KL = {
+    0.0: (0.0235, 0.0241, 0.0212, 0.0220),    # unambiguous
+    0.02: (0.219, 0.083, 0.077, 0.049),       # "ambiguity 0.065"
+    0.04: (0.633, 0.184, 0.120, 0.095),       # "ambiguity 0.157"
+}
+
+
+# ----------------------------------------------------------------------------------------
+# Predictors: anything that maps prompts to next-token distributions
+# ----------------------------------------------------------------------------------------
+
+class Predictor(Protocol):
+    """A reader of prompts: ``next_token_distribution(prompts)`` -> (B, V + 1) rows that sum to 1."""
+
+    name: str
+
+    def next_token_distribution(self, prompts: Sequence[np.ndarray]) -> np.ndarray: ...
+
+
+class ExactBayes:
+    """The exact Bayes reader of a language (the oracle): q(x_{T+1} | prompt), prompts read from a boundary."""
+
+    def __init__(self, language: Language, prior: np.ndarray):
+        self.name = "exact Bayes"
+        self.language = language
+        self.prior = prior
+
+    def next_token_distribution(self, prompts):
+        return th.final_state(self.language, prompts, prior=self.prior).predictive
+
+
+def predictors_for(language: Language, prior: np.ndarray) -> list:
+    """The predictors whose KL curves the report shows (a trained model would be added here)."""
+    return [ExactBayes(language, prior)]
+
+
+# ----------------------------------------------------------------------------------------
+# Measuring one language
+# ----------------------------------------------------------------------------------------
+
+class Summary(NamedTuple):
+    mean: float
+    low: float
+    high: float
+
+
+def summarise(values, clip_at_zero: bool = True) -> Summary:
+    """Mean and 95% normal-approximation interval (clipped at 0 for a non-negative quantity)."""
+    mean, (low, high) = th.mean_and_ci(values)
+    if clip_at_zero:
+        low = max(low, 0.0) if math.isfinite(low) else low
+    return Summary(mean, low, high)
+
+
+def evaluate_language(language: Language, tasks: th.ICLTasks, predictors: list, max_examples: int,
+                      prior: np.ndarray) -> dict:
+    """Every number of one (language, η) for m = 0..max_examples, as plain Python types.
+
+    The Bayes error, the bound and the paper's form come from the oracle; each predictor
+    contributes its KL(target ‖ predictor) curve.
+    """
+    theorem_applies = th.is_mixture(language)
+    # ε_i is a property of a message read alone from its start, the same in the language and
+    # in its mixture twin; the twin gives the per-example ambiguities for any language.
+    twin = language if theorem_applies else mixture_language(language, prior=prior)
+    target = th.known_intention_next_token(language, tasks.queries, tasks.intentions)
+    rows = []
+    for m in range(max_examples + 1):
+        prompts = tasks.prompts(m)
+        theorem = th.icl_posterior_concentration(twin, tasks, m, prior=prior)
+        error = theorem.error if theorem_applies else th.bayes_intention_error(language, prompts, tasks.intentions, prior)
+        row = {
+            "m": m,
+            "bayes_error": summarise(error)._asdict(),
+            "kl": {},
+            "bound_mean": float(theorem.bound.mean()) if theorem_applies else None,
+            "bound_holds_every_prompt": bool(np.all(theorem.holds)) if theorem_applies else None,
+            "kl_bound_mean": float(th.kl_bound(error).mean()),
+            "paper_form_mean": float(theorem.paper_form.mean()) if m else None,
+        }
+        for predictor in predictors:
+            kl = th.kl_divergence(target, predictor.next_token_distribution(prompts))
+            row["kl"][predictor.name] = summarise(kl, clip_at_zero=False)._asdict()
+        rows.append(row)
+    errors = [row["bayes_error"]["mean"] for row in rows]
+    fit = th.fit_decay(np.arange(max_examples + 1), errors)
+    return {
+        "language": language.name,
+        "theorem_applies": theorem_applies,
+        "mean_message_ambiguity": _mean_message_ambiguity(twin, tasks, max_examples, prior),
+        "rows": rows,
+        "decay_fit": fit._asdict(),
+    }
+
+
+def _mean_message_ambiguity(twin: Language, tasks: th.ICLTasks, max_examples: int, prior) -> Optional[float]:
+    """E[ε(x)] over all example messages drawn, each read alone under a uniform prior."""
+    if max_examples == 0:
+        return None
+    return float(th.icl_posterior_concentration(twin, tasks, max_examples, prior=prior).example_ambiguity.mean())
+
+
+def paper_setting(trials: int, seed: int) -> dict:
+    """The paper's ICL measurement (THEORY.md §7) redone with the exact reader.
+
+    The faithful paper language at the paper's three noise levels; prompt = m examples under
+    θ*, then the next token is the first letter of the next message; the paper's target is
+    uniform over the first letters of θ* and θ* + 1 (which is q(· | θ_m = θ*) in that language).
+    """
+    out = {"m": [1, 2, 3, 4], "paper_trained_model_kl": {}, "exact_bayes_kl": {}}
+    for eta, paper_values in PAPER_ICL_KL.items():
+        language = preset("paper", eta)
+        prior = language.stationary_intentions()
+        tasks = th.sample_icl_tasks(language, trials, 4, seed=seed, prior=prior)
+        letters_per_intention = 3
+        owners = np.arange(language.n_letters) // letters_per_intention                    # intention owning each letter
+        target = np.zeros((trials, language.vocab_size))
+        for offset in (0, 1):
+            owned = owners[None, :] == ((tasks.intentions[:, None] + offset) % language.n_intentions)
+            target[:, 1:] += owned / 6.0
+        reader = predictors_for(language, prior)[0]
+        exact = [float(th.kl_divergence(target, reader.next_token_distribution(tasks.example_prompts(m))).mean())
+                 for m in out["m"]]
+        out["paper_trained_model_kl"][f"{eta:g}"] = list(paper_values)
+        out["exact_bayes_kl"][f"{eta:g}"] = exact
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# Report: table, plot, JSON
+# ----------------------------------------------------------------------------------------
+
+ROUNDING_FLOOR = 1e-15  # a |KL| below this is float64 rounding of 0 (it can come out slightly negative)
+
+
+def _number(value, digits: int = 2, floor: float = 0.0) -> str:
+    if value is None:
+        return "—"
+    if value == 0.0:
+        return "0"
+    if abs(value) < floor:
+        return f"<{floor:.0e}"
+    return f"{value:.{digits}e}"
+
+
+def format_language_table(name: str, description: str, results: list) -> str:
+    """One table per language: rows (η, m)."""
+    predictor_names = list(results[0]["rows"][0]["kl"]) if results else []
+    kl_headers = "".join(f"  {'KL(target‖' + p + ')':>22}" for p in predictor_names)
+    lines = [f"== {name}: {description} ==",
+             f"{'eta':>6} {'m':>3}  {'Bayes error 1-q(θ*|prompt) [95% CI]':<36}{kl_headers}  {'proven bound':>12}  {'paper ε0^(m+2)':>14}"]
+    for result in results:
+        for row in result["rows"]:
+            error = row["bayes_error"]
+            interval = f"{_number(error['mean'])} [{_number(error['low'], 1)}, {_number(error['high'], 1)}]"
+            kls = "".join(f"  {_number(row['kl'][p]['mean'], floor=ROUNDING_FLOOR):>22}" for p in predictor_names)
+            bound = _number(row["bound_mean"]) if result["theorem_applies"] else "n/a"
+            lines.append(f"{result['eta']:>6g} {row['m']:>3}  {interval:<36}{kls}  {bound:>12}  {_number(row['paper_form_mean']):>14}")
+        fit = result["decay_fit"]
+        if fit["n_points"] >= 2:
+            lines.append(f"{'':>11}fitted decay: mean error ≈ {math.exp(fit['intercept']):.2g} · {fit['rate']:.3g}^m "
+                         f"(slope {fit['slope']:.3g} per example, {fit['n_points']} points)")
+        else:
+            lines.append(f"{'':>11}fitted decay: none (the error is exactly 0 at {len(result['rows']) - fit['n_points']} "
+                         f"of {len(result['rows'])} values of m)")
+    return "\n".join(lines)
+
+
+def format_paper_comparison(comparison: dict) -> str:
+    etas = list(comparison["paper_trained_model_kl"])
+    header = "".join(f"{'η=' + e:>9}" for e in etas)
+    lines = ["== ICL as the paper measured it (THEORY.md §7): faithful paper language, m examples, then the",
+             "   next message's first letter; target uniform over the 6 first letters of θ* and θ*+1 ==",
+             f"{'':>4} {'paper: trained model KL(target‖p)':>34}   {'ours: exact Bayes KL(target‖q)':>32}",
+             f"{'m':>4} {header:>34}   {header:>32}"]
+    for i, m in enumerate(comparison["m"]):
+        paper = "".join(f"{comparison['paper_trained_model_kl'][e][i]:>9.4g}" for e in etas)
+        ours = "".join(f"{_number(comparison['exact_bayes_kl'][e][i], 1, ROUNDING_FLOOR):>9}" for e in etas)
+        lines.append(f"{m:>4} {paper:>34}   {ours:>32}")
+    return "\n".join(lines)
+
+
+def save_plot(results: list, path: Path) -> Optional[Path]:
+    """Log-scale mean Bayes error against m, one line per (language, η), bound dashed. None without matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    figure, axes = plt.subplots(figsize=(8, 5))
+    not_drawn = []
+    for index, result in enumerate(results):
+        m = np.array([row["m"] for row in result["rows"]])
+        error = np.array([row["bayes_error"]["mean"] for row in result["rows"]])
+        label = f"{result['language']}"
+        if not np.any(error > 0):
+            not_drawn.append(label)
+            continue
+        color = f"C{index % 10}"
+        axes.plot(m[error > 0], error[error > 0], "o-", color=color, label=label)
+        if result["theorem_applies"]:
+            bound = np.array([row["bound_mean"] for row in result["rows"]])
+            axes.plot(m, np.minimum(bound, 1e3), "--", color=color, alpha=0.7, label=f"bound, {label}")
+    axes.set_yscale("log")
+    axes.set_xlabel("m, number of in-context examples")
+    axes.set_ylabel("mean Bayes error 1 − q(θ* | prompt)")
+    title = "Exact Bayes ICL error (dashed: proven bound)"
+    if not_drawn:
+        title += f"\nexactly 0, not drawn: {', '.join(not_drawn)}"
+    axes.set_title(title, fontsize=9)
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def _json_safe(value):
+    """NaN and ±inf are not JSON: write them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+# ----------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------
+
+class UsageError(Exception):
+    """A bad option: reported as one line on stderr, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse API: must not return
+        raise UsageError(message)
+
+
+LANGUAGE_DESCRIPTIONS = {
+    "paper-mixture": "the paper's letter chains, θ fixed per document (theorem applies; first letter reveals θ)",
+    "paper-noisy-first-mixture": "first letter noised too, θ fixed per document (theorem applies)",
+    "paper": "the paper's own language: circular chain, θ changes w.p. 0.5 per message",
+    "paper-noisy-first": "the paper's circular chain with the first letter noised too",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROGRAM, description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=400, help="prompts per (language, η, m) (default 400)")
+    parser.add_argument("--eta", type=float, nargs="+", default=list(DEFAULT_ETAS),
+                        help="noise levels η ≥ 0 (default 0 0.02 0.04)")
+    parser.add_argument("--max-examples", type=int, default=8, help="largest m (default 8)")
+    parser.add_argument("--query-letters", type=int, default=1, help="letters of the query message (default 1)")
+    parser.add_argument("--language", choices=DEFAULT_LANGUAGES, nargs="+", default=list(DEFAULT_LANGUAGES),
+                        help="which languages (default all four)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--out", type=Path, default=Path("out"), help="folder for the plot (default out/)")
+    parser.add_argument("--json", type=Path, default=None, help="also write every number to this JSON file")
+    return parser
+
+
+def parse_args(argv) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    if args.trials < 2:
+        raise UsageError(f"--trials must be at least 2 (a confidence interval needs two); got {args.trials}")
+    bad_eta = [eta for eta in args.eta if not (math.isfinite(eta) and eta >= 0.0)]
+    if bad_eta:
+        raise UsageError(f"--eta must be finite and ≥ 0; got {bad_eta[0]:g}")
+    if args.max_examples < 1:
+        raise UsageError(f"--max-examples must be at least 1; got {args.max_examples}")
+    if args.query_letters < 1:
+        raise UsageError(f"--query-letters must be at least 1; got {args.query_letters}")
+    if args.seed < 0:
+        raise UsageError(f"--seed must be ≥ 0; got {args.seed}")
+    return args
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Measure every (language, η), print the tables, save the plot and the JSON."""
+    started = time.perf_counter()
+    report = {
+        "settings": {"trials": args.trials, "eta": args.eta, "max_examples": args.max_examples,
+                     "query_letters": args.query_letters, "seed": args.seed, "languages": args.language,
+                     "prior": "stationary intentions (uniform over the 6 intentions)",
+                     "paper_form_epsilon_0": "max_i eps_i over the prompt's examples, each read alone, uniform prior",
+                     "confidence_interval": "95% normal approximation over trials, clipped at 0"},
+        "languages": [],
+    }
+    print(f"ICL with the exact oracle: {args.trials} prompts per (language, η, m); prompt = m examples under θ*, "
+          f"then the first {args.query_letters} letter(s) of one more message under θ*; target q(next | query, θ*).")
+    for name in args.language:
+        results = []
+        for eta in args.eta:
+            language = preset(name, eta)
+            prior = language.stationary_intentions()
+            tasks = th.sample_icl_tasks(language, args.trials, args.max_examples, args.query_letters,
+                                        seed=args.seed, prior=prior)
+            result = evaluate_language(language, tasks, predictors_for(language, prior), args.max_examples, prior)
+            result.update({"preset": name, "eta": eta})
+            results.append(result)
+        print()
+        print(format_language_table(name, LANGUAGE_DESCRIPTIONS[name], results))
+        report["languages"].extend(results)
+    comparison = paper_setting(args.trials, args.seed)
+    report["paper_comparison"] = comparison
+    print()
+    print(format_paper_comparison(comparison))
+    print()
+    plot = save_plot(report["languages"], args.out / PLOT_NAME)
+    report["plot"] = str(plot) if plot else None
+    if plot:
+        print(f"plot saved to {plot}")
+    else:
+        print("plot skipped: matplotlib is not installed (pip install tinylatent[plot])")
+    report["seconds"] = time.perf_counter() - started
+    if args.json is not None:
+        write_json(args.json, _json_safe(report))
+        print(f"numbers written to {args.json}")
+    return report
+
+
+def main(argv=None) -> int:
+    try:
+        args = parse_args(argv)
+        run(args)
+    except UsageError as exc:
+        print(f"{PROGRAM}: error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError) as exc:
+        message = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.strerror else str(exc)
+        print(f"{PROGRAM}: error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""examples/icl_decay.py, run in-process with a tiny budget: its JSON, its claims, its errors."""
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "icl_decay.py"
+TINY = ["--trials", "5", "--max-examples", "3"]
+
+
+@pytest.fixture(scope="module")
+def icl_decay():
+    spec = importlib.util.spec_from_file_location("icl_decay", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def report(icl_decay, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("icl")
+    status = icl_decay.main(TINY + ["--out", str(folder), "--json", str(folder / "icl.json")])
+    assert status == 0
+    return json.loads((folder / "icl.json").read_text()), folder
+
+
+def test_json_has_every_number(report):
+    data, _ = report
+    assert set(data) >= {"settings", "languages", "paper_comparison", "plot", "seconds"}
+    assert data["settings"]["trials"] == 5 and data["settings"]["max_examples"] == 3
+    assert data["settings"]["eta"] == [0.0, 0.02, 0.04]
+    assert len(data["languages"]) == 4 * 3                      # four languages × three noise levels
+    for result in data["languages"]:
+        assert set(result) >= {"language", "preset", "eta", "theorem_applies", "rows", "decay_fit", "mean_message_ambiguity"}
+        assert [row["m"] for row in result["rows"]] == [0, 1, 2, 3]
+        assert set(result["decay_fit"]) == {"slope", "intercept", "rate", "n_points"}
+        for row in result["rows"]:
+            error = row["bayes_error"]
+            assert 0.0 <= error["low"] <= error["mean"] <= error["high"] <= 1.0
+            assert "exact Bayes" in row["kl"]
+    comparison = data["paper_comparison"]
+    assert comparison["m"] == [1, 2, 3, 4]
+    assert comparison["paper_trained_model_kl"]["0.02"] == [0.219, 0.083, 0.077, 0.049]
+    assert set(comparison["exact_bayes_kl"]) == {"0", "0.02", "0.04"}
+
+
+def test_mixture_languages_obey_the_bound_and_the_error_falls(report):
+    data, _ = report
+    mixtures = [r for r in data["languages"] if r["preset"].endswith("-mixture")]
+    assert mixtures and all(r["theorem_applies"] for r in mixtures)
+    for result in mixtures:
+        for row in result["rows"]:
+            assert row["bound_holds_every_prompt"] is True
+            assert row["bayes_error"]["mean"] <= row["bound_mean"] + 1e-12
+        errors = [row["bayes_error"]["mean"] for row in result["rows"]]
+        assert errors[-1] <= errors[0]                           # non-increasing-ish: the last ≤ the first
+        assert all(later <= 1.5 * earlier + 1e-12 for earlier, later in zip(errors, errors[1:]))
+    noisy = next(r for r in mixtures if r["preset"] == "paper-noisy-first-mixture" and r["eta"] == 0.04)
+    assert noisy["rows"][0]["bayes_error"]["mean"] > 0.0 and noisy["decay_fit"]["rate"] < 1.0
+
+
+def test_paper_language_findings(report):
+    """THEORY.md §8: the faithful first letter reveals θ (error exactly 0 at every η); the
+    circular chain gives no bound (the theorem does not apply)."""
+    data, _ = report
+    for result in data["languages"]:
+        if result["preset"] in ("paper", "paper-mixture"):
+            assert all(row["bayes_error"]["mean"] == 0.0 for row in result["rows"])
+        if result["preset"] in ("paper", "paper-noisy-first"):
+            assert not result["theorem_applies"]
+            assert all(row["bound_mean"] is None for row in result["rows"])
+    for values in data["paper_comparison"]["exact_bayes_kl"].values():
+        assert all(abs(value) < 1e-12 for value in values)    # the exact reader hits the paper's target
+
+
+def test_table_and_plot_messages(icl_decay, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)       # as if matplotlib were not installed
+    assert icl_decay.main(TINY + ["--eta", "0.02", "--language", "paper-noisy-first-mixture", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "== paper-noisy-first-mixture" in out and "fitted decay" in out
+    assert "paper: trained model" in out and "ours: exact Bayes" in out
+    assert "plot skipped" in out and "pip install tinylatent[plot]" in out
+    assert not (tmp_path / "icl_decay.png").exists()
+
+
+def test_plot_is_saved_when_matplotlib_is_installed(icl_decay, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    assert icl_decay.main(TINY + ["--eta", "0.04", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "icl_decay.png").stat().st_size > 0
+    assert f"plot saved to {tmp_path / 'icl_decay.png'}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--eta", "-0.1"], "--eta must be finite and ≥ 0"),
+    (["--eta", "nan"], "--eta must be finite and ≥ 0"),
+    (["--trials", "0"], "--trials must be at least 2"),
+    (["--trials", "many"], "invalid int value"),
+    (["--max-examples", "0"], "--max-examples must be at least 1"),
+    (["--language", "english"], "invalid choice"),
+])
+def test_bad_options_exit_2_with_one_line(icl_decay, capsys, argv, message):
+    assert icl_decay.main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("icl_decay.py: error: ") and message in lines[0]
+
+
+def test_library_value_errors_are_one_line(icl_decay, capsys, monkeypatch):
+    def broken(*args, **kwargs):
+        raise ValueError("something the library rejected")
+    monkeypatch.setattr(icl_decay.th, "sample_icl_tasks", broken)
+    assert icl_decay.main(TINY) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == ["icl_decay.py: error: something the library rejected"]
+
+
+def test_nan_is_written_as_null(icl_decay):
+    assert icl_decay._json_safe({"a": [math.nan, 1.0, math.inf]}) == {"a": [None, 1.0, None]}
