@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import NamedTuple, Optional, Union
 
 import numpy as np
-import scipy.linalg
 
 from tinylatent._io import write_json
 
@@ -206,8 +205,8 @@ class Language:
         distribution; for T = I (a mixture language) it is ``initial`` itself.
         """
         eye = np.eye(self.n_intentions, dtype=np.float64)
-        right = scipy.linalg.null_space(self.transition - eye)  # T r = r
-        left = scipy.linalg.null_space((self.transition - eye).T)  # w T = w
+        right = _null_space(self.transition - eye)  # T r = r
+        left = _null_space((self.transition - eye).T)  # w T = w
         projector = right @ np.linalg.solve(left.T @ right, left.T)
         stationary = self.initial @ projector
         stationary = np.clip(stationary, 0.0, None)
@@ -318,6 +317,18 @@ class Language:
             f"  outer chain: {'identity (a mixture: one intention per document)' if np.array_equal(self.transition, np.eye(self.n_intentions)) else 'general'}; "
             f"stationary intentions {np.array2string(self.stationary_intentions(), precision=3)}",
         ])
+
+
+def _null_space(matrix: np.ndarray) -> np.ndarray:
+    """An orthonormal basis (columns) of {v : matrix v = 0}, from the SVD.
+
+    (NumPy only: importing SciPy here would load a second OpenBLAS whose threads
+    compete with NumPy's on a small machine.)
+    """
+    _, singular_values, vt = np.linalg.svd(matrix)
+    tolerance = max(matrix.shape) * np.finfo(np.float64).eps * (singular_values.max() if singular_values.size else 0.0)
+    rank = int((singular_values > tolerance).sum())
+    return vt[rank:].conj().T
 
 
 def _default_alphabet(n_letters: int) -> tuple:
