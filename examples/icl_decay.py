@@ -262,7 +262,7 @@ def save_plot(results: list, path: Path) -> Optional[Path]:
     axes.set_ylabel("mean Bayes error 1 − q(θ* | prompt)")
     title = "Exact Bayes ICL error (dashed: proven bound)"
     if not_drawn:
-        title += f"\nexactly 0, not drawn: {', '.join(not_drawn)}"
+        title += f"\n{len(not_drawn)} curves are exactly 0 at every m (not drawable on a log scale; see the table)"
     axes.set_title(title, fontsize=9)
     axes.legend(fontsize=7)
     figure.tight_layout()
