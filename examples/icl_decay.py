@@ -264,7 +264,8 @@ def save_plot(results: list, path: Path) -> Optional[Path]:
     if not_drawn:
         title += f"\n{len(not_drawn)} curves are exactly 0 at every m (not drawable on a log scale; see the table)"
     axes.set_title(title, fontsize=9)
-    axes.legend(fontsize=7)
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(fontsize=7)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
