@@ -19,6 +19,8 @@ claim                                                  function
 7. instruction tuning: p(y|x) = Σ_θ q(θ|θ_x) q(y|θ)     :func:`instruction_tuning`
 =====================================================  ===================================
 
+``python -m tinylatent.theorems`` prints one measured example of each (:func:`demo`).
+
 Every result is a NamedTuple whose fields are documented by the math they hold; most
 carry ``measured``, ``bound``, ``slack`` (= how far inside the bound, ≥ 0 when it holds)
 and ``holds`` (the inequality, with :data:`ROUNDING_TOLERANCE` for float64 rounding).
@@ -122,7 +124,8 @@ def _n_sequences(sequences) -> int:
 
 
 class FinalState(NamedTuple):
-    """What the oracle knows at the end of each of B sequences (read from a message boundary).
+    """What the oracle knows at the end of each of B sequences (phase "start": read from a
+    message boundary; phase "unknown": windows cut anywhere in the stream).
 
     log_marginal: (B,) log q(x).
     posterior: (B, K) q(θ_T | x), θ_T the intention of the message holding the last token.
