@@ -3,7 +3,8 @@
 One training step (nanoGPT's loop, THEORY.md §7):
 
 1. draw a batch of B windows of T + 1 tokens from the language (fresh windows of a
-   new stream, or random windows of a fixed corpus);
+   new stream, one stream per window when the outer chain never mixes, as in a mixture
+   language; or random windows of a fixed corpus);
 2. inputs = window[:, :-1], targets = window[:, 1:]: the model reads x_{1..t} and is
    scored on x_{t+1}, for every t of every window at once;
 3. loss = mean over the B·T positions of −log p(x_{t+1} | x_{≤t}) (nats/token), and
@@ -217,6 +218,34 @@ def random_windows(tokens: np.ndarray, n_windows: int, window_length: int, rng: 
     return tokens[starts[:, None] + np.arange(window_length)[None, :]]
 
 
+def outer_chain_mixes(language: Language) -> bool:
+    """Whether one long stream of the language meets every intention in its long-run shares.
+
+    True when the outer chain T has a single closed class, i.e. the eigenvalue 1 of T is
+    simple: rank(T − I) = K − 1. Then a stream forgets where it started, and windows cut
+    from one stream are (nearly) independent draws of the stationary process. False for
+    a mixture language (T = I, one intention per document): there one stream is one
+    document, and all its windows share that document's θ.
+    """
+    n_intentions = language.n_intentions
+    return int(np.linalg.matrix_rank(language.transition - np.eye(n_intentions))) == n_intentions - 1
+
+
+def stream_windows(language: Language, n_windows: int, window_length: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_windows, window_length) windows of the language's stream, each at a uniformly random place.
+
+    If the outer chain mixes (:func:`outer_chain_mixes`), all windows are cut from one
+    fresh stream (:func:`tinylatent.language.sample_windows`). If it does not, each window
+    is cut from its own stream, so that its intentions are drawn afresh (θ ~ ``initial``
+    for a mixture language) instead of every window repeating one document's θ. Both give
+    windows from the start that the oracle's ``phase="unknown"`` assumes.
+    """
+    if outer_chain_mixes(language):
+        return sample_windows(language, n_windows, window_length, rng)
+    # One document per window: a loop over documents, each a call of the vectorised sampler.
+    return np.concatenate([sample_windows(language, 1, window_length, rng) for _ in range(n_windows)])
+
+
 class TrainingData:
     """Where the windows come from: training batches drawn step by step, and a fixed validation set.
 
@@ -232,7 +261,7 @@ class TrainingData:
         validation_rng = RandomStreams.generator(streams.validation)
         if config.data == "stream":
             self.train_tokens = None
-            self.validation = sample_windows(language, config.eval_windows, self.window_length, validation_rng)
+            self.validation = stream_windows(language, config.eval_windows, self.window_length, validation_rng)
         else:
             corpus = sample_corpus(language, config.corpus_messages, RandomStreams.generator(streams.corpus))
             n_train = int(round(corpus.tokens.shape[0] * (1.0 - config.validation_fraction)))
@@ -249,7 +278,7 @@ class TrainingData:
     def train_batch(self, rng: np.random.Generator) -> np.ndarray:
         """(batch_size, T + 1) int64 windows; all their randomness comes from ``rng``."""
         if self.train_tokens is None:
-            return sample_windows(self.language, self.config.batch_size, self.window_length, rng)
+            return stream_windows(self.language, self.config.batch_size, self.window_length, rng)
         return random_windows(self.train_tokens, self.config.batch_size, self.window_length, rng)
 
 
