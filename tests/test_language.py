@@ -127,6 +127,19 @@ def test_stationary_intentions_of_a_reducible_chain_is_the_cesaro_limit():
     np.testing.assert_allclose(periodic.stationary_intentions(), [0.5, 0.5], atol=1e-12)
 
 
+def test_stationary_intentions_with_rows_a_few_ulps_off_one():
+    """Rows that sum to 1 only within rounding must not break the eigenvalue-1 space (found by Hypothesis)."""
+    import dataclasses
+    cases = [random_language(1, 1, message_length=(1, 1), concentration=0.3, transition="random", seed=1),
+             random_language(2, 3, transition="random", seed=13, concentration=0.3)]
+    base = random_language(2, 1, message_length=(1, 3), concentration=0.3, transition="random", seed=0)
+    cases.append(dataclasses.replace(base, transition=np.random.default_rng(409).dirichlet([0.5, 0.5], size=2)))
+    for language in cases:
+        mu = language.stationary_intentions()
+        assert np.all(np.isfinite(mu)) and np.isclose(mu.sum(), 1.0)
+        np.testing.assert_allclose(mu @ language.transition, mu, atol=1e-12)
+
+
 def _valid_fields():
     return dict(initial=[0.5, 0.5], transition=[[0.5, 0.5], [0.5, 0.5]], first_letter=[[1.0, 0.0], [0.0, 1.0]],
                 letter_transition=np.ones((2, 2, 2)) / 2, length_probs=[0.0, 1.0])

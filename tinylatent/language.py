@@ -205,8 +205,9 @@ class Language:
         distribution; for T = I (a mixture language) it is ``initial`` itself.
         """
         eye = np.eye(self.n_intentions, dtype=np.float64)
-        right = _null_space(self.transition - eye)  # T r = r
-        left = _null_space((self.transition - eye).T)  # w T = w
+        transition = self.transition / self.transition.sum(axis=1, keepdims=True)  # exact rows: (T − I)·1 ≈ 1e-16
+        right = _null_space(transition - eye)  # T r = r
+        left = _null_space((transition - eye).T)  # w T = w
         projector = right @ np.linalg.solve(left.T @ right, left.T)
         stationary = self.initial @ projector
         stationary = np.clip(stationary, 0.0, None)
@@ -319,6 +320,9 @@ class Language:
         ])
 
 
+NULL_SPACE_TOLERANCE = 1e-12  # singular values of T − I below this count as 0 (T's entries are ≤ 1)
+
+
 def _null_space(matrix: np.ndarray) -> np.ndarray:
     """An orthonormal basis (columns) of {v : matrix v = 0}, from the SVD.
 
@@ -326,8 +330,7 @@ def _null_space(matrix: np.ndarray) -> np.ndarray:
     compete with NumPy's on a small machine.)
     """
     _, singular_values, vt = np.linalg.svd(matrix)
-    tolerance = max(matrix.shape) * np.finfo(np.float64).eps * (singular_values.max() if singular_values.size else 0.0)
-    rank = int((singular_values > tolerance).sum())
+    rank = int((singular_values > NULL_SPACE_TOLERANCE).sum())
     return vt[rank:].conj().T
 
 
