@@ -6,7 +6,7 @@ from hypothesis import given, strategies as st
 
 import brute_force
 from tinylatent.language import (
-    Language, fixed_length, mixture_language, paper_language, random_language, sample_corpus, sample_windows,
+    Language, mixture_language, paper_language, random_language, sample_corpus, sample_windows,
 )
 from tinylatent.oracle import Oracle, describe_impossible
 

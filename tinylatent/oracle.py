@@ -262,7 +262,6 @@ class Oracle:
         n_intentions, vocab = self.language.n_intentions, self.language.vocab_size
         n_states = self.max_length + 1
         rows = np.arange(batch)
-        counts = np.arange(n_states)
         stop, go_on = self.stop[:n_states], self.go_on[:n_states]              # (L + 1,)
         # alpha[b, θ, n] = q(θ, n | x_{≤t}); n = 0 means "token t ended a message of θ".
         alpha = np.tile(self.stationary_state, (batch, 1, 1))
