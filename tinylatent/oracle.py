@@ -32,6 +32,10 @@ Two starts:
   distribution s_θ A_θ^n.
 
 All numbers are float64 and batched over sequences: the only Python loop is over time.
+
+The backend follows the tokens: NumPy arrays give NumPy results, CuPy arrays give CuPy
+results (the float recursion runs on the GPU; the integer bookkeeping of the prompt,
+checked on the host before any indexing, is done there and moved once).
 """
 from __future__ import annotations
 
@@ -39,6 +43,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
+from tinylatent.backend import to_host, xp_of
 from tinylatent.language import DELIMITER_ID, Language
 
 PHASES = ("start", "unknown")
@@ -127,19 +132,42 @@ class Oracle:
         # The length rule's factor for a token after n letters: (1 − h[n]) for a letter that
         # continues a message (1 for one that opens a message, n = 0); h[n] for a delimiter.
         self.letter_length_factor = np.concatenate([[1.0], self.go_on[1:]])            # (L + 3,)
+        self._device_copies = {}
+
+    _TABLES = ("stop", "go_on", "transition", "first_letter", "letter_transition", "stationary_state",
+               "stationary_next_letter", "pair_likelihood", "letter_length_factor")
+
+    def _tables(self, xp):
+        """The float64 tables above on the backend ``xp`` (copied to a GPU once, then cached)."""
+        if xp is np:
+            return self
+        key = xp.__name__
+        if key not in self._device_copies:
+            copies = type("DeviceTables", (), {})()
+            for name in self._TABLES:
+                setattr(copies, name, xp.asarray(getattr(self, name), dtype=xp.float64))
+            self._device_copies[key] = copies
+        return self._device_copies[key]
 
     # ------------------------------------------------------------------------------------
     def _check(self, tokens, prior, known_intention, phase):
         if phase not in PHASES:
             raise ValueError(f"phase must be one of {', '.join(PHASES)}; got {phase!r}")
-        tokens = np.asarray(tokens)
+        xp = xp_of(tokens)
+        tokens = xp.asarray(tokens)
         if tokens.ndim == 1:
             tokens = tokens[None, :]
         if tokens.ndim != 2:
             raise ValueError(f"tokens must be a (T,) or (B, T) array of token ids; got shape {tokens.shape}")
         if tokens.shape[1] == 0 or tokens.shape[0] == 0:
             raise ValueError("the prompt is empty: give at least one token")
-        tokens = self.language.check_tokens(tokens, "prompt")
+        host_tokens = to_host(tokens)
+        if not np.issubdtype(host_tokens.dtype, np.integer):
+            raise ValueError(f"prompt: token ids must be integers; got dtype {host_tokens.dtype}")
+        if host_tokens.min() < 0 or host_tokens.max() >= self.language.vocab_size:
+            bad = int(host_tokens.min()) if host_tokens.min() < 0 else int(host_tokens.max())
+            raise ValueError(f"prompt: token id {bad} is outside the vocabulary [0, {self.language.vocab_size})")
+        tokens = host_tokens.astype(np.int64, copy=False)  # validated on the host, before any indexing
         n_intentions = self.language.n_intentions
         if prior is not None:
             if phase != "start":
@@ -148,10 +176,10 @@ class Oracle:
             if prior.shape != (n_intentions,) or np.any(prior < 0) or not np.isclose(prior.sum(), 1.0):
                 raise ValueError(f"prior must be a distribution over the {n_intentions} intentions")
         if known_intention is not None:
-            known_intention = np.broadcast_to(np.asarray(known_intention), (tokens.shape[0],)).astype(np.int64)
+            known_intention = np.broadcast_to(to_host(known_intention), (tokens.shape[0],)).astype(np.int64)
             if known_intention.min() < 0 or known_intention.max() >= n_intentions:
                 raise ValueError(f"known_intention must be in 0..{n_intentions - 1}")
-        return tokens, prior, known_intention
+        return xp, tokens, prior, known_intention
 
     def filter(self, tokens, phase: str = "start", prior=None, predictive: bool = True,
                known_intention=None) -> FilterResult:
@@ -167,20 +195,24 @@ class Oracle:
             known_intention: an intention (or one per sequence) for the known-intention
                 predictive q(x_{t+1} | x_{≤t}, θ).
         """
-        tokens, prior, known_intention = self._check(tokens, prior, known_intention, phase)
+        xp, tokens, prior, known_intention = self._check(tokens, prior, known_intention, phase)
         if phase == "start":
-            return self._filter_known_phase(tokens, self.language.initial if prior is None else prior,
+            return self._filter_known_phase(xp, tokens, self.language.initial if prior is None else prior,
                                             predictive, known_intention)
-        return self._filter_unknown_phase(tokens, predictive, known_intention)
+        return self._filter_unknown_phase(xp, tokens, predictive, known_intention)
 
     # -- phase known: the hidden state is θ alone --------------------------------------------
-    def _filter_known_phase(self, tokens, prior, want_predictive, known_intention) -> FilterResult:
+    def _filter_known_phase(self, xp, tokens, prior, want_predictive, known_intention) -> FilterResult:
         """With the phase known, n (letters so far) is observed, so each token's likelihood
         under each θ is gathered for the whole batch before the recursion, and the recursion
-        itself is a multiplication and a normalisation per step."""
+        itself is a multiplication and a normalisation per step.
+
+        ``tokens`` is the validated host copy; the float work runs on ``xp``.
+        """
+        tables = self._tables(xp)
         batch, length = tokens.shape
         n_intentions, vocab = self.language.n_intentions, self.language.vocab_size
-        # Time-major (T, B) so that each step of the recursion reads one contiguous slice.
+        # Integer bookkeeping on the host, time-major (T, B) so that each step reads one slice.
         token = np.ascontiguousarray(tokens.T)
         previous = np.concatenate([np.zeros((1, batch), np.int64), token[:-1]])        # a delimiter before token 1
         is_delimiter = token == DELIMITER_ID
@@ -193,44 +225,50 @@ class Oracle:
         # likelihood[t, b, θ] = q(x_t | x_{<t}, θ), θ the intention of token t's message:
         #   a letter opening a message: s_θ[c]; a letter inside one: (1 − h[n]) A_θ[ℓ, c];
         #   a delimiter: h[n] (the same for every θ; 0 right after another delimiter).
-        likelihood = np.take(self.pair_likelihood, previous * vocab + token, axis=0)   # (T, B, K)
+        likelihood = xp.take(tables.pair_likelihood, xp.asarray(previous * vocab + token), axis=0)  # (T, B, K)
         length_factor = np.where(is_delimiter, self.stop[n_before], self.letter_length_factor[n_before])
-        partial = length_factor != 1.0                                                  # sparse: message ends
-        likelihood[partial] *= length_factor[partial][:, None]
+        partial = np.nonzero(length_factor != 1.0)                                      # sparse: message ends
+        if len(partial[0]):
+            rows_t, rows_b = xp.asarray(partial[0]), xp.asarray(partial[1])
+            likelihood[rows_t, rows_b] *= xp.asarray(length_factor[partial])[:, None]
         any_opens, any_delimiter = opens_message.any(axis=1), is_delimiter.any(axis=1)  # (T,) host flags
+        opens_on_device, delimiter_on_device = xp.asarray(opens_message), xp.asarray(is_delimiter)
 
-        filtered = np.tile(prior, (batch, 1))        # q(θ of the current message | x_{≤t}); the prior before token 1
+        filtered = xp.tile(xp.asarray(prior, dtype=xp.float64), (batch, 1))  # q(θ of the current message | x_{≤t})
         upcoming = filtered.copy()                   # q(θ of the next message | x_{≤t}), used when a message opens
-        token_probs = np.empty((length, batch), dtype=np.float64)                      # q(x_t | x_{<t})
-        posterior = np.empty((length, batch, n_intentions), dtype=np.float64)          # time-major while filling
-        ones = np.ones(n_intentions, dtype=np.float64)
-        alive = np.ones(batch, dtype=bool)                                              # q(x_{≤t}) > 0 so far
+        token_probs = xp.empty((length, batch), dtype=xp.float64)                      # q(x_t | x_{<t})
+        posterior = xp.empty((length, batch, n_intentions), dtype=xp.float64)          # time-major while filling
+        alive = xp.ones(batch, dtype=bool)                                              # q(x_{≤t}) > 0 so far
+        ones = xp.ones(n_intentions, dtype=xp.float64)
+        check_each_step = xp is np  # on a GPU, a per-step test would synchronise: always take the general path
         for t in range(length):
-            current = np.where(opens_message[t][:, None], upcoming, filtered) if any_opens[t] else filtered
+            current = xp.where(opens_on_device[t][:, None], upcoming, filtered) if any_opens[t] else filtered
             joint = current * likelihood[t]                                             # q(θ, x_t | x_{<t})
-            np.matmul(joint, ones, out=token_probs[t])                                  # Σ_θ, as a BLAS call
-            if token_probs[t].all():                                                    # the common case
-                filtered = np.divide(joint, token_probs[t][:, None], out=posterior[t])
-            else:  # a row became impossible: it keeps its last well-defined posterior from now on
+            xp.matmul(joint, ones, out=token_probs[t])                                  # Σ_θ, as one BLAS call
+            if check_each_step and token_probs[t].all():                               # the common case
+                filtered = xp.divide(joint, token_probs[t][:, None], out=posterior[t])
+            else:  # a row that became impossible keeps its last well-defined posterior from now on
                 alive &= token_probs[t] > 0.0
-                posterior[t] = np.where(alive[:, None], joint / np.where(alive, token_probs[t], 1.0)[:, None], filtered)
+                posterior[t] = xp.where(alive[:, None], joint / xp.where(alive, token_probs[t], 1.0)[:, None], filtered)
                 filtered = posterior[t]
             if any_delimiter[t]:  # a message ended: its intention moves on by T
-                upcoming = np.where(is_delimiter[t][:, None], filtered @ self.transition, upcoming)
-        outputs = _Outputs(batch, length, n_intentions, vocab, want_predictive, known_intention is not None,
+                upcoming = xp.where(delimiter_on_device[t][:, None], filtered @ tables.transition, upcoming)
+        outputs = _Outputs(xp, batch, length, n_intentions, vocab, want_predictive, known_intention is not None,
                            want_posterior=False)
         outputs.posterior = posterior.transpose(1, 0, 2)                                # (B, T, K), a view
         outputs.record_all_tokens(token_probs.T)
         if want_predictive or known_intention is not None:
-            self._known_phase_predictives(outputs, tokens, np.maximum(tokens - 1, 0), is_delimiter.T,
+            self._known_phase_predictives(xp, outputs, tokens, np.maximum(tokens - 1, 0), is_delimiter.T,
                                           n_before.T, want_predictive, known_intention)
         return outputs.result()
 
-    def _known_phase_predictives(self, outputs, tokens, letter, is_delimiter, n_before,
+    def _known_phase_predictives(self, xp, outputs, tokens, letter, is_delimiter, n_before,
                                  want_predictive, known_intention) -> None:
         """q(x_{t+1} | x_{≤t}) and q(x_{t+1} | x_{≤t}, θ) from the filtered posteriors, all t at once."""
+        tables = self._tables(xp)
         batch, length = tokens.shape
-        frozen = (outputs.first_impossible >= 0)[:, None] & (np.arange(length)[None, :] >= outputs.first_impossible[:, None])
+        first_impossible = to_host(outputs.first_impossible)
+        frozen = (first_impossible >= 0)[:, None] & (np.arange(length)[None, :] >= first_impossible[:, None])
         # the letter count after token t, and the last letter (frozen where the prompt became impossible)
         n_after = np.where(is_delimiter, 0, n_before + 1)                               # (B, T)
         last_letter = letter
@@ -239,83 +277,85 @@ class Oracle:
             source = np.maximum.accumulate(keep, axis=1)                                # last good position
             n_after = np.where(source >= 0, np.take_along_axis(n_after, np.maximum(source, 0), axis=1), 0)
             last_letter = np.take_along_axis(letter, np.maximum(source, 0), axis=1)
-        at_boundary = n_after == 0                                                      # (B, T)
-        stop = self.stop[n_after] * ~at_boundary                                        # (B, T)
-        go_on = self.go_on[n_after]                                                     # (B, T); 0 at a boundary
-        next_rows = self.letter_transition[:, last_letter, :]                           # (K, B, T, V)
+        at_boundary = xp.asarray(n_after == 0)                                          # (B, T)
+        stop = tables.stop[xp.asarray(n_after)] * ~at_boundary                          # (B, T)
+        go_on = tables.go_on[xp.asarray(n_after)]                                       # (B, T); 0 at a boundary
+        next_rows = tables.letter_transition[:, xp.asarray(last_letter), :]             # (K, B, T, V)
         if want_predictive:
-            # the next message's intention: posterior @ T after a delimiter (the prior before any token)
-            upcoming = outputs.posterior @ self.transition                              # (B, T, K)
-            letters = (np.einsum("btk,kbtv->btv", outputs.posterior * go_on[..., None], next_rows)
-                       + (upcoming * at_boundary[..., None]) @ self.first_letter)
+            # the next message's intention: posterior @ T after a delimiter
+            upcoming = outputs.posterior @ tables.transition                            # (B, T, K)
+            letters = (xp.einsum("btk,kbtv->btv", outputs.posterior * go_on[..., None], next_rows)
+                       + (upcoming * at_boundary[..., None]) @ tables.first_letter)
             outputs.predictive[..., DELIMITER_ID] = stop
             outputs.predictive[..., 1:] = letters
         if known_intention is not None:
-            theta = known_intention[:, None]                                            # (B, 1)
-            own_rows = next_rows[theta, np.arange(batch)[:, None], np.arange(length)[None, :]]  # (B, T, V)
+            theta = xp.asarray(known_intention)[:, None]                                # (B, 1)
+            own_rows = next_rows[theta, xp.arange(batch)[:, None], xp.arange(length)[None, :]]  # (B, T, V)
             outputs.known[..., DELIMITER_ID] = stop
-            outputs.known[..., 1:] = np.where(at_boundary[..., None], self.first_letter[theta], go_on[..., None] * own_rows)
+            outputs.known[..., 1:] = xp.where(at_boundary[..., None], tables.first_letter[theta],
+                                              go_on[..., None] * own_rows)
 
     # -- phase unknown: the hidden state is (θ, n) ------------------------------------------
-    def _filter_unknown_phase(self, tokens, want_predictive, known_intention) -> FilterResult:
+    def _filter_unknown_phase(self, xp, tokens, want_predictive, known_intention) -> FilterResult:
+        tables = self._tables(xp)
         batch, length = tokens.shape
         n_intentions, vocab = self.language.n_intentions, self.language.vocab_size
         n_states = self.max_length + 1
-        rows = np.arange(batch)
-        stop, go_on = self.stop[:n_states], self.go_on[:n_states]              # (L + 1,)
+        rows = xp.arange(batch)
+        stop, go_on = tables.stop[:n_states], tables.go_on[:n_states]            # (L + 1,)
+        tokens = xp.asarray(tokens)
+        theta = None if known_intention is None else xp.asarray(known_intention)
         # alpha[b, θ, n] = q(θ, n | x_{≤t}); n = 0 means "token t ended a message of θ".
-        alpha = np.tile(self.stationary_state, (batch, 1, 1))
+        alpha = xp.tile(tables.stationary_state, (batch, 1, 1))
         previous_letter = None                                                  # unknown before token 1
-        outputs = _Outputs(batch, length, n_intentions, vocab, want_predictive, known_intention is not None)
+        outputs = _Outputs(xp, batch, length, n_intentions, vocab, want_predictive, known_intention is not None)
         for t in range(length):
             token = tokens[:, t]
             is_delimiter = token == DELIMITER_ID
-            letter = np.maximum(token - 1, 0)
+            letter = xp.maximum(token - 1, 0)
             if previous_letter is None:
-                letter_prob = self.stationary_next_letter[:, :, letter].transpose(2, 0, 1)   # (B, K, L + 1)
+                letter_prob = tables.stationary_next_letter[:, :, letter].transpose(2, 0, 1)   # (B, K, L + 1)
             else:
-                letter_prob = self.letter_transition[:, previous_letter, letter].T[:, :, None]  # (B, K, 1)
+                letter_prob = tables.letter_transition[:, previous_letter, letter].T[:, :, None]  # (B, K, 1)
             # letter c in the same message: (θ, n) -> (θ, n + 1)
-            same_message = np.zeros_like(alpha)
+            same_message = xp.zeros_like(alpha)
             same_message[:, :, 1:] = (alpha * go_on * letter_prob)[:, :, :-1]
             # letter c opening a new message: (θ, 0) -> (θ', 1)
-            same_message[:, :, 1] += (alpha[:, :, 0] @ self.transition) * self.first_letter[:, letter].T
+            same_message[:, :, 1] += (alpha[:, :, 0] @ tables.transition) * tables.first_letter[:, letter].T
             # the delimiter: (θ, n ≥ 1) -> (θ, 0)
-            ends = np.zeros_like(alpha)
+            ends = xp.zeros_like(alpha)
             ends[:, :, 0] = (alpha * stop).sum(axis=2)
-            joint = np.where(is_delimiter[:, None, None], ends, same_message)
+            joint = xp.where(is_delimiter[:, None, None], ends, same_message)
             token_prob = joint.sum(axis=(1, 2))
             ok = outputs.record_token(t, token_prob)
-            alpha = np.where(ok[:, None, None], joint / np.where(ok, token_prob, 1.0)[:, None, None], alpha)
+            alpha = xp.where(ok[:, None, None], joint / xp.where(ok, token_prob, 1.0)[:, None, None], alpha)
             if previous_letter is None:
-                previous_letter = np.where(ok & ~is_delimiter, letter, 0)
+                previous_letter = xp.where(ok & ~is_delimiter, letter, 0)
             else:
-                previous_letter = np.where(ok & ~is_delimiter, letter, previous_letter)
+                previous_letter = xp.where(ok & ~is_delimiter, letter, previous_letter)
             outputs.posterior[:, t] = alpha.sum(axis=2)
             if not (want_predictive or known_intention is not None):
                 continue
             at_boundary = alpha[:, :, 1:].sum(axis=(1, 2)) == 0.0                 # (B,) token t was a delimiter
-            next_rows = self.letter_transition[:, previous_letter, :]             # (K, B, V)
-            upcoming = alpha[:, :, 0] @ self.transition                           # (B, K)
+            next_rows = tables.letter_transition[:, previous_letter, :]           # (K, B, V)
+            upcoming = alpha[:, :, 0] @ tables.transition                         # (B, K)
             if want_predictive:
                 continue_mass = (alpha * go_on).sum(axis=2)                       # (B, K)
                 outputs.predictive[:, t, DELIMITER_ID] = (alpha * stop).sum(axis=(1, 2))
-                outputs.predictive[:, t, 1:] = (np.einsum("bk,kbv->bv", continue_mass, next_rows)
-                                                + upcoming @ self.first_letter)
+                outputs.predictive[:, t, 1:] = (xp.einsum("bk,kbv->bv", continue_mass, next_rows)
+                                                + upcoming @ tables.first_letter)
             if known_intention is not None:
-                theta = known_intention
                 # q(n | x_{≤t}, θ): the phase given the intention; where θ has posterior 0 the
                 # conditional is undefined and we use the phase marginal q(n | x_{≤t}).
                 phase_given_theta = alpha[rows, theta, :]                         # (B, L + 1)
                 phase_marginal = alpha.sum(axis=1)
                 mass = phase_given_theta.sum(axis=1, keepdims=True)
-                phase = np.where(mass > 0.0, phase_given_theta, phase_marginal)
+                phase = xp.where(mass > 0.0, phase_given_theta, phase_marginal)
                 phase = phase / phase.sum(axis=1, keepdims=True)
                 own_rows = next_rows[theta, rows]                                 # (B, V)
                 letters = (phase @ go_on)[:, None] * own_rows
-                outputs.known[:, t, DELIMITER_ID] = phase @ stop
-                outputs.known[:, t, 1:] = np.where(at_boundary[:, None], self.first_letter[theta], letters)
-                outputs.known[at_boundary, t, DELIMITER_ID] = 0.0
+                outputs.known[:, t, DELIMITER_ID] = xp.where(at_boundary, 0.0, phase @ stop)
+                outputs.known[:, t, 1:] = xp.where(at_boundary[:, None], tables.first_letter[theta], letters)
         return outputs.result()
 
     # -- conveniences --------------------------------------------------------------------
@@ -346,38 +386,44 @@ class Oracle:
         """
         prior = self.language.stationary_intentions() if prior is None else prior
         result = self.filter(messages, phase="start", prior=prior, predictive=False)
-        true_intentions = np.broadcast_to(np.asarray(true_intentions, dtype=np.int64), (result.posterior.shape[0],))
-        ambiguity = 1.0 - result.posterior[np.arange(len(true_intentions)), -1, true_intentions]
-        return np.clip(ambiguity, 0.0, 1.0)
+        xp = xp_of(result.posterior)
+        batch = result.posterior.shape[0]
+        true_intentions = xp.asarray(np.broadcast_to(to_host(true_intentions).astype(np.int64), (batch,)))
+        ambiguity = 1.0 - result.posterior[xp.arange(batch), -1, true_intentions]
+        return xp.clip(ambiguity, 0.0, 1.0)
 
 
 class _Outputs:
     """The arrays a filter fills in, and the bookkeeping of impossible tokens."""
 
-    def __init__(self, batch, length, n_intentions, vocab, want_predictive, want_known, want_posterior=True):
-        self.token_log_probs = np.zeros((batch, length), dtype=np.float64)
-        self.posterior = np.zeros((batch, length, n_intentions), dtype=np.float64) if want_posterior else None
-        self.predictive = np.zeros((batch, length, vocab), dtype=np.float64) if want_predictive else None
-        self.known = np.zeros((batch, length, vocab), dtype=np.float64) if want_known else None
-        self.first_impossible = np.full(batch, -1, dtype=np.int64)
+    def __init__(self, xp, batch, length, n_intentions, vocab, want_predictive, want_known, want_posterior=True):
+        self.xp = xp
+        self.token_log_probs = xp.zeros((batch, length), dtype=xp.float64)
+        self.posterior = xp.zeros((batch, length, n_intentions), dtype=xp.float64) if want_posterior else None
+        self.predictive = xp.zeros((batch, length, vocab), dtype=xp.float64) if want_predictive else None
+        self.known = xp.zeros((batch, length, vocab), dtype=xp.float64) if want_known else None
+        self.first_impossible = xp.full(batch, -1, dtype=xp.int64)
 
-    def record_token(self, t, token_prob) -> np.ndarray:
+    def record_token(self, t, token_prob):
         """Store log q(x_t | x_{<t}); return which sequences are still possible after token t."""
-        ok = (token_prob > 0.0) & (self.first_impossible < 0)
-        newly_impossible = (token_prob <= 0.0) & (self.first_impossible < 0)
-        self.first_impossible[newly_impossible] = t
+        xp = self.xp
+        still_possible = self.first_impossible < 0
+        ok = (token_prob > 0.0) & still_possible
+        self.first_impossible = xp.where((token_prob <= 0.0) & still_possible, t, self.first_impossible)
         with np.errstate(divide="ignore"):
-            self.token_log_probs[:, t] = np.where(ok, np.log(np.where(ok, token_prob, 1.0)), -np.inf)
+            self.token_log_probs[:, t] = xp.where(ok, xp.log(xp.where(ok, token_prob, 1.0)), -xp.inf)
         return ok
 
     def record_all_tokens(self, token_probs) -> None:
         """Store every log q(x_t | x_{<t}) at once, (B, T); −inf from the first zero on."""
+        xp = self.xp
         impossible = token_probs <= 0.0
         any_impossible = impossible.any(axis=1)
-        self.first_impossible = np.where(any_impossible, impossible.argmax(axis=1), -1)
-        after = np.arange(token_probs.shape[1])[None, :] >= np.where(any_impossible, self.first_impossible, token_probs.shape[1])[:, None]
+        self.first_impossible = xp.where(any_impossible, impossible.argmax(axis=1), -1)
+        first_bad = xp.where(any_impossible, self.first_impossible, token_probs.shape[1])
+        after = xp.arange(token_probs.shape[1])[None, :] >= first_bad[:, None]
         with np.errstate(divide="ignore"):
-            self.token_log_probs = np.where(after, -np.inf, np.log(np.where(after, 1.0, token_probs)))
+            self.token_log_probs = xp.where(after, -xp.inf, xp.log(xp.where(after, 1.0, token_probs)))
 
     def result(self) -> FilterResult:
         return FilterResult(
@@ -392,10 +438,10 @@ class _Outputs:
 
 def describe_impossible(language: Language, tokens, result: FilterResult, row: int = 0) -> str:
     """One sentence saying why a prompt has probability zero (empty if it is possible)."""
-    position = int(result.first_impossible[row])
+    position = int(to_host(result.first_impossible)[row])
     if position < 0:
         return ""
-    tokens = np.asarray(tokens)
+    tokens = to_host(tokens)
     tokens = tokens[None, :] if tokens.ndim == 1 else tokens
     token = int(tokens[row, position])
     before = language.decode(tokens[row, max(0, position - 5):position])
