@@ -65,6 +65,15 @@ def test_bad_input_is_one_line_and_exit_2(argv, fragment):
     assert len(result.stderr.strip().splitlines()) <= 2  # argparse adds its usage line; ours is one line
 
 
+@pytest.mark.skipif(__import__("tinylatent.backend").backend.gpu_available(), reason="this machine has a GPU")
+@pytest.mark.parametrize("command", [["posterior", "--prompt", "abc"], ["ambiguity", "--messages", "100"]])
+def test_asking_for_a_missing_gpu_is_one_line_and_exit_2(command):
+    result = subprocess.run([sys.executable, "-m", "tinylatent", *command, "--device", "gpu"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "gpu" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
 def test_malformed_language_file(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('{"format": "tinylatent-language", "version": 1, "alph')

@@ -24,6 +24,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
+from tinylatent.backend import array_module, to_device, to_host
 from tinylatent.language import DELIMITER_ID, Language, SeedLike, _draw, as_generator, fixed_length, sample_messages
 from tinylatent.oracle import Oracle
 
@@ -110,7 +111,8 @@ def map_intentions(language: Language, letters: np.ndarray) -> np.ndarray:
 
 
 def measure_ambiguity(language: Language, n_messages: int = 20_000, seed: SeedLike = 0,
-                      message_length: Optional[int] = None, exact: Optional[bool] = None) -> AmbiguityReport:
+                      message_length: Optional[int] = None, exact: Optional[bool] = None,
+                      device: str = "cpu") -> AmbiguityReport:
     """The ambiguity statistics of ``language``, sampled or exact.
 
     Args:
@@ -119,7 +121,9 @@ def measure_ambiguity(language: Language, n_messages: int = 20_000, seed: SeedLi
         message_length: letters per message (None: the language's own length rule).
         exact: True to enumerate every message (an error if there are more than
             200,000), False to sample, None to enumerate when small enough.
+        device: where the oracle runs, ``"cpu"`` or ``"gpu"`` (messages are sampled on the host).
     """
+    array_module(device)  # a clear error now if the device is missing
     language = with_message_length(language, message_length)
     space = sum(language.n_letters ** int(n) for n in np.nonzero(language.length_probs)[0])  # Python ints: no overflow
     if exact is None:
@@ -128,13 +132,13 @@ def measure_ambiguity(language: Language, n_messages: int = 20_000, seed: SeedLi
         if space > MAX_ENUMERATED_MESSAGES:
             raise ValueError(f"{space} possible messages are too many to enumerate (at most {MAX_ENUMERATED_MESSAGES}); "
                              "sample instead")
-        return _exact(language, message_length)
+        return _exact(language, message_length, device)
     if int(n_messages) != n_messages or n_messages < 2:
         raise ValueError(f"n_messages must be an integer ≥ 2; got {n_messages}")
-    return _sampled(language, int(n_messages), as_generator(seed), message_length)
+    return _sampled(language, int(n_messages), as_generator(seed), message_length, device)
 
 
-def _sampled(language: Language, n_messages: int, rng: np.random.Generator, message_length) -> AmbiguityReport:
+def _sampled(language: Language, n_messages: int, rng: np.random.Generator, message_length, device) -> AmbiguityReport:
     prior = language.stationary_intentions()
     true_intentions = _draw(np.broadcast_to(prior, (n_messages, language.n_intentions)), rng.random(n_messages))
     messages = sample_messages(language, true_intentions, rng)
@@ -147,7 +151,7 @@ def _sampled(language: Language, n_messages: int, rng: np.random.Generator, mess
         batch = np.stack([messages[j] for j in rows])                              # (M, n + 1), delimiter last
         letters = batch[:, :-1] - 1
         map_wrong[rows] = map_intentions(language, letters) != true_intentions[rows]
-        epsilon[rows] = oracle.message_ambiguity(batch, true_intentions[rows], prior=prior)
+        epsilon[rows] = to_host(oracle.message_ambiguity(to_device(batch, device), true_intentions[rows], prior=prior))
     return AmbiguityReport(
         map_error=wilson_interval(int(map_wrong.sum()), n_messages),
         mean_posterior_error=mean_interval(epsilon),
@@ -158,7 +162,7 @@ def _sampled(language: Language, n_messages: int, rng: np.random.Generator, mess
     )
 
 
-def _exact(language: Language, message_length) -> AmbiguityReport:
+def _exact(language: Language, message_length, device) -> AmbiguityReport:
     prior = language.stationary_intentions()
     oracle = Oracle(language)
     map_error = mean_error = fraction = 0.0
@@ -167,7 +171,9 @@ def _exact(language: Language, message_length) -> AmbiguityReport:
         letters = np.array(list(itertools.product(range(language.n_letters), repeat=int(length))), dtype=np.int64)
         tokens = np.concatenate([letters + 1, np.full((len(letters), 1), DELIMITER_ID)], axis=1)
         # q(θ, x) = μ(θ) q(x | θ), with q(x | θ) from the oracle started with θ for sure
-        log_given = np.stack([oracle.filter(tokens, prior=np.eye(language.n_intentions)[k], predictive=False).log_marginal
+        on_device = to_device(tokens, device)
+        log_given = np.stack([to_host(oracle.filter(on_device, prior=np.eye(language.n_intentions)[k],
+                                                    predictive=False).log_marginal)
                               for k in range(language.n_intentions)])            # (K, M)
         joint = prior[:, None] * np.exp(log_given)                                 # (K, M)
         marginal = joint.sum(axis=0)                                               # q(x), (M,)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from tinylatent._io import write_json, write_text
+from tinylatent.backend import DEVICES, array_module, to_device, to_host
 from tinylatent.ambiguity import measure_ambiguity
 from tinylatent.language import (
     PRESETS, Language, load_language, preset, random_language, sample_corpus,
@@ -24,6 +25,12 @@ def add_language_arguments(parser: argparse.ArgumentParser) -> None:
                        help="a named language (default: paper, THEORY.md §1)")
     group.add_argument("--eta", type=float, default=0.0, help="the noise level η ≥ 0 of a preset (default 0)")
     group.add_argument("--language-file", metavar="PATH", help="a language JSON (overrides --preset)")
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """``--device cpu|gpu``: where the arrays of the computation live."""
+    parser.add_argument("--device", choices=DEVICES, default="cpu",
+                        help="cpu (NumPy, default) or gpu (CuPy; needs `pip install tinylatent[gpu]`)")
+
 
 def language_from_args(args: argparse.Namespace) -> Language:
     if getattr(args, "language_file", None):
@@ -96,7 +103,7 @@ def cmd_ambiguity(args) -> int:
         raise ValueError(f"--length must be ≥ 1 letters; got {args.length}")
     exact = True if args.exact else (False if args.sample else None)
     report = measure_ambiguity(language, n_messages=args.messages, seed=args.seed,
-                               message_length=args.length, exact=exact)
+                               message_length=args.length, exact=exact, device=args.device)
     if args.json:
         _print_json({"language": language.name, **report.as_dict()})
         return 0
@@ -124,21 +131,23 @@ def cmd_posterior(args) -> int:
     if not prompt:
         raise ValueError("the prompt is empty: give at least one character")
     tokens = language.encode(prompt)
-    result = Oracle(language).filter(tokens, phase=args.phase)
-    if not result.possible[0]:
+    array_module(args.device)  # a clear error now if the device is missing
+    result = Oracle(language).filter(to_device(tokens, args.device), phase=args.phase)
+    if not to_host(result.possible)[0]:
         raise ValueError(describe_impossible(language, tokens, result))
-    posterior = result.posterior[0, -1]
-    next_token = result.predictive[0, -1]
+    posterior = to_host(result.posterior[0, -1])
+    next_token = to_host(result.predictive[0, -1])
+    log_marginal = to_host(result.log_marginal)
     vocabulary = language.vocabulary
     if args.json:
         _print_json({
             "language": language.name, "prompt": prompt, "phase": args.phase,
-            "log_marginal": float(result.log_marginal[0]),
+            "log_marginal": float(log_marginal[0]),
             "posterior": posterior.tolist(),
             "next_token": {vocabulary[i]: float(p) for i, p in enumerate(next_token)},
         })
         return 0
-    print(f"prompt {prompt!r} under {language.name}, phase {args.phase}: log q(x) = {result.log_marginal[0]:.6f}")
+    print(f"prompt {prompt!r} under {language.name}, phase {args.phase}: log q(x) = {log_marginal[0]:.6f}")
     print("posterior over the intention of the current message, q(θ | x):")
     for theta, p in enumerate(posterior):
         print(f"  θ = {theta}: {p:.6f}")
@@ -187,6 +196,7 @@ def register(subparsers) -> None:
     mode.add_argument("--exact", action="store_true", help="enumerate every message (small languages only)")
     mode.add_argument("--sample", action="store_true", help="sample even when enumeration is possible")
     p.add_argument("--seed", type=int, default=0)
+    add_device_argument(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_ambiguity)
 
@@ -196,6 +206,7 @@ def register(subparsers) -> None:
     p.add_argument("--phase", choices=["start", "unknown"], default="start",
                    help="start: the prompt begins a message; unknown: a window from anywhere in the stream")
     p.add_argument("--top", type=_positive_int, default=5, help="how many next tokens to list")
+    add_device_argument(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_posterior)
 
