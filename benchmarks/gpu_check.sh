@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The GPU checks in one go: the test suite (its CuPy cases run instead of skipping) and the
+# training-step benchmark on the GPU, side by side with PyTorch on the same GPU.
+#
+# Offline: on a machine that already has CuPy (cupy-cuda13x or -12x), PyTorch, NumPy, SciPy,
+# tqdm, pytest and hypothesis, it uses this checkout in place (PYTHONPATH) and downloads
+# nothing. Under 10 minutes on one H100. Results go to $OUT (default: out/gpu_check/).
+#
+#   bash benchmarks/gpu_check.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out="${OUT:-out/gpu_check}"
+mkdir -p "$out"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+
+python - <<'PY' || exit 2
+import sys
+try:
+    import cupy, numpy
+    cupy.cuda.runtime.getDeviceCount()
+except Exception as exc:
+    sys.exit(f"gpu_check: CuPy with a CUDA device is needed ({type(exc).__name__}: {exc})")
+props = cupy.cuda.runtime.getDeviceProperties(0)
+print(f"CuPy {cupy.__version__}, NumPy {numpy.__version__}, device {props['name'].decode()}, "
+      f"{props['totalGlobalMem'] / 2**30:.0f} GiB")
+PY
+python -c "import torch; print('PyTorch', torch.__version__, 'CUDA', torch.cuda.is_available())" || true
+
+status=0
+echo "== tests (the CuPy cases must run, not skip) =="
+timeout 300 python -m pytest -q -rs -p no:cacheprovider tests/test_backend.py 2>&1 | tee "$out/test_backend.log" || status=1
+if grep -q "SKIPPED.*no CuPy" "$out/test_backend.log"; then echo "gpu_check: the GPU tests were skipped" >&2; status=1; fi
+timeout 300 python -m pytest -q -x -p no:cacheprovider tests 2>&1 | tail -n 5 | tee "$out/test_suite.log" || status=1
+
+echo "== training step on the GPU: the paper's 21M configuration, ours against PyTorch eager =="
+timeout 240 python benchmarks/bench_train.py --device gpu --configs paper,medium --vs torch --steps 10 \
+    --json "$out/bench_train_gpu.json" 2>&1 | tee "$out/bench_train_gpu.log" || status=1
+echo "results in $out/"
+exit $status
