@@ -376,6 +376,20 @@ def load_language(path: Union[str, os.PathLike]) -> Language:
 # Constructors
 # ----------------------------------------------------------------------------------------
 
+def add_noise(letter_transition: np.ndarray, first_letter: np.ndarray, eta: float,
+              noisy_first_letter: bool) -> tuple:
+    """The paper's noise knob: A_θ ← (A_θ + η) / row sums (and s_θ likewise if asked).
+
+    Returns new (letter_transition, first_letter); the inputs are not changed.
+    """
+    letter_transition = letter_transition + eta
+    letter_transition /= letter_transition.sum(axis=-1, keepdims=True)
+    if noisy_first_letter:
+        first_letter = first_letter + eta
+        first_letter /= first_letter.sum(axis=-1, keepdims=True)
+    return letter_transition, first_letter
+
+
 PAPER_SEED = 1713
 PAPER_INTENTIONS = 6
 PAPER_LETTERS_PER_INTENTION = 3
@@ -417,11 +431,7 @@ def paper_language(eta: float = 0.0, noisy_first_letter: bool = False) -> Langua
     for k in range(n_intentions):
         first_letter[k, k * per:(k + 1) * per] = 1.0 / per
     if eta > 0.0:
-        letter_transition = letter_transition + eta
-        letter_transition /= letter_transition.sum(axis=-1, keepdims=True)
-        if noisy_first_letter:
-            first_letter = first_letter + eta
-            first_letter /= first_letter.sum(axis=-1, keepdims=True)
+        letter_transition, first_letter = add_noise(letter_transition, first_letter, eta, noisy_first_letter)
     else:
         unused_rows = letter_transition.sum(axis=-1) == 0.0
         letter_transition[unused_rows] = 1.0 / n_letters
@@ -502,11 +512,7 @@ def random_language(
         letter_transition[k, letters[:, None], letters[None, :]] = rows
         # rows of letters k never writes are unreachable under k; keep them uniform.
     if eta > 0.0:
-        letter_transition = letter_transition + eta
-        letter_transition /= letter_transition.sum(axis=-1, keepdims=True)
-        if noisy_first_letter:
-            first_letter = first_letter + eta
-            first_letter /= first_letter.sum(axis=-1, keepdims=True)
+        letter_transition, first_letter = add_noise(letter_transition, first_letter, eta, noisy_first_letter)
 
     if isinstance(transition, str):
         if transition == "random":
