@@ -18,6 +18,7 @@ from tinylatent import __version__
 COMMAND_MODULES = [
     "tinylatent.cli_language",   # language, sample, ambiguity, posterior
     "tinylatent.cli_train",      # train, generate
+    "tinylatent.cli_eval",       # eval
 ]
 
 
