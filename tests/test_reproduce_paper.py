@@ -1,0 +1,89 @@
+"""examples/reproduce_paper.py, run in-process with ``--smoke``: its files, its JSON, reuse, and its errors."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "reproduce_paper.py"
+EXPERIMENT_NAMES = ["paper-eta0", "paper-eta0.02", "paper-eta0.03", "paper-eta0.04", "paper-eta0.06",
+                    "mixture-eta0", "mixture-eta0.02", "mixture-eta0.04"]
+
+
+@pytest.fixture(scope="module")
+def reproduce():
+    spec = importlib.util.spec_from_file_location("reproduce_paper", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def smoke(reproduce, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reproduce")
+    assert reproduce.main(["--smoke", "--out", str(out)]) == 0
+    return json.loads((out / "results.json").read_text()), out
+
+
+def test_smoke_writes_well_formed_results(smoke):
+    report, out = smoke
+    assert set(report) == {"settings", "paper", "experiments", "targets", "plots", "seconds"}
+    assert report["settings"]["budget"] == "smoke" and report["settings"]["model_config"]["context_length"] == 48
+    assert report["paper"]["understanding_kl"] == {"0": 0.059, "0.03": 0.12, "0.06": 0.139}
+    assert [e["name"] for e in report["experiments"]] == EXPERIMENT_NAMES
+    for experiment in report["experiments"]:
+        assert experiment["train"]["steps"] == 3 and not experiment["reused_checkpoint"]
+        assert experiment["curve"]["step"] == [0, 1, 2, 3] and experiment["curve"]["bayes_val_loss"] > 0
+        evaluation = experiment["evaluation"]
+        assert set(evaluation["convergence"]) == {"model_cross_entropy", "bayes_cross_entropy",
+                                                  "excess_cross_entropy", "paper_abs_log_ratio"}
+        for condition in ("without_delimiter", "with_delimiter"):
+            understanding = evaluation["understanding"][condition]
+            assert [row["n_letters"] for row in understanding["rows"]] == [1, 2, 3, 4, 5, 6]
+            assert set(understanding["mean_over_lengths"]) == {"known_intention", "paper"}
+        icl = evaluation["icl"]
+        assert [row["m"] for row in icl["rows"]] == [0, 1, 2]                 # 48 tokens hold a delimiter, 2 examples, a query
+        assert [skipped["m"] for skipped in icl["skipped"]] == [3, 4, 5, 6, 7, 8]
+        has_paper_target = experiment["family"] == "paper"
+        assert all((row["paper"] is not None) == has_paper_target for row in icl["rows"])
+        for row in icl["rows"]:
+            split = row["known_intention"]
+            assert set(split) == {"total", "ambiguity", "approximation"}
+            assert split["total"]["mean"] == pytest.approx(split["ambiguity"]["mean"] + split["approximation"]["mean"])
+    kinds = {check["what"] for check in report["targets"]}
+    assert "excess cross-entropy over Bayes" in kinds and "largest approximation part, ICL" in kinds
+    assert all(isinstance(check["met"], bool) for check in report["targets"])
+    tables = (out / "results.md").read_text()
+    for heading in ("## Convergence", "## Language understanding", "## In-context learning", "## Targets"):
+        assert heading in tables
+    assert all((out / "runs" / name / "ckpt.npz").exists() for name in EXPERIMENT_NAMES)
+
+
+def test_a_second_run_reuses_the_checkpoints_and_json_goes_to_stdout(reproduce, smoke, capsys, monkeypatch):
+    _, out = smoke
+    monkeypatch.setitem(sys.modules, "matplotlib", None)                     # as if matplotlib were not installed
+    capsys.readouterr()
+    assert reproduce.main(["--smoke", "--out", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert all(experiment["reused_checkpoint"] for experiment in report["experiments"])
+    assert report["plots"] == []
+    assert reproduce.main(["--smoke", "--out", str(out)]) == 0
+    assert "plots skipped: matplotlib is not installed" in capsys.readouterr().out
+
+
+def test_a_run_folder_of_another_budget_is_refused(reproduce, smoke, capsys):
+    _, out = smoke
+    status = reproduce.main(["--quick", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert status == 2 and len(err.strip().splitlines()) == 1
+    assert "holds a different run" in err and "choose another --out" in err
+
+
+@pytest.mark.parametrize("arguments", [["--quick", "--smoke"], ["--seed", "-1"], ["--preset", "huge"], ["--bogus"],
+                                       ["--seed", "x"]])
+def test_bad_options_are_one_line_and_exit_2(reproduce, arguments, capsys):
+    assert reproduce.main(arguments) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("reproduce_paper.py: error:")
+    assert "Traceback" not in err
