@@ -11,6 +11,7 @@ import math
 import numpy as np
 
 from tinylatent import backend
+from tinylatent.layers import row_blocks
 
 
 class AdamW:
@@ -47,7 +48,6 @@ class AdamW:
         self.step_count = 0        # t: how many updates have been applied
         self.m = {}                # name -> first-moment estimate, shape of the parameter
         self.v = {}                # name -> second-moment estimate, shape of the parameter
-        self._scratch = {}         # name -> work buffer, so a step allocates nothing
 
     @staticmethod
     def decays(param) -> bool:
@@ -61,6 +61,8 @@ class AdamW:
         for name, param in params.items():
             if grads[name].shape != param.shape:
                 raise ValueError(f"gradient {name} has shape {grads[name].shape}; its parameter has {param.shape}")
+            if not param.flags.c_contiguous:  # step() updates it through a flat view
+                raise ValueError(f"parameter {name} must be C-contiguous to be updated in place")
             xp = backend.xp_of(param)
             for moments in (self.m, self.v):
                 if name not in moments:
@@ -71,36 +73,52 @@ class AdamW:
                 elif backend.device_of(moments[name]) != backend.device_of(param) or moments[name].dtype != param.dtype:
                     moments[name] = backend.to_device(backend.to_host(moments[name]),
                                                       backend.device_of(param), dtype=param.dtype)
-            if name not in self._scratch or self._scratch[name].dtype != param.dtype:
-                self._scratch[name] = xp.empty(param.shape, dtype=param.dtype)
 
     def step(self, params: dict, grads: dict, lr: float) -> None:
-        """Apply one AdamW update to every parameter, in place."""
+        """Apply one AdamW update to every parameter, in place.
+
+        The update is the class docstring's, rearranged so that each line is one in-place
+        pass: the step size is folded into the denominator,
+
+            p <- p - m / ((sqrt(v) / sqrt(1 - beta2^t) + eps) / step_size),
+            step_size = lr / (1 - beta1^t),
+
+        and each parameter is updated in blocks (:func:`tinylatent.layers.row_blocks`)
+        so that p, g, m, v and one scratch block stay in the L2 cache for all the passes.
+        The test suite checks the result against the formulas written out as such.
+        """
         self._prepare(params, grads)
         self.step_count += 1
         t = self.step_count
-        beta1, beta2, eps = self.beta1, self.beta2, self.eps
-        step_size = float(lr) / (1.0 - beta1 ** t)             # lr with the first moment's bias correction
-        inv_sqrt_correction2 = 1.0 / math.sqrt(1.0 - beta2 ** t)  # the second moment's, under the root
+        beta1, beta2 = self.beta1, self.beta2
+        step_size = float(lr) / (1.0 - beta1 ** t)                    # lr with the first moment's bias correction
+        inv_sqrt_correction2 = 1.0 / math.sqrt(1.0 - beta2 ** t)      # the second moment's, under the root
+        moves = step_size != 0.0                                      # lr = 0 (a schedule's end) updates the moments only
+        denominator_scale = inv_sqrt_correction2 / step_size if moves else 0.0
+        denominator_shift = self.eps / step_size if moves else 0.0
         decay_factor = 1.0 - float(lr) * self.weight_decay
         for name, param in params.items():
             xp = backend.xp_of(param)
-            grad, m, v, scratch = grads[name], self.m[name], self.v[name], self._scratch[name]
-            if self.decays(param) and self.weight_decay != 0.0:
-                param *= decay_factor                           # p <- p (1 - lr wd)
-            m *= beta1                                          # m <- beta1 m + (1 - beta1) g
-            xp.multiply(grad, 1.0 - beta1, out=scratch)
-            m += scratch
-            v *= beta2                                          # v <- beta2 v + (1 - beta2) g^2
-            xp.multiply(grad, grad, out=scratch)
-            scratch *= 1.0 - beta2
-            v += scratch
-            xp.sqrt(v, out=scratch)                             # denominator sqrt(v_hat) + eps
-            scratch *= inv_sqrt_correction2
-            scratch += eps
-            xp.divide(m, scratch, out=scratch)                  # m / denominator
-            scratch *= step_size
-            param -= scratch                                    # p <- p - step_size m / denominator
+            decays = self.decays(param) and self.weight_decay != 0.0
+            p, g, m, v = (a.reshape(-1) for a in (param, grads[name], self.m[name], self.v[name]))
+            blocks = row_blocks(p.size, 1, xp)
+            scratch_buffer = xp.empty(blocks[0].stop - blocks[0].start if blocks else 0, dtype=param.dtype)
+            for block in blocks:
+                p_, g_, m_, v_ = p[block], g[block], m[block], v[block]
+                scratch = scratch_buffer[: p_.size]
+                if decays:
+                    p_ *= decay_factor                                   # p <- p (1 - lr wd)
+                m_ *= beta1                                              # m <- beta1 m + (1 - beta1) g
+                m_ += xp.multiply(g_, 1.0 - beta1, out=scratch)
+                v_ *= beta2                                              # v <- beta2 v + (1 - beta2) g^2
+                xp.multiply(g_, 1.0 - beta2, out=scratch)
+                scratch *= g_
+                v_ += scratch
+                if moves:
+                    xp.sqrt(v_, out=scratch)                             # (sqrt(v_hat) + eps) / step_size
+                    scratch *= denominator_scale
+                    scratch += denominator_shift
+                    p_ -= xp.divide(m_, scratch, out=scratch)            # p <- p - step_size m_hat / (...)
 
     def state_dict(self) -> dict:
         """Hyperparameters, the step count and host (NumPy) copies of every moment."""
@@ -126,7 +144,6 @@ class AdamW:
         self.eps = float(state.get("eps", self.eps))
         self.m = {name: np.array(value) for name, value in state["m"].items()}
         self.v = {name: np.array(value) for name, value in state["v"].items()}
-        self._scratch = {}
 
 
 def lr_at(step: int, max_lr: float, warmup_steps: int, total_steps: int, min_lr: float) -> float:

@@ -1,0 +1,509 @@
+"""Training-step throughput of tinylatent's NumPy GPT, side by side with PyTorch eager.
+
+One step = forward, backward and one AdamW update (no gradient clipping, on both sides)
+on a batch of random token windows, float32. For each configuration it reports:
+
+* tokens/s and achieved GFLOP/s. Model FLOPs per token are nanoGPT's / PaLM's estimate
+  6 N + 12 L C T: 6 N for the forward and backward of the weight matmuls (N = parameters
+  without ``wpe``, so the tied head counts) and 12 L C T for the attention products
+  q·kᵀ and att·v over the full T×T square (causality is not credited);
+* the float32 matmul peak measured on this machine in the same run (a 2048³ product,
+  best of several), and MFU = achieved / peak;
+* the step's own matmuls replayed back to back (the same shapes and layouts as
+  :mod:`tinylatent.layers` uses, on fresh arrays) and the ratio step / matmuls: how much
+  everything that is not a matmul costs;
+* the time split by layer kind (an instrumented extra step: each layer function is
+  wrapped with a timer; "other" is the rest: residual adds, reshapes, Python);
+* peak memory: the largest amount of NumPy memory allocated during one step above what
+  was held before it (``tracemalloc``, which NumPy reports its allocations to), next to
+  the activations the backward pass keeps (the forward cache's arrays, each buffer once).
+
+With ``--vs torch`` (when PyTorch is importable) the same architecture with the same
+weights runs in PyTorch eager on the same device and the same number of threads
+(``torch.set_num_threads``), nanoGPT's way (``F.scaled_dot_product_attention``,
+``torch.optim.AdamW``); steps alternate ours, torch, ours, torch, ... so that both see
+the same machine load, and each pair gives a ratio of throughputs ours/PyTorch
+(= PyTorch's step time / ours).
+
+Threads: BLAS reads its thread count at start-up, so set it in the environment
+(``OPENBLAS_NUM_THREADS=1``) or pass ``--threads N`` (needs threadpoolctl). The count in
+use is read with threadpoolctl when installed, else from OPENBLAS_NUM_THREADS /
+OMP_NUM_THREADS, else reported as "default".
+
+    OPENBLAS_NUM_THREADS=1 python benchmarks/bench_train.py --vs torch [--configs small,medium,paper]
+        [--steps 5] [--threads N] [--device cpu|gpu] [--json PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+import tracemalloc
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import numpy as np  # noqa: E402
+
+from tinylatent import backend, gpt, layers  # noqa: E402
+from tinylatent._io import write_json  # noqa: E402
+from tinylatent.gpt import GPT, GPTConfig  # noqa: E402
+from tinylatent.optim import AdamW  # noqa: E402
+
+CONTEXT = 128          # tokens per window, the paper's context
+LEARNING_RATE = 1e-4   # constant: the schedule is not what is measured
+
+CONFIGS = {
+    # name: (config, batch size)
+    "small": (GPTConfig.small(), 32),                                    # the CPU default (d_model 64)
+    "medium": (GPTConfig(n_layer=3, n_head=8, d_model=256), 32),
+    "paper": (GPTConfig.paper(), 16),                                    # 21.3 M parameters
+}
+
+
+# --------------------------------------------------------------------------------------
+# the machine: threads, synchronisation, matmul peak
+# --------------------------------------------------------------------------------------
+
+def set_blas_threads(n: int):
+    """Limit BLAS to ``n`` threads for the rest of the run (a threadpoolctl handle, kept alive)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        raise SystemExit("--threads needs threadpoolctl (`pip install threadpoolctl`); "
+                         "or set OPENBLAS_NUM_THREADS before starting Python") from None
+    return threadpool_limits(limits=n, user_api="blas")
+
+
+def blas_threads() -> str:
+    """NumPy's BLAS thread count as a string: threadpoolctl's reading, else the environment's."""
+    try:
+        from threadpoolctl import threadpool_info
+        counts = sorted({str(pool["num_threads"]) for pool in threadpool_info() if pool["user_api"] == "blas"})
+        if counts:
+            return ",".join(counts)
+    except ImportError:
+        pass
+    for variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        if os.environ.get(variable):
+            return os.environ[variable]
+    return "default"
+
+
+def synchroniser(device: str):
+    """A function that waits until the device has finished its queued work (a no-op on the CPU)."""
+    if device == "gpu":
+        xp = backend.array_module("gpu")
+        return lambda: xp.cuda.Device().synchronize()
+    return lambda: None
+
+
+def seconds_of(function, sync) -> float:
+    sync()
+    start = time.perf_counter()
+    function()
+    sync()
+    return time.perf_counter() - start
+
+
+def matmul_peak(device: str, sync, n: int = 2048, repeats: int = 5) -> float:
+    """float32 GFLOP/s of an (n, n) @ (n, n) product, the best of ``repeats``."""
+    xp = backend.array_module(device)
+    rng = np.random.default_rng(0)
+    a, b = (backend.to_device(rng.standard_normal((n, n)), device, dtype=np.float32) for _ in range(2))
+    out = xp.empty((n, n), dtype=xp.float32)
+    xp.matmul(a, b, out=out)  # warm up
+    best = min(seconds_of(lambda: xp.matmul(a, b, out=out), sync) for _ in range(repeats))
+    return 2.0 * n ** 3 / best / 1e9
+
+
+def torch_matmul_peak(torch, device, n: int = 2048, repeats: int = 5) -> float:
+    a, b = (torch.randn(n, n, device=device) for _ in range(2))
+    sync = (lambda: torch.cuda.synchronize()) if device == "cuda" else (lambda: None)
+    a @ b
+    best = min(seconds_of(lambda: a @ b, sync) for _ in range(repeats))
+    return 2.0 * n ** 3 / best / 1e9
+
+
+# --------------------------------------------------------------------------------------
+# what a step should cost
+# --------------------------------------------------------------------------------------
+
+def flops_per_token(config: GPTConfig, T: int) -> float:
+    """6 N + 12 L C T (nanoGPT's ``estimate_mfu``; PaLM, appendix B)."""
+    return 6.0 * config.num_params(non_embedding=True) + 12.0 * config.n_layer * config.d_model * T
+
+
+def step_matmuls(config: GPTConfig, B: int, T: int) -> list:
+    """Every matrix product of one training step, as :mod:`tinylatent.layers` computes it.
+
+    Each entry is (lhs shape, rhs shape, lhs transposed, rhs transposed, count): a
+    transposed operand is a ``.T`` view of an array stored the other way round, as in the
+    layers' backward passes (``dout @ weight.T``, ``x_rows.T @ dout``).
+    """
+    C, NH, HS, V = config.d_model, config.n_head, config.head_size, config.vocab_size
+    N = B * T
+    products = []
+
+    def linear(C_in, C_out):
+        products.append(((N, C_in), (C_in, C_out), False, False))   # forward:  x @ weight
+        products.append(((N, C_out), (C_out, C_in), False, True))   # dx      = dout @ weight.T
+        products.append(((C_in, N), (N, C_out), True, False))       # dweight = x.T @ dout
+
+    heads = (B, NH)
+    for _ in range(config.n_layer):
+        linear(C, 3 * C)                                                  # c_attn
+        products.append(((*heads, T, HS), (*heads, HS, T), False, False))  # scores = q @ kᵀ
+        products.append(((*heads, T, T), (*heads, T, HS), False, False))   # y = att @ v
+        products.append(((*heads, T, HS), (*heads, HS, T), False, True))   # datt = dy @ v.T
+        products.append(((*heads, T, T), (*heads, T, HS), True, False))    # dv = att.T @ dy
+        products.append(((*heads, T, T), (*heads, T, HS), False, True))    # dq = dscores @ kᵀ.T
+        products.append(((*heads, T, T), (*heads, T, HS), True, False))    # dk = dscores.T @ q
+        linear(C, C)                                                      # attn.c_proj
+        linear(C, 4 * C)                                                  # mlp.c_fc
+        linear(4 * C, C)                                                  # mlp.c_proj
+    products.append(((N, C), (C, V), False, True))   # logits = x @ wte.T
+    products.append(((N, V), (V, C), False, False))  # dx = dlogits @ wte
+    products.append(((V, N), (N, C), True, False))   # dwte = dlogits.T @ x
+    return products
+
+
+def replay_matmuls(products, device: str, sync, repeats: int) -> float:
+    """Seconds for all ``products`` back to back (median of ``repeats``), on fresh arrays."""
+    xp = backend.array_module(device)
+    rng = np.random.default_rng(0)
+
+    def operand(shape, transposed):
+        stored = shape[:-2] + (shape[-1], shape[-2]) if transposed else shape
+        array = backend.to_device(rng.standard_normal(stored).astype(np.float32), device)
+        return xp.swapaxes(array, -1, -2) if transposed else array
+
+    operands = [(operand(lhs, lt), operand(rhs, rt)) for lhs, rhs, lt, rt in products]
+
+    def run():
+        for a, b in operands:
+            a @ b
+    run()
+    return statistics.median(seconds_of(run, sync) for _ in range(repeats))
+
+
+# --------------------------------------------------------------------------------------
+# our step, its time by layer kind, its memory
+# --------------------------------------------------------------------------------------
+
+def our_step(model: GPT, optimizer: AdamW, idx, targets):
+    loss, grads = model.loss_and_grads(idx, targets)
+    optimizer.step(model.params, grads, LEARNING_RATE)
+    return loss
+
+
+LAYER_KINDS = {  # kind -> the layer functions timed under it
+    "linear (matmul + bias)": ["linear_forward", "linear_backward", "lm_head_forward", "lm_head_backward"],
+    "attention core (q·kᵀ, softmax, att·v)": ["attention_forward", "attention_backward"],
+    "layernorm": ["layernorm_forward", "layernorm_backward"],
+    "gelu": ["gelu_forward", "gelu_backward"],
+    "embedding": ["embedding_forward", "embedding_backward"],
+    "cross-entropy": ["cross_entropy_forward", "cross_entropy_backward"],
+}
+
+
+def time_by_layer_kind(model: GPT, optimizer: AdamW, idx, targets, sync, steps: int = 2) -> dict:
+    """Seconds per step spent in each kind of layer, AdamW, and the rest ("other").
+
+    Every function in :data:`LAYER_KINDS` is replaced, in :mod:`tinylatent.layers` and in
+    :mod:`tinylatent.gpt` (which imports some by name), by a wrapper that times it; the
+    originals are put back afterwards. None of these functions calls another of them, so
+    the times do not overlap.
+    """
+    totals = {kind: 0.0 for kind in LAYER_KINDS}
+    saved = []
+
+    def timed(function, kind):
+        def wrapper(*args, **kwargs):
+            sync()
+            start = time.perf_counter()
+            result = function(*args, **kwargs)
+            sync()
+            totals[kind] += time.perf_counter() - start
+            return result
+        return wrapper
+
+    for kind, names in LAYER_KINDS.items():
+        for name in names:
+            wrapper = timed(getattr(layers, name), kind)
+            for module in (layers, gpt):
+                if hasattr(module, name):
+                    saved.append((module, name, getattr(module, name)))
+                    setattr(module, name, wrapper)
+    totals["adamw"] = 0.0
+    whole = 0.0
+    try:
+        for _ in range(steps):
+            sync()
+            start = time.perf_counter()
+            _, grads = model.loss_and_grads(idx, targets)
+            sync()
+            middle = time.perf_counter()
+            optimizer.step(model.params, grads, LEARNING_RATE)
+            sync()
+            end = time.perf_counter()
+            totals["adamw"] += end - middle
+            whole += end - start
+    finally:
+        for module, name, function in saved:
+            setattr(module, name, function)
+    split = {kind: seconds / steps for kind, seconds in totals.items()}
+    split["other (residual adds, reshapes, Python)"] = whole / steps - sum(split.values())
+    return split
+
+
+def unique_buffer_bytes(obj, exclude_ids=frozenset()) -> int:
+    """Bytes of the distinct array buffers reachable from ``obj`` (tuples, lists, dataclasses),
+    each buffer counted once however many views of it there are; ``exclude_ids`` are
+    buffers not to count (the parameters)."""
+    seen = set(exclude_ids)
+    total = 0
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, (tuple, list)):
+            stack.extend(item)
+        elif hasattr(item, "__dataclass_fields__"):
+            stack.extend(getattr(item, name) for name in item.__dataclass_fields__)
+        elif hasattr(item, "nbytes") and hasattr(item, "shape"):
+            root = item
+            while getattr(root, "base", None) is not None:
+                root = root.base
+            if id(root) not in seen:
+                seen.add(id(root))
+                total += int(root.nbytes)
+    return total
+
+
+def activation_bytes(model: GPT, idx, targets) -> int:
+    """Bytes of the activations one forward keeps for the backward (parameters not counted)."""
+    _, _, cache = model.forward(idx, targets)
+    return unique_buffer_bytes(cache, exclude_ids={id(p) for p in model.params.values()})
+
+
+def step_peak_bytes(model: GPT, optimizer: AdamW, idx, targets) -> int:
+    """The peak of NumPy allocations during one step above what was allocated before it."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        our_step(model, optimizer, idx, targets)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return peak - before
+
+
+# --------------------------------------------------------------------------------------
+# the same model in PyTorch
+# --------------------------------------------------------------------------------------
+
+class TorchGPT:
+    """nanoGPT's forward written with PyTorch's own layers, on a copy of our weights.
+
+    Linear weights are stored as ``nn.Linear`` keeps them, (C_out, C_in) — the transpose
+    of ours — so PyTorch runs in its own natural layout.
+    """
+
+    def __init__(self, torch, model: GPT, device: str):
+        self.torch, self.config = torch, model.config
+        self.params = {}
+        for name, value in model.params.items():
+            host = np.array(backend.to_host(value))
+            if host.ndim == 2 and name not in ("wte", "wpe", "lm_head.weight"):
+                host = np.ascontiguousarray(host.T)
+            self.params[name] = torch.tensor(host, device=device, requires_grad=True)
+        decay = [p for p in self.params.values() if p.ndim >= 2]
+        no_decay = [p for p in self.params.values() if p.ndim < 2]
+        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
+                                            {"params": no_decay, "weight_decay": 0.0}],
+                                           lr=LEARNING_RATE, betas=(0.9, 0.95), eps=1e-8)
+
+    def loss(self, idx, targets):
+        F = self.torch.nn.functional
+        p, cfg = self.params, self.config
+        B, T = idx.shape
+        C, NH = cfg.d_model, cfg.n_head
+
+        def linear(x, name):
+            return F.linear(x, p[f"{name}.weight"], p.get(f"{name}.bias"))
+
+        def layer_norm(x, name):
+            return F.layer_norm(x, (C,), p[f"{name}.weight"], p.get(f"{name}.bias"), eps=1e-5)
+
+        x = p["wte"][idx] + p["wpe"][:T]
+        for layer in range(cfg.n_layer):
+            h = f"h.{layer}."
+            q, k, v = linear(layer_norm(x, h + "ln_1"), h + "attn.c_attn").split(C, dim=2)
+            q, k, v = (t.view(B, T, NH, C // NH).transpose(1, 2) for t in (q, k, v))
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            x = x + linear(y.transpose(1, 2).reshape(B, T, C), h + "attn.c_proj")
+            x = x + linear(F.gelu(linear(layer_norm(x, h + "ln_2"), h + "mlp.c_fc"), approximate="tanh"),
+                           h + "mlp.c_proj")
+        x = layer_norm(x, "ln_f")
+        logits = F.linear(x, p["wte"] if cfg.tie_embeddings else p["lm_head.weight"])
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+    def step(self, idx, targets):
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss(idx, targets)
+        loss.backward()
+        self.optimizer.step()
+        return loss
+
+
+# --------------------------------------------------------------------------------------
+# one configuration
+# --------------------------------------------------------------------------------------
+
+def bench_config(name: str, args, sync, torch, torch_device) -> dict:
+    config, B = CONFIGS[name]
+    T = CONTEXT
+    rng = np.random.default_rng(0)
+    model = GPT.create(config, rng, device=args.device)
+    optimizer = AdamW()
+    idx_host = rng.integers(0, config.vocab_size, size=(B, T))
+    targets_host = rng.integers(0, config.vocab_size, size=(B, T))
+    idx, targets = (backend.to_device(a, args.device) for a in (idx_host, targets_host))
+    result = {"config": config.to_dict(), "batch_size": B, "context": T,
+              "parameters": config.num_params(non_embedding=True),
+              "flops_per_token": flops_per_token(config, T)}
+
+    torch_model = None
+    if torch is not None:
+        torch_model = TorchGPT(torch, model, torch_device)
+        torch_idx = torch.tensor(idx_host, device=torch_device)
+        torch_targets = torch.tensor(targets_host, device=torch_device)
+        torch_sync = (lambda: torch.cuda.synchronize()) if torch_device == "cuda" else (lambda: None)
+        # same weights, same batch: the first losses agree (a check that this is the same model)
+        result["loss_ours"] = float(backend.to_host(model.forward(idx, targets)[1]))
+        result["loss_torch"] = float(torch_model.loss(torch_idx, torch_targets).detach())
+
+    # warm-up: moments allocated, caches and BLAS buffers touched
+    for _ in range(args.warmup):
+        our_step(model, optimizer, idx, targets)
+        if torch_model is not None:
+            torch_model.step(torch_idx, torch_targets)
+    ours, theirs = [], []
+    for _ in range(args.steps):  # alternate: ours, torch, ours, torch, ...
+        ours.append(seconds_of(lambda: our_step(model, optimizer, idx, targets), sync))
+        if torch_model is not None:
+            theirs.append(seconds_of(lambda: torch_model.step(torch_idx, torch_targets), torch_sync))
+    step_seconds = statistics.median(ours)
+    tokens = B * T
+    result.update(step_seconds=ours, step_seconds_median=step_seconds, tokens_per_s=tokens / step_seconds,
+                  gflops=tokens * result["flops_per_token"] / step_seconds / 1e9)
+    if theirs:
+        ratios = [t / o for o, t in zip(ours, theirs)]  # throughput ours / PyTorch = PyTorch's time / ours
+        result.update(torch_step_seconds=theirs, torch_step_seconds_median=statistics.median(theirs),
+                      torch_tokens_per_s=tokens / statistics.median(theirs),
+                      ratio_per_pair=ratios, ratio_median=statistics.median(ratios))
+
+    result["matmul_seconds"] = replay_matmuls(step_matmuls(config, B, T), args.device, sync, repeats=max(3, args.steps))
+    result["step_over_matmuls"] = step_seconds / result["matmul_seconds"]
+    result["split_seconds"] = time_by_layer_kind(model, optimizer, idx, targets, sync)
+    if args.device == "cpu":
+        result["activation_bytes"] = activation_bytes(model, idx, targets)
+        result["step_peak_bytes"] = step_peak_bytes(model, optimizer, idx, targets)
+        result["peak_over_activations"] = result["step_peak_bytes"] / result["activation_bytes"]
+    return result
+
+
+def print_config(name: str, r: dict, peak: float) -> None:
+    cfg = r["config"]
+    print(f"\n== {name}: d_model {cfg['d_model']}, {cfg['n_layer']} layers, {cfg['n_head']} heads, "
+          f"{r['parameters'] / 1e6:.2f} M parameters, batch {r['batch_size']} × context {r['context']}")
+    if "loss_torch" in r:
+        print(f"   same weights, same batch: loss ours {r['loss_ours']:.6f}, PyTorch {r['loss_torch']:.6f}")
+    print(f"   step {r['step_seconds_median'] * 1e3:9.1f} ms   {r['tokens_per_s']:10,.0f} tokens/s   "
+          f"{r['gflops']:6.1f} GFLOP/s   MFU {r['gflops'] / peak:5.1%}")
+    if "ratio_median" in r:
+        pairs = " ".join(f"{x:.2f}" for x in r["ratio_per_pair"])
+        print(f"   PyTorch {r['torch_step_seconds_median'] * 1e3:6.1f} ms   {r['torch_tokens_per_s']:10,.0f} tokens/s"
+              f"   ours/PyTorch throughput per pair: {pairs}   median {r['ratio_median']:.2f}")
+    print(f"   its matmuls alone {r['matmul_seconds'] * 1e3:.1f} ms -> step / matmuls = {r['step_over_matmuls']:.2f}")
+    total = sum(r["split_seconds"].values())
+    print(f"   {'time by layer kind (instrumented step)':<44} {'ms':>8} {'share':>7}")
+    for kind, seconds in r["split_seconds"].items():
+        print(f"   {kind:<44} {seconds * 1e3:8.1f} {seconds / total:7.1%}")
+    if "step_peak_bytes" in r:
+        print(f"   memory: activations kept for backward {r['activation_bytes'] / 2**20:.1f} MiB; "
+              f"step peak (tracemalloc, above the parameters and moments) {r['step_peak_bytes'] / 2**20:.1f} MiB "
+              f"= {r['peak_over_activations']:.2f}×")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", default="small,medium,paper", help="comma-separated: " + ",".join(CONFIGS))
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per model")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    parser.add_argument("--vs", choices=["torch"], help="also time PyTorch eager on the same weights")
+    parser.add_argument("--device", choices=backend.DEVICES, default="cpu")
+    parser.add_argument("--threads", type=int, help="BLAS and PyTorch threads (default: as the environment sets)")
+    parser.add_argument("--json", metavar="PATH", help="write the figures as JSON")
+    args = parser.parse_args(argv)
+    names = [n for n in args.configs.split(",") if n]
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown or not names:
+        parser.error(f"--configs takes a comma-separated list of {', '.join(CONFIGS)}; got {args.configs!r}")
+    if args.steps < 1 or args.warmup < 0:
+        parser.error("--steps must be at least 1 and --warmup at least 0")
+    try:
+        backend.array_module(args.device)
+    except ValueError as error:
+        print(f"bench_train: {error}", file=sys.stderr)
+        return 2
+    limits = set_blas_threads(args.threads) if args.threads else None  # noqa: F841 (kept alive)
+    threads = blas_threads()
+    sync = synchroniser(args.device)
+
+    torch, torch_device = None, None
+    if args.vs == "torch":
+        try:
+            import torch
+        except ImportError:
+            print("PyTorch is not installed: the comparison is skipped "
+                  "(`pip install torch`, the CPU wheel is enough)")
+        if torch is not None:
+            torch_device = "cuda" if args.device == "gpu" else "cpu"
+            if torch_device == "cuda" and not torch.cuda.is_available():
+                print("this PyTorch sees no CUDA device: the comparison is skipped")
+                torch = None
+            elif torch_device == "cpu":
+                torch.set_num_threads(args.threads or (int(threads) if threads.isdigit() else os.cpu_count()))
+
+    peak = matmul_peak(args.device, sync)
+    figures = {"device": args.device, "machine": platform.processor() or platform.machine(),
+               "cpu_count": os.cpu_count(), "blas_threads": threads, "numpy": np.__version__,
+               "matmul_peak_gflops": peak, "configs": {}}
+    header = f"training step, float32, device {args.device}, BLAS threads {threads}"
+    if torch is not None:
+        figures["torch"] = torch.__version__
+        figures["torch_threads"] = torch.get_num_threads() if torch_device == "cpu" else None
+        figures["torch_matmul_peak_gflops"] = torch_matmul_peak(torch, torch_device)
+        header += f", PyTorch {torch.__version__} threads {figures['torch_threads']}"
+    print(header)
+    print(f"float32 matmul peak (2048³): NumPy {peak:.0f} GFLOP/s"
+          + (f", PyTorch {figures['torch_matmul_peak_gflops']:.0f} GFLOP/s" if torch is not None else ""))
+    for name in names:
+        result = bench_config(name, args, sync, torch, torch_device)
+        figures["configs"][name] = result
+        print_config(name, result, peak)
+    if args.json:
+        write_json(args.json, figures)
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
