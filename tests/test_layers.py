@@ -15,9 +15,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tinylatent import layers
 from tinylatent.layers import (
     attention_backward,
+    attention_backward_reference,
     attention_forward,
+    attention_forward_cached,
+    attention_forward_reference,
     block_backward,
     block_forward,
     causal_self_attention_backward,
@@ -27,9 +31,13 @@ from tinylatent.layers import (
     embedding_backward,
     embedding_forward,
     gelu_backward,
+    gelu_backward_reference,
     gelu_forward,
+    gelu_reference,
     layernorm_backward,
+    layernorm_backward_reference,
     layernorm_forward,
+    layernorm_forward_reference,
     linear_backward,
     linear_forward,
     lm_head_backward,
@@ -38,6 +46,7 @@ from tinylatent.layers import (
     log_softmax_forward,
     mlp_backward,
     mlp_forward,
+    row_blocks,
     softmax_backward,
     softmax_forward,
 )
@@ -401,3 +410,120 @@ def test_every_layer_keeps_the_input_dtype(seed, dtype):
     loss, cache = cross_entropy_forward(logits, rng.integers(0, 5, size=(2, 3)))
     assert loss.dtype == dtype
     assert cross_entropy_backward(1.0, cache).dtype == dtype
+
+
+# --------------------------------------------------------------------------------------
+# the fast forms against their clear references (docs/performance.md)
+# --------------------------------------------------------------------------------------
+
+# float32 agreement: a few units in the last place of the largest entries
+TOLERANCE = {np.float64: dict(rtol=1e-12, atol=1e-12), np.float32: dict(rtol=2e-5, atol=2e-6)}
+
+
+@pytest.fixture
+def tiny_blocks(monkeypatch):
+    """Blocks of a handful of numbers, so that every blocked loop runs many uneven blocks."""
+    monkeypatch.setattr(layers, "BLOCK_ELEMENTS", 7)
+
+
+def test_row_blocks_cover_every_row_once():
+    for n_rows, row_size in [(0, 5), (1, 1), (10, 3), (100_000, 1), (3, 10 ** 6)]:
+        covered = np.zeros(n_rows, dtype=int)
+        blocks = row_blocks(n_rows, row_size, np)
+        for block in blocks:
+            covered[block] += 1
+        assert np.all(covered == 1)
+        assert all(b.stop - b.start <= max(1, layers.BLOCK_ELEMENTS // row_size) for b in blocks)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("blocks", ["one", "many"])
+def test_fast_layers_match_their_references(dtype, blocks, monkeypatch):
+    if blocks == "many":
+        monkeypatch.setattr(layers, "BLOCK_ELEMENTS", 7)
+    rng = np.random.default_rng(20)
+    tol = TOLERANCE[dtype]
+    B, T, NH, HS = 5, 7, 3, 4
+    C = NH * HS
+
+    x = (rng.standard_normal((B, T, C)) * 3.0 + 1.0).astype(dtype)
+    weight, bias = rng.standard_normal(C).astype(dtype), rng.standard_normal(C).astype(dtype)
+    dout = rng.standard_normal((B, T, C)).astype(dtype)
+    for b in (bias, None):
+        out, cache = layernorm_forward(x, weight, b)
+        out_ref, cache_ref = layernorm_forward_reference(x, weight, b)
+        np.testing.assert_allclose(out, out_ref, **tol)
+        for g, g_ref in zip(layernorm_backward(dout, cache), layernorm_backward_reference(dout, cache_ref)):
+            assert (g is None) == (g_ref is None)
+            if g is not None:
+                assert g.dtype == dtype
+                np.testing.assert_allclose(g, g_ref, **tol)
+
+    hidden = (rng.standard_normal((B, T, 4 * C)) * 3.0).astype(dtype)
+    dhidden = rng.standard_normal(hidden.shape).astype(dtype)
+    out, cache = gelu_forward(hidden)
+    np.testing.assert_allclose(out, gelu_reference(hidden), **tol)
+    dx = gelu_backward(dhidden, cache)
+    assert out.dtype == dx.dtype == dtype
+    np.testing.assert_allclose(dx, gelu_backward_reference(dhidden, hidden), **tol)
+
+    qkv = (rng.standard_normal((B, T, 3 * C)) * 2.0).astype(dtype)
+    out, cache = attention_forward(qkv, NH)
+    out_ref, cache_ref = attention_forward_reference(qkv, NH)
+    np.testing.assert_allclose(out, out_ref, **tol)
+    dqkv = attention_backward(dout, cache)
+    assert out.dtype == dqkv.dtype == dtype
+    np.testing.assert_allclose(dqkv, attention_backward_reference(dout, cache_ref), **tol)
+
+
+def test_gradients_hold_across_block_boundaries(tiny_blocks):
+    rng = np.random.default_rng(21)
+    check_gradients(layernorm_forward, as_named(["x", "weight", "bias"], layernorm_backward),
+                    {"x": rng.standard_normal((3, 2, 5)), "weight": rng.standard_normal(5),
+                     "bias": rng.standard_normal(5)}, rng)
+    check_gradients(gelu_forward, as_named(["x"], gelu_backward), {"x": rng.standard_normal((4, 9)) * 3.0}, rng)
+    check_gradients(lambda qkv: attention_forward(qkv, 2), as_named(["qkv"], attention_backward),
+                    {"qkv": rng.standard_normal((3, 4, 12))}, rng)
+
+
+@pytest.mark.parametrize("V, C", [(5, 8), (9, 4)], ids=["one-hot matmul", "scatter"])
+def test_embedding_backward_both_paths_match_a_loop(V, C):
+    rng = np.random.default_rng(22)
+    idx = rng.integers(0, V, size=(3, 6))
+    idx[0, :4] = 2  # repeats
+    _, cache = embedding_forward(idx, rng.standard_normal((V, C)), rng.standard_normal((8, C)))
+    dx = rng.standard_normal((3, 6, C))
+    dwte, dwpe = embedding_backward(dx, cache)
+    expected = np.zeros((V, C))
+    for b in range(3):
+        for t in range(6):
+            expected[idx[b, t]] += dx[b, t]
+    np.testing.assert_allclose(dwte, expected, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(dwpe[:6], dx.sum(axis=0), rtol=1e-13)
+
+
+def test_softmax_in_place_equals_a_new_array():
+    rng = np.random.default_rng(23)
+    x = rng.standard_normal((4, 6)).astype(np.float32)
+    x[1, 3:] = -np.inf
+    expected, _ = softmax_forward(x)
+    probs, _ = softmax_forward(x, out=x)
+    assert probs is x
+    np.testing.assert_array_equal(probs, expected)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_cached_attention_gives_the_full_attention_rows(dtype):
+    """Prefill 3 positions, then 1, then 2: each call's rows equal attention on the whole sequence."""
+    rng = np.random.default_rng(24)
+    B, T, NH, HS, context = 2, 6, 2, 3, 9
+    qkv = rng.standard_normal((B, T, 3 * NH * HS)).astype(dtype)
+    full, _ = attention_forward_reference(qkv, NH)
+    keys = np.full((B, NH, context, HS), np.nan, dtype=dtype)  # unfilled positions must never be read
+    values = np.full((B, NH, context, HS), np.nan, dtype=dtype)
+    start = 0
+    for length in (3, 1, 2):
+        out = attention_forward_cached(qkv[:, start:start + length], NH, (keys, values, start))
+        assert out.dtype == dtype
+        np.testing.assert_allclose(out, full[:, start:start + length], **TOLERANCE[dtype])
+        start += length

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 
+from tinylatent import layers
 from tinylatent.optim import AdamW, clip_grad_norm, lr_at
 
 
@@ -53,6 +54,43 @@ def test_adamw_matches_a_hand_written_reference_for_three_steps():
         # the formulas differ only in where eps meets the bias correction: sqrt(v)/sqrt(c2) + eps
         # versus sqrt(v/c2) + eps are equal, so agreement is to rounding
         np.testing.assert_allclose(params[name], expected[name], rtol=1e-13, atol=1e-15, err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_adamw_in_blocks_matches_the_reference(dtype, monkeypatch):
+    """The in-place update runs block by block (7 numbers here, so many uneven blocks)."""
+    monkeypatch.setattr(layers, "BLOCK_ELEMENTS", 7)
+    rng = np.random.default_rng(10)
+    params = make_params(rng, dtype)
+    grad_sequence = [make_grads(rng, params) for _ in range(3)]
+    lrs = [1e-2, 0.0, 2e-2]  # lr = 0 still updates the moments
+    expected = reference_adamw({n: p.astype(np.float64) for n, p in params.items()},
+                               [{n: g.astype(np.float64) for n, g in grads.items()} for grads in grad_sequence],
+                               lrs, weight_decay=0.1, beta1=0.9, beta2=0.95, eps=1e-8)
+    optimizer = AdamW(weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8)
+    for grads, lr in zip(grad_sequence, lrs):
+        optimizer.step(params, grads, lr)
+    tol = dict(rtol=1e-13, atol=1e-15) if dtype == np.float64 else dict(rtol=1e-5, atol=1e-7)
+    for name in params:
+        assert params[name].dtype == dtype
+        np.testing.assert_allclose(params[name], expected[name], err_msg=name, **tol)
+
+
+def test_adamw_with_zero_learning_rate_moves_nothing_but_the_moments():
+    rng = np.random.default_rng(11)
+    params = make_params(rng)
+    before = {name: p.copy() for name, p in params.items()}
+    optimizer = AdamW()
+    optimizer.step(params, make_grads(rng, params), lr=0.0)
+    for name in params:
+        np.testing.assert_array_equal(params[name], before[name])
+        assert np.all(np.isfinite(optimizer.v[name])) and np.any(optimizer.m[name] != 0.0)
+
+
+def test_adamw_rejects_a_parameter_it_cannot_update_in_place():
+    params = {"w": np.ones((3, 2)).T}  # a transposed view: not C-contiguous
+    with pytest.raises(ValueError, match="C-contiguous"):
+        AdamW().step(params, {"w": np.ones((2, 3))}, lr=0.1)
 
 
 def test_adamw_decays_matrices_only():

@@ -374,14 +374,21 @@ class GPT:
         return logp
 
     def generate(self, idx, n_new_tokens: int, rng: np.random.Generator,
-                 temperature: float = 1.0, top_k: Optional[int] = None) -> np.ndarray:
+                 temperature: float = 1.0, top_k: Optional[int] = None, use_cache: bool = True) -> np.ndarray:
         """Append ``n_new_tokens`` sampled tokens to each prompt.
 
         idx (B, T) or (T,) prompt ids -> a NumPy array (B, T + n_new_tokens) or (T + n_new_tokens,).
-        Each step feeds the last ``context_length`` tokens, divides the last position's
-        logits by ``temperature``, keeps the ``top_k`` largest (ties at the k-th value kept),
-        and samples by inverting the CDF with uniforms drawn from the host ``rng``, so a
-        seed gives the same text on either device.
+        Each step takes the logits of the last position given the last ``context_length``
+        tokens, divides them by ``temperature``, keeps the ``top_k`` largest (ties at the
+        k-th value kept), and samples by inverting the CDF with uniforms drawn from the
+        host ``rng``, so a seed gives the same text on either device.
+
+        ``use_cache=True`` keeps every layer's keys and values (:class:`KVCache`), so a new
+        token costs one position's forward pass whatever the length so far; ``False``
+        recomputes the whole window for every token (the reference: both give the same
+        tokens to float rounding). Once the text is longer than ``context_length`` the
+        window slides, every position's embedding changes, and the cache is rebuilt for
+        each token, which costs what recomputing does.
         """
         if isinstance(n_new_tokens, bool) or not isinstance(n_new_tokens, (int, np.integer)) or n_new_tokens < 0:
             raise ValueError(f"n_new_tokens must be a non-negative integer; got {n_new_tokens!r}")
@@ -399,19 +406,90 @@ class GPT:
             raise ValueError(f"the prompt must have shape (batch, time) or (time,) with time >= 1; got {np.shape(idx)}")
         backend.check_token_ids(tokens, V, what="prompt token ids")
         tokens = tokens.astype(np.int64)
+        kv_cache = None
         for _ in range(n_new_tokens):
-            window = tokens[:, -self.config.context_length:]
-            last_logits = backend.to_host(self.logits(window)[:, -1, :]).astype(np.float64)  # (B, V)
-            last_logits /= temperature
-            if top_k is not None:
-                kth_largest = np.sort(last_logits, axis=-1)[:, V - top_k][:, None]
-                last_logits = np.where(last_logits < kth_largest, -np.inf, last_logits)
-            probs = np.exp(last_logits - last_logits.max(axis=-1, keepdims=True))
-            probs /= probs.sum(axis=-1, keepdims=True)
-            cdf = np.cumsum(probs, axis=-1)
-            uniforms = rng.random(tokens.shape[0])[:, None]
-            # the first token whose cdf exceeds u; one with probability 0 (cut by top_k) is
-            # never chosen, since the cdf does not rise there
-            next_tokens = np.minimum((cdf <= uniforms * cdf[:, -1:]).sum(axis=-1), V - 1)
+            if use_cache:
+                last_logits, kv_cache = self._next_logits_cached(tokens, kv_cache)
+            else:
+                last_logits = self.logits(tokens[:, -self.config.context_length:])[:, -1, :]
+            next_tokens = sample_next_tokens(backend.to_host(last_logits), rng, temperature, top_k)
             tokens = np.concatenate([tokens, next_tokens[:, None]], axis=1)
         return tokens[0] if one_sequence else tokens
+
+    def new_kv_cache(self, batch_size: int) -> "KVCache":
+        """An empty :class:`KVCache` for ``batch_size`` sequences on the model's device."""
+        cfg = self.config
+        xp = backend.array_module(self.device)
+        shape = (batch_size, cfg.n_head, cfg.context_length, cfg.head_size)
+        return KVCache(keys=[xp.empty(shape, dtype=cfg.dtype) for _ in range(cfg.n_layer)],
+                       values=[xp.empty(shape, dtype=cfg.dtype) for _ in range(cfg.n_layer)], length=0)
+
+    def logits_cached(self, idx_new, kv_cache: "KVCache"):
+        """idx_new (B, T_new): the tokens at positions kv_cache.length, ... -> logits (B, T_new, V).
+
+        Each layer's attention reads the keys and values of the earlier positions from
+        ``kv_cache`` and appends those of the new ones; ``kv_cache.length`` grows by T_new.
+        The logits equal those of :meth:`logits` on the whole sequence at these positions.
+        """
+        p, cfg = self.params, self.config
+        idx_new = self._check_idx(idx_new)
+        start = kv_cache.length
+        T_new = idx_new.shape[1]
+        if start + T_new > cfg.context_length:
+            raise ValueError(f"the cache holds {start} positions; {T_new} more exceed "
+                             f"context_length = {cfg.context_length}")
+        x = p["wte"][idx_new] + p["wpe"][start:start + T_new]                # (B, T_new, C)
+        for layer in range(cfg.n_layer):
+            layer_cache = (kv_cache.keys[layer], kv_cache.values[layer], start)
+            x, _ = block_forward(x, sub_params(p, f"h.{layer}."), cfg.n_head, kv_cache=layer_cache)
+        kv_cache.length = start + T_new
+        x, _ = layernorm_forward(x, p["ln_f.weight"], p.get("ln_f.bias"))
+        logits, _ = lm_head_forward(x, self._head_weight())
+        return logits
+
+    def _next_logits_cached(self, tokens: np.ndarray, kv_cache: Optional["KVCache"]):
+        """The last position's logits (B, V) for host ``tokens`` (B, T), feeding only what
+        ``kv_cache`` has not seen; a fresh cache when there is none or the window slid."""
+        T = tokens.shape[1]
+        if kv_cache is None or T > self.config.context_length:
+            kv_cache = self.new_kv_cache(tokens.shape[0])
+            new = tokens[:, -self.config.context_length:]                    # the whole window, from position 0
+        else:
+            new = tokens[:, kv_cache.length:]                                # the tokens since the last call
+        logits = self.logits_cached(new, kv_cache)
+        return logits[:, -1, :], kv_cache
+
+
+@dataclass
+class KVCache:
+    """Every layer's attention keys and values for the positions seen so far (generation).
+
+    keys[l], values[l]: (B, NH, context_length, HS), filled for positions < ``length``.
+    A new token needs these from every earlier position and nothing else, so with them
+    its forward pass costs one position's worth of work instead of the whole window's.
+    """
+
+    keys: list
+    values: list
+    length: int
+
+
+def sample_next_tokens(last_logits, rng: np.random.Generator, temperature: float = 1.0,
+                       top_k: Optional[int] = None) -> np.ndarray:
+    """One token per row of ``last_logits`` (B, V), sampled from softmax(logits / temperature)
+    restricted to the ``top_k`` largest logits (ties at the k-th value kept) -> (B,) int64.
+
+    Inverse-CDF sampling with one uniform per row from ``rng`` (on the host, in float64).
+    """
+    last_logits = np.array(last_logits, dtype=np.float64) / temperature
+    V = last_logits.shape[-1]
+    if top_k is not None:
+        kth_largest = np.sort(last_logits, axis=-1)[:, V - top_k][:, None]
+        last_logits = np.where(last_logits < kth_largest, -np.inf, last_logits)
+    probs = np.exp(last_logits - last_logits.max(axis=-1, keepdims=True))
+    probs /= probs.sum(axis=-1, keepdims=True)
+    cdf = np.cumsum(probs, axis=-1)
+    uniforms = rng.random(last_logits.shape[0])[:, None]
+    # the first token whose cdf exceeds u; one with probability 0 (cut by top_k) is
+    # never chosen, since the cdf does not rise there
+    return np.minimum((cdf <= uniforms * cdf[:, -1:]).sum(axis=-1), V - 1).astype(np.int64)

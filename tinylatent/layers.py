@@ -609,7 +609,36 @@ def attention_backward_reference(dout, cache):
     return dqkv.transpose(0, 3, 2, 1, 4).reshape(B, T, 3 * NH * HS)
 
 
-def causal_self_attention_forward(x, params: dict, n_head: int):
+def attention_forward_cached(qkv, n_head: int, kv_cache):
+    """Attention for generation: new positions attend to the cached keys and values and to themselves.
+
+    qkv (B, T_new, 3C) for the positions start .. start + T_new - 1; ``kv_cache`` is
+    ``(keys, values, start)`` with keys, values (B, NH, context_length, HS) filled for the
+    positions before ``start``. The new keys and values are written into them, and
+    -> out (B, T_new, C): for every new position, the row :func:`attention_forward` would
+    give on the whole sequence, at the cost of T_new rows instead of all of them. Inference
+    only (there is no backward).
+
+        scores[b, h, i, s] = q[b, h, i] . keys[b, h, s] / sqrt(HS)  for s <= start + i, else -inf
+    """
+    xp = xp_of(qkv)
+    keys, values, start = kv_cache
+    B, T_new, _ = qkv.shape
+    q, k, v = _split_heads(qkv, n_head)
+    HS = q.shape[3]
+    end = start + T_new
+    keys[:, :, start:end] = k
+    values[:, :, start:end] = v
+    scores = q @ keys[:, :, :end].transpose(0, 1, 3, 2)             # (B, NH, T_new, end)
+    scores *= 1.0 / math.sqrt(HS)
+    future = xp.triu(xp.ones((T_new, end), dtype=bool), k=start + 1)  # new row i is position start + i
+    scores[:, :, future] = -math.inf
+    att, _ = softmax_forward(scores, out=scores)
+    y = att @ values[:, :, :end]                                     # (B, NH, T_new, HS)
+    return y.transpose(0, 2, 1, 3).reshape(B, T_new, n_head * HS)
+
+
+def causal_self_attention_forward(x, params: dict, n_head: int, kv_cache=None):
     """nanoGPT's CausalSelfAttention: project to q, k, v; attend; project back.
 
     x (B, T, C); params ``c_attn.weight`` (C, 3C), ``c_proj.weight`` (C, C), and
@@ -618,9 +647,15 @@ def causal_self_attention_forward(x, params: dict, n_head: int):
         qkv = x @ c_attn.weight + c_attn.bias
         y   = attention(qkv)
         out = y @ c_proj.weight + c_proj.bias
+
+    With ``kv_cache`` (generation; see :func:`attention_forward_cached`) x holds only
+    the new positions, and the returned cache cannot be used for a backward.
     """
     qkv, c_attn_cache = linear_forward(x, params["c_attn.weight"], params.get("c_attn.bias"))
-    y, attention_cache = attention_forward(qkv, n_head)
+    if kv_cache is None:
+        y, attention_cache = attention_forward(qkv, n_head)
+    else:
+        y, attention_cache = attention_forward_cached(qkv, n_head, kv_cache), None
     out, c_proj_cache = linear_forward(y, params["c_proj.weight"], params.get("c_proj.bias"))
     return out, (c_attn_cache, attention_cache, c_proj_cache)
 
@@ -676,7 +711,7 @@ def mlp_backward(dout, cache):
 # the residual block, pre-LayerNorm as GPT-2 / nanoGPT
 # --------------------------------------------------------------------------------------
 
-def block_forward(x, params: dict, n_head: int):
+def block_forward(x, params: dict, n_head: int, kv_cache=None):
     """One transformer block: two residual branches, each reading a LayerNorm of the stream.
 
     x (B, T, C); params with the keys ``ln_1.weight``, ``attn.c_attn.weight``,
@@ -685,9 +720,11 @@ def block_forward(x, params: dict, n_head: int):
 
         h   = x + attn(ln_1(x))
         out = h + mlp(ln_2(h))
+
+    ``kv_cache``: generation only, passed on to :func:`causal_self_attention_forward`.
     """
     ln_1_out, ln_1_cache = layernorm_forward(x, params["ln_1.weight"], params.get("ln_1.bias"))
-    attn_out, attn_cache = causal_self_attention_forward(ln_1_out, sub_params(params, "attn."), n_head)
+    attn_out, attn_cache = causal_self_attention_forward(ln_1_out, sub_params(params, "attn."), n_head, kv_cache)
     h = x + attn_out
     ln_2_out, ln_2_cache = layernorm_forward(h, params["ln_2.weight"], params.get("ln_2.bias"))
     mlp_out, mlp_cache = mlp_forward(ln_2_out, sub_params(params, "mlp."))

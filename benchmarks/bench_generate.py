@@ -1,0 +1,117 @@
+"""Sampling speed with a key-value cache versus recomputing the whole context for every token.
+
+For each prompt length L, ``GPT.generate`` is timed twice, once for 1 new token and once
+for 1 + n, on the same prompt and seed; the difference divided by n is the cost of one
+more token at a context of about L + n/2 tokens, and the 1-token run is the prompt's cost
+(the cache's prefill, or one full forward). With ``use_cache=True`` a new token runs one
+position through the model (its attention reads the cached keys and values), so its
+cost should not grow with L; without the cache the whole window is recomputed, so it
+grows linearly. Both modes sample the same tokens for the same seed (checked, and
+reported).
+
+    OPENBLAS_NUM_THREADS=1 python benchmarks/bench_generate.py [--config paper] [--batch 1]
+        [--contexts 8,16,32,64,96] [--new-tokens 16] [--repeats 3] [--threads N]
+        [--device cpu|gpu] [--json PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np  # noqa: E402
+
+from bench_train import CONFIGS, blas_threads, set_blas_threads, synchroniser  # noqa: E402
+from tinylatent import backend  # noqa: E402
+from tinylatent._io import write_json  # noqa: E402
+from tinylatent.gpt import GPT  # noqa: E402
+
+
+def time_generate(model: GPT, prompt, n_new: int, use_cache: bool, repeats: int, sync):
+    """(median seconds, tokens) of ``model.generate(prompt, n_new)`` with a fixed seed."""
+    times, tokens = [], None
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        tokens = model.generate(prompt, n_new, np.random.default_rng(1), use_cache=use_cache)
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), tokens
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="paper")
+    parser.add_argument("--batch", type=int, default=1, help="sequences sampled together")
+    parser.add_argument("--contexts", default="8,16,32,64,96", help="prompt lengths L, comma-separated")
+    parser.add_argument("--new-tokens", type=int, default=16, help="n: tokens whose cost is averaged")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", choices=backend.DEVICES, default="cpu")
+    parser.add_argument("--threads", type=int, help="BLAS threads (default: as the environment sets)")
+    parser.add_argument("--json", metavar="PATH", help="write the figures as JSON")
+    args = parser.parse_args(argv)
+    config = CONFIGS[args.config][0]
+    try:
+        contexts = [int(c) for c in args.contexts.split(",") if c]
+    except ValueError:
+        parser.error(f"--contexts takes comma-separated integers; got {args.contexts!r}")
+    if not contexts or min(contexts) < 1 or max(contexts) + args.new_tokens + 1 > config.context_length:
+        parser.error(f"every prompt length L needs 1 <= L and L + new tokens + 1 <= context_length "
+                     f"= {config.context_length}")
+    if args.batch < 1 or args.new_tokens < 1 or args.repeats < 1:
+        parser.error("--batch, --new-tokens and --repeats must be at least 1")
+    try:
+        backend.array_module(args.device)
+    except ValueError as error:
+        print(f"bench_generate: {error}", file=sys.stderr)
+        return 2
+    limits = set_blas_threads(args.threads) if args.threads else None  # noqa: F841 (kept alive)
+    sync = synchroniser(args.device)
+
+    rng = np.random.default_rng(0)
+    model = GPT.create(config, rng, device=args.device)
+    figures = {"config": args.config, "model": config.to_dict(), "batch": args.batch, "new_tokens": args.new_tokens,
+               "device": args.device, "blas_threads": blas_threads(), "rows": []}
+    print(f"generation, {args.config} model ({config.num_params() / 1e6:.2f} M parameters), batch {args.batch}, "
+          f"float32, device {args.device}, BLAS threads {figures['blas_threads']}")
+    print(f"per-token cost = (time for 1 + {args.new_tokens} tokens - time for 1) / {args.new_tokens}")
+    print(f"{'prompt L':>8} | {'KV cache: prompt ms':>19} {'ms/token':>9} {'tokens/s':>9} | "
+          f"{'recompute: prompt ms':>20} {'ms/token':>9} {'tokens/s':>9} | {'speed-up':>8} {'same tokens':>11}")
+    model.generate(rng.integers(0, config.vocab_size, size=(args.batch, 4)), 2, np.random.default_rng(0))  # warm up
+    for L in contexts:
+        prompt = rng.integers(0, config.vocab_size, size=(args.batch, L))
+        row = {"prompt_length": L}
+        for mode, use_cache in (("cache", True), ("recompute", False)):
+            first, _ = time_generate(model, prompt, 1, use_cache, args.repeats, sync)
+            total, tokens = time_generate(model, prompt, 1 + args.new_tokens, use_cache, args.repeats, sync)
+            per_token = max(total - first, 0.0) / args.new_tokens
+            row[mode] = {"prompt_seconds": first, "seconds_per_token": per_token,
+                         "tokens_per_s": args.batch / per_token if per_token > 0 else float("inf"),
+                         "tokens": tokens.tolist()}
+        row["speedup"] = row["recompute"]["seconds_per_token"] / row["cache"]["seconds_per_token"]
+        row["same_tokens"] = row["cache"]["tokens"] == row["recompute"]["tokens"]
+        figures["rows"].append(row)
+        c, r = row["cache"], row["recompute"]
+        print(f"{L:>8} | {c['prompt_seconds'] * 1e3:>19.1f} {c['seconds_per_token'] * 1e3:>9.2f} "
+              f"{c['tokens_per_s']:>9.1f} | {r['prompt_seconds'] * 1e3:>20.1f} {r['seconds_per_token'] * 1e3:>9.2f} "
+              f"{r['tokens_per_s']:>9.1f} | {row['speedup']:>7.1f}× {'yes' if row['same_tokens'] else 'NO':>11}")
+    cached = [row["cache"]["seconds_per_token"] for row in figures["rows"]]
+    figures["cache_per_token_max_over_min"] = max(cached) / min(cached)
+    print(f"with the cache, the slowest per-token cost is {figures['cache_per_token_max_over_min']:.2f}× the "
+          f"fastest across prompt lengths {contexts[0]}..{contexts[-1]}")
+    if args.json:
+        for row in figures["rows"]:
+            for mode in ("cache", "recompute"):
+                del row[mode]["tokens"]
+        write_json(args.json, figures)
+        print(f"wrote {args.json}")
+    return 0 if all(row["same_tokens"] for row in figures["rows"]) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
