@@ -10,8 +10,8 @@ on a batch of random token windows, float32. For each configuration it reports:
 * the float32 matmul peak measured on this machine in the same run (a 2048³ product,
   best of several), and MFU = achieved / peak;
 * the step's own matmuls replayed back to back (the same shapes and layouts as
-  :mod:`tinylatent.layers` uses, on fresh arrays) and the ratio step / matmuls: how much
-  everything that is not a matmul costs;
+  :mod:`tinylatent.layers` uses, on random arrays), timed in the same rounds as the
+  steps, and the ratio step / matmuls: how much everything that is not a matmul costs;
 * the time split by layer kind (an instrumented extra step: each layer function is
   wrapped with a timer; "other" is the rest: residual adds, reshapes, Python);
 * peak memory: the largest amount of NumPy memory allocated during one step above what
@@ -166,29 +166,33 @@ def step_matmuls(config: GPTConfig, B: int, T: int) -> list:
         linear(C, C)                                                      # attn.c_proj
         linear(C, 4 * C)                                                  # mlp.c_fc
         linear(4 * C, C)                                                  # mlp.c_proj
+    if V <= C:
+        products.append(((V, N), (N, C), False, False))  # dwte = onehot(idx)^T @ dx (embedding_backward)
     products.append(((N, C), (C, V), False, True))   # logits = x @ wte.T
     products.append(((N, V), (V, C), False, False))  # dx = dlogits @ wte
     products.append(((V, N), (N, C), True, False))   # dwte = dlogits.T @ x
     return products
 
 
-def replay_matmuls(products, device: str, sync, repeats: int) -> float:
-    """Seconds for all ``products`` back to back (median of ``repeats``), on fresh arrays."""
+def matmul_replay(products, device: str):
+    """A function that computes all ``products`` back to back, on random arrays (one array
+    per distinct operand shape and layout, shared by the products that use it)."""
     xp = backend.array_module(device)
     rng = np.random.default_rng(0)
+    arrays = {}
 
     def operand(shape, transposed):
         stored = shape[:-2] + (shape[-1], shape[-2]) if transposed else shape
-        array = backend.to_device(rng.standard_normal(stored).astype(np.float32), device)
-        return xp.swapaxes(array, -1, -2) if transposed else array
+        if stored not in arrays:
+            arrays[stored] = backend.to_device(rng.standard_normal(stored).astype(np.float32), device)
+        return xp.swapaxes(arrays[stored], -1, -2) if transposed else arrays[stored]
 
     operands = [(operand(lhs, lt), operand(rhs, rt)) for lhs, rhs, lt, rt in products]
 
     def run():
         for a, b in operands:
             a @ b
-    run()
-    return statistics.median(seconds_of(run, sync) for _ in range(repeats))
+    return run
 
 
 # --------------------------------------------------------------------------------------
@@ -389,16 +393,22 @@ def bench_config(name: str, args, sync, torch, torch_device) -> dict:
         result["loss_ours"] = float(backend.to_host(model.forward(idx, targets)[1]))
         result["loss_torch"] = float(torch_model.loss(torch_idx, torch_targets).detach())
 
+    replay = matmul_replay(step_matmuls(config, B, T), args.device)
     # warm-up: moments allocated, caches and BLAS buffers touched
     for _ in range(args.warmup):
         our_step(model, optimizer, idx, targets)
         if torch_model is not None:
             torch_model.step(torch_idx, torch_targets)
-    ours, theirs = [], []
-    for _ in range(args.steps):  # alternate: ours, torch, ours, torch, ...
+        replay()
+    # rounds of: our step, PyTorch's step, our step's matmuls alone; each ratio compares
+    # times taken moments apart, so that both sides see the same machine load
+    ours, theirs, matmuls = [], [], []
+    for _ in range(args.steps):
         ours.append(seconds_of(lambda: our_step(model, optimizer, idx, targets), sync))
         if torch_model is not None:
             theirs.append(seconds_of(lambda: torch_model.step(torch_idx, torch_targets), torch_sync))
+        matmuls.append(seconds_of(replay, sync))
+    del replay
     step_seconds = statistics.median(ours)
     tokens = B * T
     result.update(step_seconds=ours, step_seconds_median=step_seconds, tokens_per_s=tokens / step_seconds,
@@ -409,8 +419,10 @@ def bench_config(name: str, args, sync, torch, torch_device) -> dict:
                       torch_tokens_per_s=tokens / statistics.median(theirs),
                       ratio_per_pair=ratios, ratio_median=statistics.median(ratios))
 
-    result["matmul_seconds"] = replay_matmuls(step_matmuls(config, B, T), args.device, sync, repeats=max(3, args.steps))
-    result["step_over_matmuls"] = step_seconds / result["matmul_seconds"]
+    step_over_matmuls = [o / m for o, m in zip(ours, matmuls)]
+    result.update(matmul_seconds=matmuls, matmul_seconds_median=statistics.median(matmuls),
+                  step_over_matmuls_per_round=step_over_matmuls,
+                  step_over_matmuls=statistics.median(step_over_matmuls))
     result["split_seconds"] = time_by_layer_kind(model, optimizer, idx, targets, sync)
     if args.device == "cpu":
         result["activation_bytes"] = activation_bytes(model, idx, targets)
@@ -431,7 +443,9 @@ def print_config(name: str, r: dict, peak: float) -> None:
         pairs = " ".join(f"{x:.2f}" for x in r["ratio_per_pair"])
         print(f"   PyTorch {r['torch_step_seconds_median'] * 1e3:6.1f} ms   {r['torch_tokens_per_s']:10,.0f} tokens/s"
               f"   ours/PyTorch throughput per pair: {pairs}   median {r['ratio_median']:.2f}")
-    print(f"   its matmuls alone {r['matmul_seconds'] * 1e3:.1f} ms -> step / matmuls = {r['step_over_matmuls']:.2f}")
+    rounds = " ".join(f"{x:.2f}" for x in r["step_over_matmuls_per_round"])
+    print(f"   its matmuls alone {r['matmul_seconds_median'] * 1e3:.1f} ms   step / matmuls per round: {rounds}"
+          f"   median {r['step_over_matmuls']:.2f}")
     total = sum(r["split_seconds"].values())
     print(f"   {'time by layer kind (instrumented step)':<44} {'ms':>8} {'share':>7}")
     for kind, seconds in r["split_seconds"].items():

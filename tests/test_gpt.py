@@ -133,6 +133,27 @@ def test_dtype_is_kept_from_parameters_to_gradients(dtype):
     assert model.log_probs(idx).dtype == np.dtype(dtype)
 
 
+def test_float32_forward_keeps_nothing_in_float64():
+    """A NumPy float64 scalar would silently promote a float32 array: nothing in the
+    forward cache, the logits, the loss or the gradients may be float64."""
+    config = tiny_config(dtype="float32", bias=True)
+    model = GPT.create(config, np.random.default_rng(5))
+    idx, targets = batch(config, np.random.default_rng(6))
+    logits, loss, cache = model.forward(idx, targets)
+    floats, stack = [], [cache]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, (tuple, list)):
+            stack.extend(item)
+        elif hasattr(item, "__dataclass_fields__"):
+            stack.extend(getattr(item, name) for name in item.__dataclass_fields__)
+        elif isinstance(item, np.ndarray) and item.dtype.kind == "f":
+            floats.append(item)
+    assert len(floats) > 20 and all(a.dtype == np.float32 for a in floats)
+    assert logits.dtype == loss.dtype == np.float32
+    assert all(g.dtype == np.float32 for g in model.backward(cache).values())
+
+
 def test_initial_loss_is_near_log_vocab():
     config = GPTConfig.small()
     model = GPT.create(config, np.random.default_rng(7))
