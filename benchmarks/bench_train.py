@@ -498,8 +498,8 @@ def main(argv=None) -> int:
 
     peak = matmul_peak(args.device, sync)
     figures = {"device": args.device, "machine": platform.processor() or platform.machine(),
-               "cpu_count": os.cpu_count(), "blas_threads": threads, "numpy": np.__version__,
-               "matmul_peak_gflops": peak, "configs": {}}
+               "cpu_count": os.cpu_count(), "load_average_at_start": os.getloadavg()[0],
+               "blas_threads": threads, "numpy": np.__version__, "matmul_peak_gflops": peak, "configs": {}}
     header = f"training step, float32, device {args.device}, BLAS threads {threads}"
     if torch is not None:
         figures["torch"] = torch.__version__
@@ -507,15 +507,19 @@ def main(argv=None) -> int:
         figures["torch_matmul_peak_gflops"] = torch_matmul_peak(torch, torch_device)
         header += f", PyTorch {torch.__version__} threads {figures['torch_threads']}"
     print(header)
+    print(f"{os.cpu_count()} CPUs, load average {figures['load_average_at_start']:.2f} at the start "
+          "(other processes share the cores: compare ratios within a round, not times across runs)")
     print(f"float32 matmul peak (2048³): NumPy {peak:.0f} GFLOP/s"
           + (f", PyTorch {figures['torch_matmul_peak_gflops']:.0f} GFLOP/s" if torch is not None else ""))
     for name in names:
         result = bench_config(name, args, sync, torch, torch_device)
         figures["configs"][name] = result
         print_config(name, result, peak)
+    figures["load_average_at_end"] = os.getloadavg()[0]
+    print(f"\nload average at the end {figures['load_average_at_end']:.2f}")
     if args.json:
         write_json(args.json, figures)
-        print(f"\nwrote {args.json}")
+        print(f"wrote {args.json}")
     return 0
 
 

@@ -574,9 +574,9 @@ def attention_backward(dout, cache):
         xp.matmul(att[seqs].transpose(0, 1, 3, 2), dy[seqs], out=dv[seqs])  # dv = att^T @ dy
         dscores -= row_dots[seqs]
         dscores *= att[seqs]                                               # att * (datt - dy . y)
-        xp.matmul(dscores, k_transposed[seqs].transpose(0, 1, 3, 2), out=dq[seqs])  # dscores @ k
+        dq_block = xp.matmul(dscores, k_transposed[seqs].transpose(0, 1, 3, 2), out=dq[seqs])
+        dq_block *= scale                                                  # dscores @ k * scale
         xp.matmul(dscores.transpose(0, 1, 3, 2), q_scaled[seqs], out=dk[seqs])      # dscores^T @ q * scale
-    dq *= scale
     return dqkv.reshape(B, T, 3 * C)
 
 
