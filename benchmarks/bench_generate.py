@@ -11,7 +11,7 @@ reported).
 
     OPENBLAS_NUM_THREADS=1 python benchmarks/bench_generate.py [--config paper] [--batch 1]
         [--contexts 8,16,32,64,96] [--new-tokens 16] [--repeats 3] [--threads N]
-        [--device cpu|gpu] [--json PATH]
+        [--clock cpu|wall] [--device cpu|gpu] [--json PATH]
 """
 from __future__ import annotations
 
@@ -32,15 +32,15 @@ from tinylatent._io import write_json  # noqa: E402
 from tinylatent.gpt import GPT  # noqa: E402
 
 
-def time_generate(model: GPT, prompt, n_new: int, use_cache: bool, repeats: int, sync):
-    """(median seconds, tokens) of ``model.generate(prompt, n_new)`` with a fixed seed."""
+def time_generate(model: GPT, prompt, n_new: int, use_cache: bool, repeats: int, sync, clock):
+    """(median seconds by ``clock``, tokens) of ``model.generate(prompt, n_new)`` with a fixed seed."""
     times, tokens = [], None
     for _ in range(repeats):
         sync()
-        start = time.perf_counter()
+        start = clock()
         tokens = model.generate(prompt, n_new, np.random.default_rng(1), use_cache=use_cache)
         sync()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return statistics.median(times), tokens
 
 
@@ -53,6 +53,9 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", choices=backend.DEVICES, default="cpu")
     parser.add_argument("--threads", type=int, help="BLAS threads (default: as the environment sets)")
+    parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
+                        help="cpu: this process's CPU time (steady on a shared machine, for one thread); "
+                             "wall: the wall clock (default cpu; wall on a GPU)")
     parser.add_argument("--json", metavar="PATH", help="write the figures as JSON")
     args = parser.parse_args(argv)
     config = CONFIGS[args.config][0]
@@ -72,14 +75,18 @@ def main(argv=None) -> int:
         return 2
     limits = set_blas_threads(args.threads) if args.threads else None  # noqa: F841 (kept alive)
     sync = synchroniser(args.device)
+    clock_name = "wall" if args.device == "gpu" else args.clock
+    clock = time.process_time if clock_name == "cpu" else time.perf_counter
 
     rng = np.random.default_rng(0)
     model = GPT.create(config, rng, device=args.device)
     figures = {"config": args.config, "model": config.to_dict(), "batch": args.batch, "new_tokens": args.new_tokens,
-               "device": args.device, "blas_threads": blas_threads(), "rows": []}
+               "device": args.device, "blas_threads": blas_threads(), "clock": clock_name,
+               "load_average_at_start": os.getloadavg()[0], "rows": []}
     print(f"generation, {args.config} model ({config.num_params() / 1e6:.2f} M parameters), batch {args.batch}, "
           f"float32, device {args.device}, BLAS threads {figures['blas_threads']}")
-    print(f"per-token cost = (time for 1 + {args.new_tokens} tokens - time for 1) / {args.new_tokens}")
+    print(f"per-token cost = (time for 1 + {args.new_tokens} tokens - time for 1) / {args.new_tokens}, "
+          f"by {'CPU time' if clock_name == 'cpu' else 'wall clock'}; load average {figures['load_average_at_start']:.2f}")
     print(f"{'prompt L':>8} | {'KV cache: prompt ms':>19} {'ms/token':>9} {'tokens/s':>9} | "
           f"{'recompute: prompt ms':>20} {'ms/token':>9} {'tokens/s':>9} | {'speed-up':>8} {'same tokens':>11}")
     model.generate(rng.integers(0, config.vocab_size, size=(args.batch, 4)), 2, np.random.default_rng(0))  # warm up
@@ -87,8 +94,8 @@ def main(argv=None) -> int:
         prompt = rng.integers(0, config.vocab_size, size=(args.batch, L))
         row = {"prompt_length": L}
         for mode, use_cache in (("cache", True), ("recompute", False)):
-            first, _ = time_generate(model, prompt, 1, use_cache, args.repeats, sync)
-            total, tokens = time_generate(model, prompt, 1 + args.new_tokens, use_cache, args.repeats, sync)
+            first, _ = time_generate(model, prompt, 1, use_cache, args.repeats, sync, clock)
+            total, tokens = time_generate(model, prompt, 1 + args.new_tokens, use_cache, args.repeats, sync, clock)
             per_token = max(total - first, 0.0) / args.new_tokens
             row[mode] = {"prompt_seconds": first, "seconds_per_token": per_token,
                          "tokens_per_s": args.batch / per_token if per_token > 0 else float("inf"),

@@ -18,6 +18,11 @@ on a batch of random token windows, float32. For each configuration it reports:
   was held before it (``tracemalloc``, which NumPy reports its allocations to), next to
   the activations the backward pass keeps (the forward cache's arrays, each buffer once).
 
+Every timed step is measured on two clocks: the wall clock, and the CPU time of this
+process. On a machine shared with other work the wall clock also counts the time slices
+that other processes took; with one thread the CPU time does not, so it gives the steadier
+ratios (with several threads it sums them, so only the wall clock means anything there).
+
 With ``--vs torch`` (when PyTorch is importable) the same architecture with the same
 weights runs in PyTorch eager on the same device and the same number of threads
 (``torch.set_num_threads``), nanoGPT's way (``F.scaled_dot_product_attention``,
@@ -108,6 +113,19 @@ def seconds_of(function, sync) -> float:
     function()
     sync()
     return time.perf_counter() - start
+
+
+def wall_and_cpu_seconds(function, sync) -> tuple:
+    """(wall-clock seconds, CPU seconds of this process) of one call.
+
+    On a shared machine the wall clock also counts the time slices other processes took
+    from ours; the CPU time does not. With one thread they agree on an idle machine.
+    """
+    sync()
+    wall, cpu = time.perf_counter(), time.process_time()
+    function()
+    sync()
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def matmul_peak(device: str, sync, n: int = 2048, repeats: int = 5) -> float:
@@ -215,8 +233,9 @@ LAYER_KINDS = {  # kind -> the layer functions timed under it
 }
 
 
-def time_by_layer_kind(model: GPT, optimizer: AdamW, idx, targets, sync, steps: int = 2) -> dict:
-    """Seconds per step spent in each kind of layer, AdamW, and the rest ("other").
+def time_by_layer_kind(model: GPT, optimizer: AdamW, idx, targets, sync, clock, steps: int = 2) -> dict:
+    """Seconds per step spent in each kind of layer, AdamW, and the rest ("other"), by ``clock``
+    (``time.perf_counter`` or ``time.process_time``).
 
     Every function in :data:`LAYER_KINDS` is replaced, in :mod:`tinylatent.layers` and in
     :mod:`tinylatent.gpt` (which imports some by name), by a wrapper that times it; the
@@ -229,10 +248,10 @@ def time_by_layer_kind(model: GPT, optimizer: AdamW, idx, targets, sync, steps: 
     def timed(function, kind):
         def wrapper(*args, **kwargs):
             sync()
-            start = time.perf_counter()
+            start = clock()
             result = function(*args, **kwargs)
             sync()
-            totals[kind] += time.perf_counter() - start
+            totals[kind] += clock() - start
             return result
         return wrapper
 
@@ -248,13 +267,13 @@ def time_by_layer_kind(model: GPT, optimizer: AdamW, idx, targets, sync, steps: 
     try:
         for _ in range(steps):
             sync()
-            start = time.perf_counter()
+            start = clock()
             _, grads = model.loss_and_grads(idx, targets)
             sync()
-            middle = time.perf_counter()
+            middle = clock()
             optimizer.step(model.params, grads, LEARNING_RATE)
             sync()
-            end = time.perf_counter()
+            end = clock()
             totals["adamw"] += end - middle
             whole += end - start
     finally:
@@ -404,26 +423,34 @@ def bench_config(name: str, args, sync, torch, torch_device) -> dict:
     # times taken moments apart, so that both sides see the same machine load
     ours, theirs, matmuls = [], [], []
     for _ in range(args.steps):
-        ours.append(seconds_of(lambda: our_step(model, optimizer, idx, targets), sync))
+        ours.append(wall_and_cpu_seconds(lambda: our_step(model, optimizer, idx, targets), sync))
         if torch_model is not None:
-            theirs.append(seconds_of(lambda: torch_model.step(torch_idx, torch_targets), torch_sync))
-        matmuls.append(seconds_of(replay, sync))
+            theirs.append(wall_and_cpu_seconds(lambda: torch_model.step(torch_idx, torch_targets), torch_sync))
+        matmuls.append(wall_and_cpu_seconds(replay, sync))
     del replay
-    step_seconds = statistics.median(ours)
     tokens = B * T
-    result.update(step_seconds=ours, step_seconds_median=step_seconds, tokens_per_s=tokens / step_seconds,
-                  gflops=tokens * result["flops_per_token"] / step_seconds / 1e9)
-    if theirs:
-        ratios = [t / o for o, t in zip(ours, theirs)]  # throughput ours / PyTorch = PyTorch's time / ours
-        result.update(torch_step_seconds=theirs, torch_step_seconds_median=statistics.median(theirs),
-                      torch_tokens_per_s=tokens / statistics.median(theirs),
-                      ratio_per_pair=ratios, ratio_median=statistics.median(ratios))
-
-    step_over_matmuls = [o / m for o, m in zip(ours, matmuls)]
-    result.update(matmul_seconds=matmuls, matmul_seconds_median=statistics.median(matmuls),
-                  step_over_matmuls_per_round=step_over_matmuls,
-                  step_over_matmuls=statistics.median(step_over_matmuls))
-    result["split_seconds"] = time_by_layer_kind(model, optimizer, idx, targets, sync)
+    for clock, index in (("wall", 0), ("cpu", 1)):
+        ours_s = [pair[index] for pair in ours]
+        matmul_s = [pair[index] for pair in matmuls]
+        median = statistics.median(ours_s)
+        figures = {"step_seconds": ours_s, "step_seconds_median": median, "tokens_per_s": tokens / median,
+                   "gflops": tokens * result["flops_per_token"] / median / 1e9,
+                   "matmul_seconds": matmul_s, "matmul_seconds_median": statistics.median(matmul_s),
+                   "step_over_matmuls_per_round": [o / m for o, m in zip(ours_s, matmul_s)]}
+        figures["step_over_matmuls"] = statistics.median(figures["step_over_matmuls_per_round"])
+        if theirs:
+            theirs_s = [pair[index] for pair in theirs]
+            figures.update(torch_step_seconds=theirs_s, torch_step_seconds_median=statistics.median(theirs_s),
+                           torch_tokens_per_s=tokens / statistics.median(theirs_s),
+                           # throughput ours / PyTorch = PyTorch's time / ours, round by round
+                           ratio_per_pair=[t / o for o, t in zip(ours_s, theirs_s)])
+            figures["ratio_median"] = statistics.median(figures["ratio_per_pair"])
+        result[clock] = figures
+    # CPU time when one thread does all the work (immune to other processes' time slices), else wall
+    single_threaded = args.device == "cpu" and blas_threads() == "1"
+    result["split_clock"] = "cpu" if single_threaded else "wall"
+    result["split_seconds"] = time_by_layer_kind(model, optimizer, idx, targets, sync,
+                                                 time.process_time if single_threaded else time.perf_counter)
     if args.device == "cpu":
         result["activation_bytes"] = activation_bytes(model, idx, targets)
         result["step_peak_bytes"] = step_peak_bytes(model, optimizer, idx, targets)
@@ -437,19 +464,24 @@ def print_config(name: str, r: dict, peak: float) -> None:
           f"{r['parameters'] / 1e6:.2f} M parameters, batch {r['batch_size']} × context {r['context']}")
     if "loss_torch" in r:
         print(f"   same weights, same batch: loss ours {r['loss_ours']:.6f}, PyTorch {r['loss_torch']:.6f}")
-    print(f"   step {r['step_seconds_median'] * 1e3:9.1f} ms   {r['tokens_per_s']:10,.0f} tokens/s   "
-          f"{r['gflops']:6.1f} GFLOP/s   MFU {r['gflops'] / peak:5.1%}")
-    if "ratio_median" in r:
-        pairs = " ".join(f"{x:.2f}" for x in r["ratio_per_pair"])
-        print(f"   PyTorch {r['torch_step_seconds_median'] * 1e3:6.1f} ms   {r['torch_tokens_per_s']:10,.0f} tokens/s"
-              f"   ours/PyTorch throughput per pair: {pairs}   median {r['ratio_median']:.2f}")
-    rounds = " ".join(f"{x:.2f}" for x in r["step_over_matmuls_per_round"])
-    print(f"   its matmuls alone {r['matmul_seconds_median'] * 1e3:.1f} ms   step / matmuls per round: {rounds}"
-          f"   median {r['step_over_matmuls']:.2f}")
+    for clock in ("wall", "cpu"):
+        c = r[clock]
+        label = "wall clock" if clock == "wall" else "CPU time  "
+        print(f"   [{label}] step {c['step_seconds_median'] * 1e3:8.1f} ms  {c['tokens_per_s']:9,.0f} tokens/s  "
+              f"{c['gflops']:6.1f} GFLOP/s  MFU {c['gflops'] / peak:5.1%}")
+        if "ratio_median" in c:
+            pairs = " ".join(f"{x:.2f}" for x in c["ratio_per_pair"])
+            print(f"   [{label}] PyTorch {c['torch_step_seconds_median'] * 1e3:8.1f} ms  "
+                  f"{c['torch_tokens_per_s']:9,.0f} tokens/s   ours/PyTorch per pair: {pairs}   "
+                  f"median {c['ratio_median']:.2f}")
+        rounds = " ".join(f"{x:.2f}" for x in c["step_over_matmuls_per_round"])
+        print(f"   [{label}] its matmuls alone {c['matmul_seconds_median'] * 1e3:.1f} ms   step / matmuls per round: "
+              f"{rounds}   median {c['step_over_matmuls']:.2f}")
     total = sum(r["split_seconds"].values())
-    print(f"   {'time by layer kind (instrumented step)':<44} {'ms':>8} {'share':>7}")
+    clock = "CPU time" if r["split_clock"] == "cpu" else "wall clock"
+    print(f"   {'time by layer kind (instrumented step, ' + clock + ')':<52} {'ms':>8} {'share':>7}")
     for kind, seconds in r["split_seconds"].items():
-        print(f"   {kind:<44} {seconds * 1e3:8.1f} {seconds / total:7.1%}")
+        print(f"   {kind:<52} {seconds * 1e3:8.1f} {seconds / total:7.1%}")
     if "step_peak_bytes" in r:
         print(f"   memory: activations kept for backward {r['activation_bytes'] / 2**20:.1f} MiB; "
               f"step peak (tracemalloc, above the parameters and moments) {r['step_peak_bytes'] / 2**20:.1f} MiB "
