@@ -1,0 +1,230 @@
+"""What the three trained-model experiments share: the command line, reading a message's
+intention, training a model into a fresh folder, plots and JSON.
+
+Used by ``examples/cot_locality.py``, ``examples/instruction_tuning.py`` and
+``examples/emergence.py`` (docs/experiments.md). Each of them trains small GPTs on a
+language from latent intentions and then asks what the model does with a prompt; the
+answer is read with the exact oracle (:class:`tinylatent.oracle.Oracle`), never guessed
+from the letters by hand.
+"""
+from __future__ import annotations
+
+import os
+
+# One BLAS thread, set before NumPy loads (import this module first): on a small machine shared
+# with other runs, OpenBLAS's extra threads only fight them (docs/training.md measured 8× slower).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import math  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Callable, NamedTuple, Optional  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+try:
+    import tinylatent  # noqa: F401
+except ModuleNotFoundError:  # run from a checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tinylatent._io import write_json  # noqa: E402
+from tinylatent.checkpoint import CHECKPOINT_FILENAME  # noqa: E402
+from tinylatent.evaluate import predictor_log_probs  # noqa: E402
+from tinylatent.gpt import GPTConfig  # noqa: E402
+from tinylatent.language import DELIMITER_ID, Language  # noqa: E402
+from tinylatent.oracle import Oracle  # noqa: E402
+from tinylatent.train import LOG_FILENAME, TrainConfig, train  # noqa: E402
+
+BUDGETS = ("smoke", "quick", "default")
+
+
+# ----------------------------------------------------------------------------------------
+# Reading off the intention of a message
+# ----------------------------------------------------------------------------------------
+
+class Reading(NamedTuple):
+    """The exact oracle's reading of B messages, each read alone from its start.
+
+    intention: (B,) int64, the MAP intention argmax_θ q(θ | message) under a uniform prior.
+    confidence: (B,) q(MAP intention | message).
+    well_formed: (B,) bool: the message has q > 0 and its only delimiter is its last token.
+        For a message that is not, the reading is taken at its last letter before the
+        first delimiter, or where it became impossible, whichever comes first.
+    """
+
+    intention: np.ndarray
+    confidence: np.ndarray
+    well_formed: np.ndarray
+
+
+def read_intentions(language: Language, messages: np.ndarray, oracle: Optional[Oracle] = None) -> Reading:
+    """The intention each message (B, T) was written under, as the exact oracle reads it.
+
+    A uniform prior over intentions, so that the reading depends on the message's own
+    letters only (not on what the outer chain makes likely). In an unambiguous language
+    (every message has one possible intention) this recovers the true intention exactly.
+    """
+    messages = np.asarray(messages, dtype=np.int64)
+    if messages.ndim != 2 or messages.shape[1] < 2:
+        raise ValueError(f"messages must be a (B, T) array with T ≥ 2 (letters, then the delimiter); got {messages.shape}")
+    oracle = Oracle(language) if oracle is None else oracle
+    uniform = np.full(language.n_intentions, 1.0 / language.n_intentions)
+    result = oracle.filter(messages, phase="start", prior=uniform, predictive=False)
+    is_delimiter = messages == DELIMITER_ID
+    first_delimiter = np.where(is_delimiter.any(axis=1), is_delimiter.argmax(axis=1), messages.shape[1])
+    # the last letter of the first message (the posterior is frozen from an impossible token on)
+    where = np.clip(first_delimiter - 1, 0, messages.shape[1] - 1)
+    posterior = result.posterior[np.arange(messages.shape[0]), where]                  # (B, K)
+    well_formed = result.possible & (first_delimiter == messages.shape[1] - 1)
+    return Reading(posterior.argmax(axis=1), posterior.max(axis=1), well_formed)
+
+
+# ----------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------
+
+def train_fresh(language: Language, model_config: GPTConfig, train_config: TrainConfig, out_dir: Path,
+                progress: bool = True) -> tuple:
+    """``tinylatent.train.train`` into ``out_dir``, replacing a checkpoint and log left there
+    by an earlier run of the same experiment. Returns (model, summary)."""
+    out_dir = Path(out_dir)
+    for name in (CHECKPOINT_FILENAME, LOG_FILENAME):
+        (out_dir / name).unlink(missing_ok=True)
+    model, summary = train(language, model_config, train_config, out_dir, progress=progress)
+    return model, summary
+
+
+def small_model(vocab_size: int, context_length: int, n_layer: int = 2, n_head: int = 4, d_model: int = 64) -> GPTConfig:
+    """``GPTConfig.small``'s shape (2 layers, 4 heads, width 64) with this context, or a smaller one."""
+    base = GPTConfig.small(vocab_size)
+    return GPTConfig(vocab_size=vocab_size, context_length=context_length, n_layer=n_layer, n_head=n_head,
+                     d_model=d_model, bias=base.bias, tie_embeddings=base.tie_embeddings)
+
+
+def next_token_probs(model, prompts: np.ndarray) -> np.ndarray:
+    """p(next token | prompt) after each of B prompts of equal length: (B, V + 1) float64 on the host."""
+    log_probs = predictor_log_probs(model, prompts)[:, -1, :]
+    probs = np.exp(log_probs)
+    return probs / probs.sum(axis=1, keepdims=True)
+
+
+# ----------------------------------------------------------------------------------------
+# Command line: --smoke / --quick / default, --out, --seed, --json; errors are one line, exit 2
+# ----------------------------------------------------------------------------------------
+
+class UsageError(Exception):
+    """A bad option or setting: one line on stderr, exit status 2."""
+
+
+class _RaisingParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse calls this on a bad option; it must not return
+        raise UsageError(message)
+
+
+def experiment_parser(program: str, description: str, default_out: str) -> argparse.ArgumentParser:
+    """A parser with the options every experiment has; each script adds its own."""
+    parser = _RaisingParser(prog=program, description=description)
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--smoke", action="store_true", help="a tiny budget (seconds): checks that everything runs")
+    size.add_argument("--quick", action="store_true", help="a small budget (a few minutes on 2 cores)")
+    parser.add_argument("--out", type=Path, default=Path(default_out), help=f"output folder (default {default_out})")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every random stream (default 0)")
+    parser.add_argument("--json", type=Path, default=None, help="where to write the numbers (default OUT/<name>.json)")
+    parser.add_argument("--no-progress", action="store_true", help="print nothing while training")
+    return parser
+
+
+def budget_of(args: argparse.Namespace) -> str:
+    return "smoke" if args.smoke else "quick" if args.quick else "default"
+
+
+def check_common(args: argparse.Namespace) -> None:
+    if args.seed < 0:
+        raise UsageError(f"--seed must be ≥ 0; got {args.seed}")
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise a :class:`UsageError` with ``message`` unless ``condition``."""
+    if not condition:
+        raise UsageError(message)
+
+
+def run_main(program: str, parse: Callable, run: Callable, argv=None) -> int:
+    """Parse, run, and turn a bad option or setting into one line on stderr and exit status 2."""
+    try:
+        run(parse(argv))
+    except UsageError as exc:
+        print(f"{program}: error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError) as exc:
+        text = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.strerror else str(exc)
+        print(f"{program}: error: {text.splitlines()[0] if text else type(exc).__name__}", file=sys.stderr)
+        return 2
+    return 0
+
+
+# ----------------------------------------------------------------------------------------
+# Output: JSON (NaN as null) and optional plots
+# ----------------------------------------------------------------------------------------
+
+def plain(value):
+    """``value`` as JSON types: NumPy scalars and arrays to Python, NaN and ±inf to null."""
+    if isinstance(value, dict):
+        return {str(key): plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(item) for item in value]
+    if isinstance(value, np.ndarray):
+        return plain(value.tolist())
+    if isinstance(value, (np.bool_, bool)):
+        return bool(value)
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def finish(report: dict, args: argparse.Namespace, name: str, save_plot: Callable, started: float) -> dict:
+    """Save the plot (``save_plot(report, path)`` returns the path, or None without matplotlib),
+    then the JSON (atomically, ``tinylatent._io.write_json``) to ``--json`` or OUT/<name>.json."""
+    plot = save_plot(report, args.out / f"{name}.png")
+    report["plot"] = str(plot) if plot else None
+    print(f"plot saved to {plot}" if plot else PLOT_SKIPPED)
+    report["seconds"] = time.perf_counter() - started
+    json_path = args.json or args.out / f"{name}.json"
+    write_json(json_path, plain(report))
+    print(f"numbers written to {json_path}")
+    return report
+
+
+def pyplot():
+    """matplotlib.pyplot with a file-only backend, or None when matplotlib is not installed."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+PLOT_SKIPPED = "plot skipped: matplotlib is not installed (pip install tinylatent[plot])"
+
+
+def save_figure(figure, path: Path, plt, dpi: int = 120) -> Path:
+    """Lay the figure out, write it to ``path`` (folders made as needed) and close it."""
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=dpi)
+    plt.close(figure)
+    return path
+
+
+def format_row(cells, widths) -> str:
+    """One line of a table: each cell right-aligned in its width (the first left-aligned)."""
+    out = []
+    for i, (cell, width) in enumerate(zip(cells, widths)):
+        out.append(f"{cell:<{width}}" if i == 0 else f"{cell:>{width}}")
+    return "  ".join(out)

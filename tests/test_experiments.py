@@ -1,0 +1,314 @@
+"""examples/cot_locality.py, instruction_tuning.py and emergence.py: their pieces and their --smoke runs.
+
+The scripts train small GPTs, so a full run belongs to docs/experiments.md; here each one
+runs in-process with ``--smoke`` (a few optimiser steps of a 1-layer model) and we check
+the JSON it writes, and we check the constructions the experiments stand on against
+something independent: the oracle, the language's own matrices, a second training run.
+"""
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tinylatent.evaluate import OraclePredictor
+from tinylatent.gpt import GPT
+from tinylatent.language import Language, random_language, sample_messages
+from tinylatent.train import RandomStreams, TrainConfig, train
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up by name while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def cot():
+    return _load("cot_locality")
+
+
+@pytest.fixture(scope="module")
+def tuning():
+    return _load("instruction_tuning")
+
+
+@pytest.fixture(scope="module")
+def emergence():
+    return _load("emergence")
+
+
+@pytest.fixture(scope="module")
+def common(cot):
+    return sys.modules["_common"]  # imported by the scripts from examples/
+
+
+NULLABLE = ("resumed_from_step", "emerged_at")  # null by design: a fresh run; an ability not reached yet
+
+
+def _numbers(value):
+    """Every number in a JSON value (None counts as a non-finite number), except under NULLABLE keys."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key not in NULLABLE:
+                yield from _numbers(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _numbers(item)
+    elif value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+        yield value
+
+
+def _smoke(module, tmp_path_factory, name):
+    folder = tmp_path_factory.mktemp(name)
+    status = module.main(["--smoke", "--no-progress", "--out", str(folder), "--json", str(folder / "report.json")])
+    assert status == 0
+    return json.loads((folder / "report.json").read_text()), folder
+
+
+# ----------------------------------------------------------------------------------------
+# The shared read-off: which intention wrote a message
+# ----------------------------------------------------------------------------------------
+
+UNAMBIGUOUS = {
+    "skip chain": lambda cot, tuning: cot.skip_chain_language(cot.SkipChain(), np.full(5, 0.2), "skip"),
+    "paper chains": lambda cot, tuning: tuning.base_language(),
+    "random blocks": lambda cot, tuning: random_language(n_intentions=4, n_letters=8, letters_per_intention=2,
+                                                         message_length=(2, 5), transition="uniform", seed=3),
+}
+
+
+@pytest.mark.parametrize("which", sorted(UNAMBIGUOUS))
+def test_read_off_recovers_the_true_intention_of_sampled_messages(which, cot, tuning, common):
+    language = UNAMBIGUOUS[which](cot, tuning)
+    rng = np.random.default_rng(0)
+    intentions = rng.integers(0, language.n_intentions, size=300)
+    messages = sample_messages(language, intentions, rng)
+    for length in sorted({len(m) for m in messages}):                       # the read-off takes equal lengths
+        rows = [i for i, m in enumerate(messages) if len(m) == length]
+        reading = common.read_intentions(language, np.stack([messages[i] for i in rows]))
+        assert np.array_equal(reading.intention, intentions[rows])
+        assert reading.well_formed.all()
+        np.testing.assert_allclose(reading.confidence, 1.0)
+
+
+def test_read_off_flags_a_broken_message_and_reads_its_letters(cot, common):
+    setup = cot.SkipChain()
+    language = cot.skip_chain_language(setup, cot.jump_distribution(setup, 0.0), "local")
+    tag, letter = 3, setup.value_tokens(4)[0]                               # tag "3", a letter of value 4
+    early_end = np.array([[tag, letter, 0, letter, 0]])                    # a delimiter inside the message
+    too_long = np.array([[tag, letter, letter, letter, letter]])           # no delimiter where it must be
+    for broken in (early_end, too_long):
+        reading = common.read_intentions(language, broken)
+        assert not reading.well_formed[0]
+        assert setup.value_of(reading.intention[0]) == 4 and setup.jump_of(reading.intention[0]) == 3
+
+
+# ----------------------------------------------------------------------------------------
+# cot_locality: the language and the Bayes answer
+# ----------------------------------------------------------------------------------------
+
+def test_skip_chain_transition_is_jump_share_times_value_chain_power(cot):
+    setup = cot.SkipChain()
+    probs = cot.jump_distribution(setup, 0.3)
+    np.testing.assert_allclose(probs, [0.7, 0.075, 0.075, 0.075, 0.075])
+    language = cot.skip_chain_language(setup, probs, "x")
+    chain = cot.value_chain(setup)
+    np.testing.assert_allclose(chain.sum(axis=1), 1.0)
+    for previous_jump in (1, 4):
+        for jump in range(1, setup.max_jump + 1):
+            rows = setup.intention(previous_jump, np.arange(setup.values))
+            columns = setup.intention(jump, np.arange(setup.values))
+            block = language.transition[np.ix_(rows, columns)]
+            np.testing.assert_allclose(block, probs[jump - 1] * np.linalg.matrix_power(chain, jump), atol=1e-15)
+    local = cot.skip_chain_language(setup, cot.jump_distribution(setup, 0.0), "local")
+    assert np.all(local.transition[:, setup.intention(2, 0):] == 0.0)     # no jump ≥ 2 is ever written
+
+
+def test_bayes_answer_is_the_value_chain_row_of_the_prompt_value(cot):
+    setup = cot.SkipChain(advance=0.7)
+    language = cot.skip_chain_language(setup, cot.jump_distribution(setup, 0.0), "local")
+    prompts = cot.sample_prompts(language, setup, 50, np.random.default_rng(1))
+    assert np.all(prompts.tokens[:, 0] == 0) and np.all(prompts.tokens[:, 1] == 1)  # "\n" then the tag "1"
+    for k in (1, 3):
+        expected = np.linalg.matrix_power(cot.value_chain(setup), k)[prompts.value]
+        np.testing.assert_allclose(cot.bayes_values(language, setup, prompts, k), expected, atol=1e-12)
+        np.testing.assert_allclose(cot.offset_distribution(setup, k), np.roll(expected[0], -prompts.value[0]))
+
+
+# ----------------------------------------------------------------------------------------
+# instruction_tuning: the edited T, the inner-chain KL, fine-tuning from given weights
+# ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bad", range(6))
+def test_suppressed_transition_is_stochastic_with_the_bad_column_zero(tuning, bad):
+    base = tuning.base_language()
+    edited = tuning.suppress_intention(base.transition, bad)
+    assert np.all(edited >= 0.0)
+    np.testing.assert_allclose(edited.sum(axis=1), 1.0, rtol=0, atol=1e-12)
+    assert np.all(edited[:, bad] == 0.0)
+    keep = np.arange(6) != bad                                             # the odds among the others are kept
+    np.testing.assert_allclose(edited[:, keep], base.transition[:, keep] / base.transition[:, keep].sum(axis=1, keepdims=True))
+    language = tuning.edited_language(base, bad)                           # and it is a valid language
+    assert isinstance(language, Language) and language.initial[bad] == 0.0
+    np.testing.assert_array_equal(language.letter_transition, base.letter_transition)
+
+
+def test_suppressing_an_intention_that_a_row_always_goes_to_is_an_error(tuning):
+    with pytest.raises(ValueError, match="all their mass"):
+        tuning.suppress_intention(np.array([[0.0, 1.0], [0.5, 0.5]]), 1)
+
+
+def test_inner_chain_kl_is_zero_for_the_exact_reader(tuning):
+    """The oracle reading ``\\n x`` knows θ from the first letter, so its next letters are A_θ's rows: KL 0.
+    An off-by-one between the model's positions and the target's would make it large."""
+    base = tuning.base_language()
+    prompts, intentions = tuning.prompts_by_intention(base, 5, np.random.default_rng(2))
+    kl = tuning.inner_chain_kl(OraclePredictor(base), base, prompts, intentions)
+    assert kl.shape == (6,)
+    np.testing.assert_allclose(kl, 0.0, atol=1e-9)
+
+
+def _tiny_config(common, language, context_length=16):
+    return common.small_model(language.vocab_size, context_length, n_layer=1, n_head=2, d_model=8)
+
+
+def test_fine_tune_starts_from_the_given_weights(tuning, common, tmp_path):
+    base = tuning.base_language(message_letters=3)
+    config = _tiny_config(common, base)
+    model = GPT.create(config, np.random.default_rng(5))
+    settings = TrainConfig(steps=2, batch_size=2, max_lr=1e-12, eval_windows=2, eval_interval=2, seed=9)
+    tuned, summary = tuning.fine_tune(model, tuning.edited_language(base, 1), settings, tmp_path / "ft", progress=False)
+    assert summary["steps"] == 2 and summary["resumed_from_step"] == 0
+    fresh = GPT.create(config, RandomStreams.generator(RandomStreams.from_seed(9).init))  # what a new run would start from
+    for name, value in model.params.items():
+        np.testing.assert_allclose(tuned.params[name], value, atol=1e-7)   # lr ≈ 0: nothing moved
+        assert not np.allclose(fresh.params[name], value) or np.all(value == value.flat[0])
+
+
+# ----------------------------------------------------------------------------------------
+# emergence: snapshots are points of one run
+# ----------------------------------------------------------------------------------------
+
+def test_constant_rate_segments_are_the_uninterrupted_run(common, tmp_path):
+    language = random_language(n_intentions=2, n_letters=4, message_length=3, seed=0)
+    config = _tiny_config(common, language)
+
+    def settings(steps):
+        return TrainConfig(steps=steps, batch_size=2, max_lr=1e-2, min_lr=1e-2, warmup_steps=1, eval_windows=2,
+                           eval_interval=4, checkpoint_interval=4, seed=3)
+
+    whole, _ = train(language, config, settings(4), tmp_path / "whole", progress=False)
+    train(language, config, settings(2), tmp_path / "parts", progress=False)
+    parts, _ = train(language, config, settings(4), tmp_path / "parts", resume=True, progress=False)
+    for name, value in whole.params.items():
+        np.testing.assert_array_equal(parts.params[name], value)
+
+
+def test_emerged_at_is_the_first_snapshot_below_the_threshold(emergence):
+    def snapshot(step, approximation):
+        return {"step": step, "understanding": {"approximation": {"mean": approximation}}}
+
+    measurements = [snapshot(10, 0.3), snapshot(20, 0.04), snapshot(40, 0.06), snapshot(80, 0.01)]
+    assert emergence.emerged_at(measurements, "understanding", 0.05) == 20
+    assert emergence.emerged_at(measurements, "understanding", 0.001) is None
+
+
+# ----------------------------------------------------------------------------------------
+# The three --smoke runs: JSON with the expected keys and finite numbers
+# ----------------------------------------------------------------------------------------
+
+def test_cot_locality_smoke_writes_every_number(cot, tmp_path_factory):
+    report, folder = _smoke(cot, tmp_path_factory, "cot")
+    assert set(report) >= {"settings", "value_chain", "bayes", "models", "plot", "seconds"}
+    max_jump = report["settings"]["setup"]["max_jump"]
+    assert [b["k"] for b in report["bayes"]] == list(range(1, max_jump + 1))
+    for bayes in report["bayes"]:
+        assert 0.0 < bayes["sampler_accuracy"] <= bayes["map_accuracy"] <= 1.0
+        assert math.isclose(sum(bayes["offset_distribution"]), 1.0)
+    assert set(report["models"]) == {"local", "control"}
+    for corpus in report["models"].values():
+        assert set(corpus["training"]) >= {"val_loss", "bayes_val_loss", "excess_val_loss"}
+        assert [row["k"] for row in corpus["rows"]] == list(range(1, max_jump + 1))
+        for row in corpus["rows"]:
+            for method in ("direct", "step_by_step"):
+                accuracy = row[method]["accuracy"]
+                assert 0.0 <= accuracy["low"] <= accuracy["mean"] <= accuracy["high"] <= 1.0 + 1e-12
+                assert math.isclose(sum(row[method]["offset_histogram"]), 1.0)
+                assert 0.0 <= row[method]["well_formed"] <= 1.0
+            assert set(row["direct_exact"]) == {"accuracy", "tv_to_bayes"}
+    assert all(value is not None and math.isfinite(value) for value in _numbers(report))
+    assert report["plot"] is None or (folder / "cot_locality.png").exists()
+
+
+def test_instruction_tuning_smoke_writes_every_number(tuning, tmp_path_factory):
+    report, folder = _smoke(tuning, tmp_path_factory, "tuning")
+    assert set(report) >= {"settings", "language", "T", "bayes_val_loss", "training", "stages", "plot", "seconds"}
+    bad = report["settings"]["bad"]
+    assert all(row[bad] == 0.0 for row in report["T"]["new"])
+    assert set(report["stages"]) == {"pretrained", "fine_tuned"}
+    for stage in report["stages"].values():
+        assert set(stage) >= {"response_intentions", "tv_to_old_T", "tv_to_new_T", "inner_chain_kl", "val_loss"}
+        for name in ("sampled", "first_letter"):
+            rows = np.array(stage["response_intentions"][name])
+            assert rows.shape == (6, 6)
+            np.testing.assert_allclose(rows.sum(axis=1), 1.0)
+        assert len(stage["inner_chain_kl"]) == 6 and min(stage["inner_chain_kl"]) >= 0.0
+        assert set(stage["val_loss"]) == {"old", "new"}
+    assert report["training"]["finetune"]["resumed_from_step"] == 0
+    assert all(value is not None and math.isfinite(value) for value in _numbers(report))
+
+
+def test_emergence_smoke_writes_every_number(emergence, tmp_path_factory):
+    report, folder = _smoke(emergence, tmp_path_factory, "emergence")
+    assert set(report) >= {"settings", "language", "bayes_floor", "runs", "plot", "seconds"}
+    snapshots = report["settings"]["snapshots"]
+    assert len(report["runs"]) >= 3                                       # at least three model sizes
+    assert len({run["parameters"] for run in report["runs"]}) == len(report["runs"])
+    for run in report["runs"]:
+        assert [m["step"] for m in run["measurements"]] == snapshots
+        assert set(run["emerged_at"]) == {"understanding", "icl"}
+        for measurement in run["measurements"]:
+            assert set(measurement["understanding"]) == {"total", "ambiguity", "approximation"}
+            assert sorted(measurement["icl"]) == [str(m) for m in range(report["settings"]["icl_m"] + 1)]
+            total = measurement["understanding"]["total"]["mean"]
+            parts = measurement["understanding"]["ambiguity"]["mean"] + measurement["understanding"]["approximation"]["mean"]
+            assert math.isclose(total, parts, rel_tol=1e-9, abs_tol=1e-12)   # the split is exact
+    assert all(value is not None and math.isfinite(value) for value in _numbers(report))
+
+
+# ----------------------------------------------------------------------------------------
+# Bad options: one line on stderr, exit status 2
+# ----------------------------------------------------------------------------------------
+
+BAD_OPTIONS = [
+    ("cot", ["--no-such-option"]),
+    ("cot", ["--smoke", "--quick"]),
+    ("cot", ["--seed", "-1"]),
+    ("cot", ["--local-jump-rate", "1.5"]),
+    ("cot", ["--advance", "0"]),
+    ("tuning", ["--bad", "9"]),
+    ("tuning", ["--finetune-lr", "-1"]),
+    ("tuning", ["--message-letters", "x"]),
+    ("emergence", ["--eta", "-0.1"]),
+    ("emergence", ["--language", "english"]),
+    ("emergence", ["--threshold", "0"]),
+]
+
+
+@pytest.mark.parametrize("script, argv", BAD_OPTIONS)
+def test_bad_options_exit_2_with_one_line(script, argv, request, capsys, tmp_path):
+    module = request.getfixturevalue({"cot": "cot", "tuning": "tuning", "emergence": "emergence"}[script])
+    status = module.main(argv + ["--out", str(tmp_path)])
+    captured = capsys.readouterr()
+    assert status == 2
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{module.PROGRAM}: error: ")
+    assert not list(tmp_path.iterdir())                                   # nothing was trained or written
