@@ -70,6 +70,12 @@ def _rows(x):
     return x.reshape(-1, x.shape[-1])
 
 
+def block_buffer(blocks: list, row_shape: tuple, dtype, xp):
+    """Scratch space for the largest of ``blocks`` (the first), reused block after block."""
+    rows = blocks[0].stop - blocks[0].start if blocks else 0
+    return xp.empty((rows,) + tuple(row_shape), dtype=dtype)
+
+
 # --------------------------------------------------------------------------------------
 # helpers for composite layers: parameter dicts with relative names
 # --------------------------------------------------------------------------------------
@@ -311,25 +317,22 @@ def gelu_forward(x):
 
     It runs on the (B, T, 4C) hidden layer, the model's widest tensor, so it is written
     for speed: in blocks of rows (:func:`row_blocks`), each a chain of in-place
-    operations on two output buffers, with the inner polynomial factored as
-    u = x (sqrt(2/pi) + sqrt(2/pi) 0.044715 x^2). :func:`gelu_reference` is the formula.
+    operations. The cache is the input alone: the backward recomputes tanh(u) block by
+    block (as PyTorch does), which costs less than writing a (B, T, 4C) array here and
+    reading it back there. :func:`gelu_reference` is the formula.
     """
     xp = xp_of(x)
     x_rows = _rows(x)
     out = xp.empty(x_rows.shape, dtype=x.dtype)
-    tanh_inner = xp.empty(x_rows.shape, dtype=x.dtype)
-    for rows in row_blocks(x_rows.shape[0], x_rows.shape[1], xp):
-        x_block, t, o = x_rows[rows], tanh_inner[rows], out[rows]
-        xp.multiply(x_block, x_block, out=t)
-        t *= GELU_SQRT_2_OVER_PI * GELU_CUBIC
-        t += GELU_SQRT_2_OVER_PI
-        t *= x_block                            # u = sqrt(2/pi) (x + 0.044715 x^3)
-        xp.tanh(t, out=t)                       # tanh(u)
-        xp.add(t, 1.0, out=o)
+    blocks = row_blocks(x_rows.shape[0], x_rows.shape[1], xp)
+    tanh_buffer = block_buffer(blocks, x_rows.shape[1:], x.dtype, xp)
+    for rows in blocks:
+        x_block, o = x_rows[rows], out[rows]
+        tanh_inner = _gelu_tanh_inner(x_block, out=tanh_buffer[: len(x_block)])
+        xp.add(tanh_inner, 1.0, out=o)
         o *= x_block
         o *= 0.5                                # 0.5 x (1 + tanh(u))
-    cache = (x_rows, tanh_inner)
-    return out.reshape(x.shape), cache
+    return out.reshape(x.shape), x_rows
 
 
 def gelu_backward(dout, cache):
@@ -342,23 +345,35 @@ def gelu_backward(dout, cache):
     The factored second line is what is computed, block by block, in place;
     :func:`gelu_backward_reference` is the first line.
     """
-    x_rows, tanh_inner = cache
+    x_rows = cache
     xp = xp_of(dout)
     dout_rows = _rows(dout)
     dx = xp.empty(x_rows.shape, dtype=dout.dtype)
-    for rows in row_blocks(x_rows.shape[0], x_rows.shape[1], xp):
-        x_block, t, g = x_rows[rows], tanh_inner[rows], dx[rows]
+    blocks = row_blocks(x_rows.shape[0], x_rows.shape[1], xp)
+    tanh_buffer = block_buffer(blocks, x_rows.shape[1:], dout.dtype, xp)
+    for rows in blocks:
+        x_block, g = x_rows[rows], dx[rows]
+        t = _gelu_tanh_inner(x_block, out=tanh_buffer[: len(x_block)])
         xp.multiply(x_block, x_block, out=g)
         g *= 3.0 * GELU_CUBIC * GELU_SQRT_2_OVER_PI
         g += GELU_SQRT_2_OVER_PI                # du/dx
         g *= x_block
-        one_minus_tanh = xp.subtract(1.0, t)
-        g *= one_minus_tanh
+        g *= xp.subtract(1.0, t)
         g += 1.0                                # 1 + x (1 - tanh) du/dx
-        g *= xp.add(t, 1.0, out=one_minus_tanh)  # ... times (1 + tanh)
+        g *= xp.add(t, 1.0, out=t)              # ... times (1 + tanh)
         g *= dout_rows[rows]
         g *= 0.5                                # chain rule: dx = dout * d out/dx
     return dx.reshape(dout.shape)
+
+
+def _gelu_tanh_inner(x, out):
+    """tanh(u) with u = sqrt(2/pi) (x + 0.044715 x^3) = x (sqrt(2/pi) + sqrt(2/pi) 0.044715 x^2), into out."""
+    xp = xp_of(x)
+    xp.multiply(x, x, out=out)
+    out *= GELU_SQRT_2_OVER_PI * GELU_CUBIC
+    out += GELU_SQRT_2_OVER_PI
+    out *= x
+    return xp.tanh(out, out=out)
 
 
 def gelu_reference(x):
@@ -566,9 +581,9 @@ def attention_backward(dout, cache):
     row_dots = xp.einsum("btnh,btnh->bnt", dout_heads, out.reshape(B, T, NH, HS))[..., None]  # dy . y
     dqkv = xp.empty((B, T, 3, NH, HS), dtype=dout.dtype)
     dq, dk, dv = dqkv.transpose(2, 0, 3, 1, 4)                             # (B, NH, T, HS) views
-    block = row_blocks(B, NH * T * T, xp)
-    dscores_buffer = xp.empty((block[0].stop - block[0].start, NH, T, T), dtype=dout.dtype)
-    for seqs in block:
+    blocks = row_blocks(B, NH * T * T, xp)
+    dscores_buffer = block_buffer(blocks, (NH, T, T), dout.dtype, xp)
+    for seqs in blocks:
         dscores = dscores_buffer[: seqs.stop - seqs.start]
         xp.matmul(dy[seqs], v[seqs].transpose(0, 1, 3, 2), out=dscores)     # datt = dy @ v^T
         xp.matmul(att[seqs].transpose(0, 1, 3, 2), dy[seqs], out=dv[seqs])  # dv = att^T @ dy

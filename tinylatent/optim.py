@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from tinylatent import backend
-from tinylatent.layers import row_blocks
+from tinylatent.layers import block_buffer, row_blocks
 
 
 class AdamW:
@@ -102,7 +102,7 @@ class AdamW:
             decays = self.decays(param) and self.weight_decay != 0.0
             p, g, m, v = (a.reshape(-1) for a in (param, grads[name], self.m[name], self.v[name]))
             blocks = row_blocks(p.size, 1, xp)
-            scratch_buffer = xp.empty(blocks[0].stop - blocks[0].start if blocks else 0, dtype=param.dtype)
+            scratch_buffer = block_buffer(blocks, (), param.dtype, xp)
             for block in blocks:
                 p_, g_, m_, v_ = p[block], g[block], m[block], v[block]
                 scratch = scratch_buffer[: p_.size]
