@@ -45,6 +45,7 @@ import gc
 import math
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -421,13 +422,18 @@ def bench_config(name: str, args, sync, torch, torch_device) -> dict:
         replay()
     # rounds of: our step, PyTorch's step, our step's matmuls alone; each ratio compares
     # times taken moments apart, so that both sides see the same machine load
-    ours, theirs, matmuls = [], [], []
+    ours, theirs, matmuls, faults, system = [], [], [], [], []
     for _ in range(args.steps):
+        before = resource.getrusage(resource.RUSAGE_SELF)
         ours.append(wall_and_cpu_seconds(lambda: our_step(model, optimizer, idx, targets), sync))
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        faults.append(after.ru_minflt - before.ru_minflt)   # pages the OS had to map (and zero) afresh
+        system.append(after.ru_stime - before.ru_stime)     # CPU time spent in the kernel, mostly on those
         if torch_model is not None:
             theirs.append(wall_and_cpu_seconds(lambda: torch_model.step(torch_idx, torch_targets), torch_sync))
         matmuls.append(wall_and_cpu_seconds(replay, sync))
     del replay
+    result.update(page_faults_per_step=statistics.median(faults), system_seconds_per_step=statistics.median(system))
     tokens = B * T
     for clock, index in (("wall", 0), ("cpu", 1)):
         ours_s = [pair[index] for pair in ours]
@@ -482,6 +488,8 @@ def print_config(name: str, r: dict, peak: float) -> None:
     print(f"   {'time by layer kind (instrumented step, ' + clock + ')':<52} {'ms':>8} {'share':>7}")
     for kind, seconds in r["split_seconds"].items():
         print(f"   {kind:<52} {seconds * 1e3:8.1f} {seconds / total:7.1%}")
+    print(f"   our step's page faults {r['page_faults_per_step']:,.0f}, kernel time {r['system_seconds_per_step'] * 1e3:.0f} ms "
+          "(freed activations go back to the OS and are faulted in again next step)")
     if "step_peak_bytes" in r:
         print(f"   memory: activations kept for backward {r['activation_bytes'] / 2**20:.1f} MiB; "
               f"step peak (tracemalloc, above the parameters and moments) {r['step_peak_bytes'] / 2**20:.1f} MiB "

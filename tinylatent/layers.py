@@ -165,7 +165,9 @@ def layernorm_forward(x, weight, bias=None, eps: float = LAYERNORM_EPS):
     out = xp.empty((N, C), dtype=x.dtype)
     for rows in row_blocks(N, C, xp):
         x_block, xhat_block, rstd_block = x_rows[rows], xhat[rows], rstd[rows]
-        xp.subtract(x_block, x_block.mean(axis=-1, keepdims=True), out=xhat_block)  # x - mean
+        mean = xp.einsum("ij->i", x_block)[:, None]                                 # row sums (einsum: ...
+        mean *= 1.0 / C                                                              # ... faster than .mean)
+        xp.subtract(x_block, mean, out=xhat_block)                                   # x - mean
         variance = xp.einsum("ij,ij->i", xhat_block, xhat_block)[:, None]            # sum of squares ...
         variance *= 1.0 / C                                                          # ... over C
         variance += eps
@@ -203,7 +205,8 @@ def layernorm_backward(dout, cache):
         xp.multiply(dout_block, xhat_block, out=dx_block)
         dweight += dx_block.sum(axis=0)                                   # sum of dout * xhat
         dxhat = xp.multiply(dout_block, weight, out=dx_block)
-        mean_dxhat = dxhat.mean(axis=-1, keepdims=True)
+        mean_dxhat = xp.einsum("ij->i", dxhat)[:, None]
+        mean_dxhat *= 1.0 / C
         mean_dxhat_xhat = xp.einsum("ij,ij->i", dxhat, xhat_block)[:, None]
         mean_dxhat_xhat *= 1.0 / C
         dxhat -= mean_dxhat                                               # direct - through the mean
@@ -405,7 +408,8 @@ def softmax_forward(x, out=None):
     xp = xp_of(x)
     probs = xp.subtract(x, x.max(axis=-1, keepdims=True), out=out)  # shifted: every entry <= 0
     xp.exp(probs, out=probs)
-    probs *= 1.0 / probs.sum(axis=-1, keepdims=True)  # one division per row, then multiplications
+    row_sums = xp.einsum("...k->...", probs)[..., None]  # einsum: faster than .sum on short rows
+    probs *= 1.0 / row_sums                           # one division per row, then multiplications
     return probs, probs
 
 
