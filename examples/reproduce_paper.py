@@ -26,31 +26,25 @@ Usage (from the repository root; the plots need matplotlib, ``pip install -e '.[
     python examples/reproduce_paper.py --preset paper --device gpu   # the paper's 21M-parameter model
 
 Writes into ``--out`` (default ``out/reproduce_paper``): ``results.md`` (the tables, printed
-too), ``results.json`` (every number), ``convergence.png``, ``understanding.png``,
-``icl.png``, and one training run per experiment in ``runs/<name>/`` (a checkpoint and its
-log). Run again with the same ``--out`` and the trained checkpoints are reused.
+too), ``results.json`` (every number; ``--json PATH`` puts it elsewhere), ``convergence.png``,
+``understanding.png``, ``icl.png``, and one training run per experiment in ``runs/<name>/``
+(a checkpoint and its log). Run again with the same ``--out`` and the trained checkpoints
+are reused (an interrupted run continues from its last checkpoint).
 """
 from __future__ import annotations
 
-import os
+import sys
+from pathlib import Path
 
-# One BLAS thread: on 2 cores, OpenBLAS's second thread competes with any other process and
-# made a training step of the small model 6 times slower in our measurement (docs/results.md).
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as common  # noqa: E402  (first: it sets OPENBLAS_NUM_THREADS=1 before NumPy loads; docs/results.md)
 
-import argparse  # noqa: E402  (after the thread setting, which must precede NumPy)
+import argparse  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 from dataclasses import replace  # noqa: E402
-from pathlib import Path  # noqa: E402
 from typing import NamedTuple, Optional  # noqa: E402
-
-try:
-    import tinylatent  # noqa: F401
-except ModuleNotFoundError:  # run from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tinylatent._io import write_json, write_text  # noqa: E402
 from tinylatent.checkpoint import CHECKPOINT_FILENAME  # noqa: E402
@@ -287,11 +281,8 @@ def format_tables(results: list, checks: list, description: str) -> str:
 
 def save_plots(results: list, out_dir: Path) -> list:
     """convergence.png, understanding.png, icl.png; [] when matplotlib is not installed."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = common.pyplot()
+    if plt is None:
         return []
     paths = []
 
@@ -309,7 +300,7 @@ def save_plots(results: list, out_dir: Path) -> list:
         ax.set_title(f"{family} language: model (solid) and exact Bayes (dashed)", fontsize=9)
         ax.set_yscale("log")
         ax.legend(fontsize=6, ncol=2)
-    paths.append(_save(figure, out_dir / "convergence.png", plt))
+    paths.append(str(common.save_figure(figure, out_dir / "convergence.png", plt, dpi=110)))
 
     # Understanding: the paper's bars beside ours (model total; exact-q ambiguity part).
     paper_results = [r for r in results if r["family"] == "paper"]
@@ -330,7 +321,7 @@ def save_plots(results: list, out_dir: Path) -> list:
         ax.set_ylabel("KL (nats), mean over prompts of 1–6 letters")
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7)
-    paths.append(_save(figure, out_dir / "understanding.png", plt))
+    paths.append(str(common.save_figure(figure, out_dir / "understanding.png", plt, dpi=110)))
 
     # ICL: KL against m; model solid, exact q dashed, the paper's crosses.
     panels = [("paper", "paper", "paper language, the paper's target"),
@@ -352,51 +343,28 @@ def save_plots(results: list, out_dir: Path) -> list:
         ax.set_ylabel("KL(target ‖ ·) (nats)")
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=6)
-    paths.append(_save(figure, out_dir / "icl.png", plt))
+    paths.append(str(common.save_figure(figure, out_dir / "icl.png", plt, dpi=110)))
     return paths
-
-
-def _save(figure, path: Path, plt) -> str:
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return str(path)
 
 
 # ----------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------
 
-class UsageError(Exception):
-    """A bad option: reported as one line on stderr, exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse API: must not return
-        raise UsageError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROGRAM, description=__doc__.splitlines()[0])
-    size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="the same steps with a smaller budget (about 3 min on 2 cores)")
-    size.add_argument("--smoke", action="store_true", help="a tiny budget that runs in seconds (what the tests run)")
+    """The options every experiment has (``--smoke``, ``--quick``, ``--out``, ``--seed``, ``--json``,
+    ``--no-progress``; examples/_common.py), and the model's."""
+    parser = common.experiment_parser(PROGRAM, __doc__.splitlines()[0], "out/reproduce_paper")
     parser.add_argument("--preset", choices=("small", "paper"), default="small",
                         help="small: the CPU model (default); paper: the paper's 21M-parameter model (for a GPU)")
     parser.add_argument("--device", choices=("cpu", "gpu"), default=None,
                         help="cpu or gpu (default: gpu for --preset paper, cpu otherwise)")
-    parser.add_argument("--out", type=Path, default=Path("out/reproduce_paper"),
-                        help="folder for results, plots and training runs (default out/reproduce_paper)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of training and evaluation (default 0)")
-    parser.add_argument("--json", action="store_true", help="print every number as JSON instead of the tables")
     return parser
 
 
 def parse_args(argv) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
-    if args.seed < 0:
-        raise UsageError(f"--seed must be ≥ 0; got {args.seed}")
+    common.check_common(args)
     if args.device is None:
         args.device = "gpu" if args.preset == "paper" else "cpu"
     return args
@@ -405,7 +373,7 @@ def parse_args(argv) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> dict:
     """Train and evaluate every experiment, write results.md, results.json and the plots; return the report."""
     started = time.perf_counter()
-    budget_name = "smoke" if args.smoke else "quick" if args.quick else "default"
+    budget_name = common.budget_of(args)
     budget = BUDGETS[budget_name]
     vocab_size = preset("paper").vocab_size
     model_config, train_config = configs_for(model_presets(vocab_size)[args.preset], budget, args.seed, args.device)
@@ -413,7 +381,8 @@ def run(args: argparse.Namespace) -> dict:
                    f"{train_config.batch_size} × {model_config.context_length} tokens, lr {train_config.max_lr:g}")
 
     def log(line: str) -> None:
-        print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
+        if not args.no_progress:
+            print(line, flush=True)
 
     log(f"{PROGRAM}: {description}; {len(EXPERIMENTS)} models; output in {args.out}")
     results = [run_experiment(experiment, model_config, train_config, budget, args.out, args.seed, log)
@@ -432,36 +401,19 @@ def run(args: argparse.Namespace) -> dict:
         "plots": plots,
         "seconds": time.perf_counter() - started,
     }
+    json_path = args.json or args.out / "results.json"
     write_text(args.out / "results.md", tables + "\n")
-    write_json(args.out / "results.json", report)
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print()
-        print(tables)
-        print()
-        print(f"plots: {', '.join(plots)}" if plots else
-              "plots skipped: matplotlib is not installed (pip install -e '.[plot]')")
-        print(f"tables in {args.out / 'results.md'}, every number in {args.out / 'results.json'}; "
-              f"{report['seconds']:.0f} s in all")
+    write_json(json_path, report)
+    print()
+    print(tables)
+    print()
+    print(f"plots: {', '.join(plots)}" if plots else common.PLOT_SKIPPED)
+    print(f"tables in {args.out / 'results.md'}, every number in {json_path}; {report['seconds']:.0f} s in all")
     return report
 
 
 def main(argv=None) -> int:
-    try:
-        run(parse_args(argv))
-    except UsageError as exc:
-        print(f"{PROGRAM}: error: {exc}", file=sys.stderr)
-        return 2
-    except (ValueError, OSError) as exc:
-        message = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.strerror else str(exc)
-        print(f"{PROGRAM}: error: {message}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{PROGRAM}: interrupted; run again with the same --out to continue from the saved checkpoints",
-              file=sys.stderr)
-        return 130
-    return 0
+    return common.run_main(PROGRAM, parse_args, run, argv)
 
 
 if __name__ == "__main__":
