@@ -742,12 +742,13 @@ def block_forward(x, params: dict, n_head: int, kv_cache=None):
 
     ``kv_cache``: generation only, passed on to :func:`causal_self_attention_forward`.
     """
+    xp = xp_of(x)
     ln_1_out, ln_1_cache = layernorm_forward(x, params["ln_1.weight"], params.get("ln_1.bias"))
     attn_out, attn_cache = causal_self_attention_forward(ln_1_out, sub_params(params, "attn."), n_head, kv_cache)
-    h = x + attn_out
+    h = xp.add(x, attn_out, out=attn_out)  # the sum goes into the branch's fresh output (nothing else holds it)
     ln_2_out, ln_2_cache = layernorm_forward(h, params["ln_2.weight"], params.get("ln_2.bias"))
     mlp_out, mlp_cache = mlp_forward(ln_2_out, sub_params(params, "mlp."))
-    out = h + mlp_out
+    out = xp.add(h, mlp_out, out=mlp_out)
     return out, (ln_1_cache, attn_cache, ln_2_cache, mlp_cache)
 
 
@@ -759,15 +760,16 @@ def block_backward(dout, cache):
       h   = x + attn(ln_1(x))  ->  dx = dh   + d/dx of the attention branch
     """
     ln_1_cache, attn_cache, ln_2_cache, mlp_cache = cache
+    xp = xp_of(dout)
     dparams = {}
     # out = h + mlp(ln_2(h))
     dln_2_out, dmlp = mlp_backward(dout, mlp_cache)
     dh_through_mlp, dln_2_weight, dln_2_bias = layernorm_backward(dln_2_out, ln_2_cache)
-    dh = dout + dh_through_mlp
+    dh = xp.add(dout, dh_through_mlp, out=dh_through_mlp)  # into the fresh term's buffer, as in the forward
     # h = x + attn(ln_1(x))
     dln_1_out, dattn = causal_self_attention_backward(dh, attn_cache)
     dx_through_attn, dln_1_weight, dln_1_bias = layernorm_backward(dln_1_out, ln_1_cache)
-    dx = dh + dx_through_attn
+    dx = xp.add(dh, dx_through_attn, out=dx_through_attn)
 
     dparams["ln_1.weight"] = dln_1_weight
     if dln_1_bias is not None:
