@@ -8,7 +8,7 @@ on a batch of random token windows, float32. For each configuration it reports:
   without ``wpe``, so the tied head counts) and 12 L C T for the attention products
   q·kᵀ and att·v over the full T×T square (causality is not credited);
 * the float32 matmul peak measured on this machine in the same run (a 2048³ product,
-  best of several), and MFU = achieved / peak;
+  best of several, by the same clock), and MFU = achieved / peak;
 * the step's own matmuls replayed back to back (the same shapes and layouts as
   :mod:`tinylatent.layers` uses, on random arrays), timed in the same rounds as the
   steps, and the ratio step / matmuls: how much everything that is not a matmul costs;
@@ -129,23 +129,23 @@ def wall_and_cpu_seconds(function, sync) -> tuple:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def matmul_peak(device: str, sync, n: int = 2048, repeats: int = 5) -> float:
-    """float32 GFLOP/s of an (n, n) @ (n, n) product, the best of ``repeats``."""
+def matmul_peak(device: str, sync, n: int = 2048, repeats: int = 5) -> dict:
+    """float32 GFLOP/s of an (n, n) @ (n, n) product, the best of ``repeats``, by each clock."""
     xp = backend.array_module(device)
     rng = np.random.default_rng(0)
     a, b = (backend.to_device(rng.standard_normal((n, n)), device, dtype=np.float32) for _ in range(2))
     out = xp.empty((n, n), dtype=xp.float32)
     xp.matmul(a, b, out=out)  # warm up
-    best = min(seconds_of(lambda: xp.matmul(a, b, out=out), sync) for _ in range(repeats))
-    return 2.0 * n ** 3 / best / 1e9
+    times = [wall_and_cpu_seconds(lambda: xp.matmul(a, b, out=out), sync) for _ in range(repeats)]
+    return {clock: 2.0 * n ** 3 / min(t[i] for t in times) / 1e9 for i, clock in enumerate(("wall", "cpu"))}
 
 
-def torch_matmul_peak(torch, device, n: int = 2048, repeats: int = 5) -> float:
+def torch_matmul_peak(torch, device, n: int = 2048, repeats: int = 5) -> dict:
     a, b = (torch.randn(n, n, device=device) for _ in range(2))
     sync = (lambda: torch.cuda.synchronize()) if device == "cuda" else (lambda: None)
     a @ b
-    best = min(seconds_of(lambda: a @ b, sync) for _ in range(repeats))
-    return 2.0 * n ** 3 / best / 1e9
+    times = [wall_and_cpu_seconds(lambda: a @ b, sync) for _ in range(repeats)]
+    return {clock: 2.0 * n ** 3 / min(t[i] for t in times) / 1e9 for i, clock in enumerate(("wall", "cpu"))}
 
 
 # --------------------------------------------------------------------------------------
@@ -464,7 +464,7 @@ def bench_config(name: str, args, sync, torch, torch_device) -> dict:
     return result
 
 
-def print_config(name: str, r: dict, peak: float) -> None:
+def print_config(name: str, r: dict, peak: dict) -> None:
     cfg = r["config"]
     print(f"\n== {name}: d_model {cfg['d_model']}, {cfg['n_layer']} layers, {cfg['n_head']} heads, "
           f"{r['parameters'] / 1e6:.2f} M parameters, batch {r['batch_size']} × context {r['context']}")
@@ -474,7 +474,7 @@ def print_config(name: str, r: dict, peak: float) -> None:
         c = r[clock]
         label = "wall clock" if clock == "wall" else "CPU time  "
         print(f"   [{label}] step {c['step_seconds_median'] * 1e3:8.1f} ms  {c['tokens_per_s']:9,.0f} tokens/s  "
-              f"{c['gflops']:6.1f} GFLOP/s  MFU {c['gflops'] / peak:5.1%}")
+              f"{c['gflops']:6.1f} GFLOP/s  MFU {c['gflops'] / peak[clock]:5.1%}")
         if "ratio_median" in c:
             pairs = " ".join(f"{x:.2f}" for x in c["ratio_per_pair"])
             print(f"   [{label}] PyTorch {c['torch_step_seconds_median'] * 1e3:8.1f} ms  "
@@ -549,8 +549,9 @@ def main(argv=None) -> int:
     print(header)
     print(f"{os.cpu_count()} CPUs, load average {figures['load_average_at_start']:.2f} at the start "
           "(other processes share the cores: compare ratios within a round, not times across runs)")
-    print(f"float32 matmul peak (2048³): NumPy {peak:.0f} GFLOP/s"
-          + (f", PyTorch {figures['torch_matmul_peak_gflops']:.0f} GFLOP/s" if torch is not None else ""))
+    for clock, label in (("wall", "wall clock"), ("cpu", "CPU time")):
+        print(f"float32 matmul peak (2048³, {label}): NumPy {peak[clock]:.0f} GFLOP/s"
+              + (f", PyTorch {figures['torch_matmul_peak_gflops'][clock]:.0f} GFLOP/s" if torch is not None else ""))
     for name in names:
         result = bench_config(name, args, sync, torch, torch_device)
         figures["configs"][name] = result
