@@ -23,12 +23,17 @@ Usage (from the repository root):
     python examples/icl_decay.py --eta 0.02 0.06 --trials 1000 --json out/icl.json
 
 Everything that reads a prompt goes through a *predictor*, a map from prompts to
-next-token distributions (:class:`ExactBayes` here); a trained model's curve can be added
-beside the oracle's by adding one more predictor to :func:`predictors_for`.
+next-token distributions: :class:`ExactBayes` (the oracle) and, with ``--model CHECKPOINT``
+or ``--train``, :class:`TrainedModel` (a GPT), whose KL curve is printed and plotted
+beside the oracle's for the language it was trained on:
+
+    python examples/icl_decay.py --model runs/train/ckpt.npz    # a checkpoint of `tinylatent train`
+    python examples/icl_decay.py --train --language paper-noisy-first-mixture --eta 0.02
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 import time
@@ -44,7 +49,8 @@ except ModuleNotFoundError:  # run from a checkout without `pip install -e .`
 
 from tinylatent import theorems as th
 from tinylatent._io import write_json
-from tinylatent.language import Language, mixture_language, preset
+from tinylatent.backend import to_host
+from tinylatent.language import DELIMITER_ID, Language, mixture_language, preset
 
 PROGRAM = "icl_decay.py"
 DEFAULT_ETAS = (0.0, 0.02, 0.04)
@@ -84,9 +90,42 @@ class ExactBayes:
         return th.final_state(self.language, prompts, prior=self.prior).predictive
 
 
-def predictors_for(language: Language, prior: np.ndarray) -> list:
-    """The predictors whose KL curves the report shows (a trained model would be added here)."""
-    return [ExactBayes(language, prior)]
+class TrainedModel:
+    """A trained GPT as a reader: p(x_{T+1} | prompt), the prompt behind a leading delimiter.
+
+    The model was trained on windows cut anywhere from the stream, so it is told that the
+    prompt starts a message the way the stream tells it: a delimiter before the first letter.
+    A prompt longer than the model's context cannot be read whole; its row is NaN and the
+    report says which m were too long.
+    """
+
+    def __init__(self, model, language: Language, name: str = "model"):
+        self.name = name
+        self.model = model
+        self.language = language
+        self.context_length = model.config.context_length
+
+    def next_token_distribution(self, prompts):
+        prompts = np.stack([np.concatenate([[DELIMITER_ID], p]) for p in prompts])     # (B, 1 + T)
+        if prompts.shape[1] > self.context_length:
+            return np.full((len(prompts), self.language.vocab_size), np.nan)
+        return np.exp(to_host(self.model.log_probs(prompts))[:, -1].astype(np.float64))
+
+
+def same_language(a: Language, b: Language) -> bool:
+    """True when two languages define the same q (every probability table equal)."""
+    fields = ("initial", "transition", "first_letter", "letter_transition", "length_probs")
+    return all(np.shape(getattr(a, f)) == np.shape(getattr(b, f)) and np.allclose(getattr(a, f), getattr(b, f),
+                                                                                   rtol=0.0, atol=1e-15)
+               for f in fields)
+
+
+def predictors_for(language: Language, prior: np.ndarray, trained: Optional[TrainedModel] = None) -> list:
+    """The predictors whose KL curves the report shows: the oracle, and the model for its own language."""
+    predictors = [ExactBayes(language, prior)]
+    if trained is not None and same_language(trained.language, language):
+        predictors.append(trained)
+    return predictors
 
 
 # ----------------------------------------------------------------------------------------
@@ -134,7 +173,11 @@ def evaluate_language(language: Language, tasks: th.ICLTasks, predictors: list, 
             "paper_form_mean": float(theorem.paper_form.mean()) if m else None,
         }
         for predictor in predictors:
-            kl = th.kl_divergence(target, predictor.next_token_distribution(prompts))
+            distribution = predictor.next_token_distribution(prompts)
+            if np.isnan(distribution).any():  # the prompt does not fit the predictor's context
+                row["kl"][predictor.name] = None
+                continue
+            kl = th.kl_divergence(target, distribution)
             row["kl"][predictor.name] = summarise(kl, clip_at_zero=False)._asdict()
         rows.append(row)
     errors = [row["bayes_error"]["mean"] for row in rows]
@@ -155,7 +198,7 @@ def _mean_message_ambiguity(twin: Language, tasks: th.ICLTasks, max_examples: in
     return float(th.icl_posterior_concentration(twin, tasks, max_examples, prior=prior).example_ambiguity.mean())
 
 
-def paper_setting(trials: int, seed: int) -> dict:
+def paper_setting(trials: int, seed: int, model: Optional["TrainedModel"] = None) -> dict:
     """The paper's ICL measurement (THEORY.md §7) redone with the exact reader.
 
     The faithful paper language at the paper's three noise levels; prompt = m examples under
@@ -173,11 +216,13 @@ def paper_setting(trials: int, seed: int) -> dict:
         for offset in (0, 1):
             owned = owners[None, :] == ((tasks.intentions[:, None] + offset) % language.n_intentions)
             target[:, 1:] += owned / 6.0
-        reader = predictors_for(language, prior)[0]
-        exact = [float(th.kl_divergence(target, reader.next_token_distribution(tasks.example_prompts(m))).mean())
-                 for m in out["m"]]
+        readers = predictors_for(language, prior, model)
+        kls = [[float(th.kl_divergence(target, reader.next_token_distribution(tasks.example_prompts(m))).mean())
+                for m in out["m"]] for reader in readers]
         out["paper_trained_model_kl"][f"{eta:g}"] = list(paper_values)
-        out["exact_bayes_kl"][f"{eta:g}"] = exact
+        out["exact_bayes_kl"][f"{eta:g}"] = kls[0]
+        if len(readers) > 1:  # the --model/--train model was trained on this very language
+            out.setdefault("our_model_kl", {})[f"{eta:g}"] = kls[1]
     return out
 
 
@@ -198,9 +243,15 @@ def _number(value, digits: int = 2, floor: float = 0.0) -> str:
     return f"{value:.{digits}e}"
 
 
+def _kl_cell(summary: Optional[dict]) -> str:
+    if summary is None:
+        return "too long"  # the prompt does not fit the model's context
+    return _number(summary["mean"], floor=ROUNDING_FLOOR)
+
+
 def format_language_table(name: str, description: str, results: list) -> str:
     """One table per language: rows (η, m)."""
-    predictor_names = list(results[0]["rows"][0]["kl"]) if results else []
+    predictor_names = list(dict.fromkeys(p for result in results for p in result["rows"][0]["kl"]))
     kl_headers = "".join(f"  {'KL(target‖' + p + ')':>22}" for p in predictor_names)
     lines = [f"== {name}: {description} ==",
              f"{'eta':>6} {'m':>3}  {'Bayes error 1-q(θ*|prompt) [95% CI]':<36}{kl_headers}  {'proven bound':>12}  {'paper ε0^(m+2)':>14}"]
@@ -208,7 +259,7 @@ def format_language_table(name: str, description: str, results: list) -> str:
         for row in result["rows"]:
             error = row["bayes_error"]
             interval = f"{_number(error['mean'])} [{_number(error['low'], 1)}, {_number(error['high'], 1)}]"
-            kls = "".join(f"  {_number(row['kl'][p]['mean'], floor=ROUNDING_FLOOR):>22}" for p in predictor_names)
+            kls = "".join(f"  {_kl_cell(row['kl'].get(p)):>22}" for p in predictor_names)
             bound = _number(row["bound_mean"]) if result["theorem_applies"] else "n/a"
             lines.append(f"{result['eta']:>6g} {row['m']:>3}  {interval:<36}{kls}  {bound:>12}  {_number(row['paper_form_mean']):>14}")
         fit = result["decay_fit"]
@@ -232,6 +283,9 @@ def format_paper_comparison(comparison: dict) -> str:
         paper = "".join(f"{comparison['paper_trained_model_kl'][e][i]:>9.4g}" for e in etas)
         ours = "".join(f"{_number(comparison['exact_bayes_kl'][e][i], 1, ROUNDING_FLOOR):>9}" for e in etas)
         lines.append(f"{m:>4} {paper:>34}   {ours:>32}")
+    for eta, values in comparison.get("our_model_kl", {}).items():
+        lines.append(f"   our model (trained on the paper's language, η={eta}): KL(target‖p) for m = 1..4: "
+                     + ", ".join(f"{v:.4f}" for v in values))
     return "\n".join(lines)
 
 
@@ -254,6 +308,9 @@ def save_plot(results: list, path: Path) -> Optional[Path]:
             continue
         color = f"C{index % 10}"
         axes.plot(m[error > 0], error[error > 0], "o-", color=color, label=label)
+        for name in [p for p in result["rows"][0]["kl"] if p != "exact Bayes"]:
+            kl = np.array([np.nan if row["kl"].get(name) is None else row["kl"][name]["mean"] for row in result["rows"]])
+            axes.plot(m, kl, "s:", color=color, label=f"{name}: KL(target‖p), {label}")
         if result["theorem_applies"]:
             bound = np.array([row["bound_mean"] for row in result["rows"]])
             axes.plot(m, np.minimum(bound, 1e3), "--", color=color, alpha=0.7, label=f"bound, {label}")
@@ -317,6 +374,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--out", type=Path, default=Path("out"), help="folder for the plot (default out/)")
     parser.add_argument("--json", type=Path, default=None, help="also write every number to this JSON file")
+    parser.add_argument("--model", type=Path, default=None, metavar="CHECKPOINT",
+                        help="a checkpoint of `tinylatent train`: add the model's KL curve for its language")
+    parser.add_argument("--train", action="store_true",
+                        help="train a small model on the spot on the first --language and --eta, and add its curve")
+    parser.add_argument("--train-steps", type=int, default=1500, help="steps for --train (default 1500)")
     return parser
 
 
@@ -333,7 +395,34 @@ def parse_args(argv) -> argparse.Namespace:
         raise UsageError(f"--query-letters must be at least 1; got {args.query_letters}")
     if args.seed < 0:
         raise UsageError(f"--seed must be ≥ 0; got {args.seed}")
+    if args.model is not None and args.train:
+        raise UsageError("give --model CHECKPOINT or --train, not both")
+    if args.train_steps < 1:
+        raise UsageError(f"--train-steps must be at least 1; got {args.train_steps}")
     return args
+
+
+def trained_model(args: argparse.Namespace) -> Optional[TrainedModel]:
+    """The model of ``--model`` (loaded) or ``--train`` (trained now), or None."""
+    from tinylatent.checkpoint import load_checkpoint
+    if args.model is not None:
+        checkpoint = load_checkpoint(args.model)
+        return TrainedModel(checkpoint.model(), checkpoint.language, name="model")
+    if not args.train:
+        return None
+    from tinylatent.gpt import GPTConfig
+    from tinylatent.train import TrainConfig, train
+    language = preset(args.language[0], args.eta[0])
+    # context 192 holds a leading delimiter, 8 examples of 22 tokens and the query
+    config = dataclasses.replace(GPTConfig.small(language.vocab_size), context_length=192)
+    settings = TrainConfig(steps=args.train_steps, batch_size=32, max_lr=3e-3, seed=args.seed,
+                           eval_interval=max(1, args.train_steps // 5), checkpoint_interval=args.train_steps)
+    out_dir = args.out / f"icl_decay_model_{language.name}".replace("(", "_").replace(")", "").replace("=", "")
+    print(f"training a small model on {language.name} for {args.train_steps} steps into {out_dir} ...")
+    result = train(language, config, settings, out_dir, resume=(out_dir / "ckpt.npz").exists(), progress=True)
+    print(f"trained: validation loss {result.summary['val_loss']:.4f} nats/token, exact Bayes "
+          f"{result.summary['bayes_val_loss']:.4f}")
+    return TrainedModel(result.model, language, name="model")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -349,6 +438,9 @@ def run(args: argparse.Namespace) -> dict:
     }
     print(f"ICL with the exact oracle: {args.trials} prompts per (language, η, m); prompt = m examples under θ*, "
           f"then the first {args.query_letters} letter(s) of one more message under θ*; target q(next | query, θ*).")
+    model = trained_model(args)
+    report["settings"]["model"] = None if model is None else model.language.name
+    model_read = False
     for name in args.language:
         results = []
         for eta in args.eta:
@@ -356,13 +448,18 @@ def run(args: argparse.Namespace) -> dict:
             prior = language.stationary_intentions()
             tasks = th.sample_icl_tasks(language, args.trials, args.max_examples, args.query_letters,
                                         seed=args.seed, prior=prior)
-            result = evaluate_language(language, tasks, predictors_for(language, prior), args.max_examples, prior)
+            predictors = predictors_for(language, prior, model)
+            model_read |= len(predictors) > 1
+            result = evaluate_language(language, tasks, predictors, args.max_examples, prior)
             result.update({"preset": name, "eta": eta})
             results.append(result)
         print()
         print(format_language_table(name, LANGUAGE_DESCRIPTIONS[name], results))
         report["languages"].extend(results)
-    comparison = paper_setting(args.trials, args.seed)
+    if model is not None and not model_read:
+        print(f"\nnote: the model was trained on {model.language.name}, which is none of the languages "
+              "measured here; pick it with --language and --eta to see its curve")
+    comparison = paper_setting(args.trials, args.seed, model)
     report["paper_comparison"] = comparison
     print()
     print(format_paper_comparison(comparison))

@@ -120,3 +120,34 @@ def test_library_value_errors_are_one_line(icl_decay, capsys, monkeypatch):
 
 def test_nan_is_written_as_null(icl_decay):
     assert icl_decay._json_safe({"a": [math.nan, 1.0, math.inf]}) == {"a": [None, 1.0, None]}
+
+
+def test_a_trained_models_curve_is_added_beside_the_oracles(icl_decay, tmp_path):
+    """--model CHECKPOINT: the model's KL column for its own language; prompts past its context are marked."""
+    import numpy as np
+    from tinylatent.gpt import GPTConfig
+    from tinylatent.language import preset
+    from tinylatent.train import TrainConfig, train
+
+    language = preset("paper-noisy-first-mixture", 0.02)
+    config = GPTConfig(vocab_size=19, context_length=64, n_layer=1, n_head=2, d_model=16)
+    train(language, config, TrainConfig(steps=3, batch_size=4, eval_windows=4, seed=0), tmp_path / "run", progress=False)
+    out = tmp_path / "icl.json"
+    status = icl_decay.main(["--trials", "5", "--max-examples", "3", "--language", "paper-noisy-first-mixture",
+                             "paper", "--eta", "0.02", "--model", str(tmp_path / "run" / "ckpt.npz"),
+                             "--out", str(tmp_path), "--json", str(out)])
+    assert status == 0
+    data = json.loads(out.read_text())
+    mixture, paper = data["languages"]
+    rows = mixture["rows"]
+    # m = 0..2 fit in 64 tokens (1 + 22 m + 1), m = 3 (68 tokens) does not
+    assert [row["kl"]["model"] is None for row in rows] == [False, False, False, True]
+    for row in rows[:3]:
+        assert np.isfinite(row["kl"]["model"]["mean"]) and row["kl"]["model"]["mean"] >= 0.0
+    assert "model" not in paper["rows"][0]["kl"]              # trained on another language: no curve there
+    assert data["settings"]["model"] == language.name
+
+
+def test_model_and_train_are_exclusive(icl_decay, capsys):
+    assert icl_decay.main(["--model", "x.npz", "--train"]) == 2
+    assert "not both" in capsys.readouterr().err
