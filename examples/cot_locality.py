@@ -355,7 +355,8 @@ def train_models(languages: dict, budget: Budget, args) -> dict:
 def format_table(report: dict) -> str:
     widths = (3, 7, 7, 7, 7, 7, 7, 21, 21)
     lines = [
-        "accuracy = q(v_k = answer | x_0), mean over prompts; gain = step-by-step − direct [95% CI]",
+        "accuracy = q(v_k = answer | x_0), mean over prompts; gain = step-by-step − direct [95% CI]; "
+        f"a uniformly random answer scores {report['chance_accuracy']:.3f}",
         common.format_row(("k", "Bayes", "Bayes", "local", "local", "control", "control", "local gain",
                            "control gain"), widths),
         common.format_row(("", "MAP", "sampler", "direct", "steps", "direct", "steps", "", ""), widths),
@@ -398,6 +399,7 @@ def save_plot(report: dict, path: Path):
     figure, axes = plt.subplots(figsize=(7, 4.5))
     axes.plot(ks, [b["map_accuracy"] for b in report["bayes"]], "k:", label="Bayes MAP")
     axes.plot(ks, [b["sampler_accuracy"] for b in report["bayes"]], "k--", label="Bayes sampler (perfect model, T = 1)")
+    axes.axhline(report["chance_accuracy"], color="0.6", linestyle="-.", label="a uniformly random value (1/V)")
     styles = {("local", "direct"): "C3o-", ("local", "step_by_step"): "C0s-",
               ("control", "direct"): "C1o--", ("control", "step_by_step"): "C2s--"}
     for corpus in CORPORA:
@@ -455,6 +457,7 @@ def run(args) -> dict:
                      "accuracy": "q(v_k = v̂ | x_0) = (q(v_0 | x_0) W^k)[v̂], v̂ read off the answer by the exact "
                                  "oracle (MAP, uniform prior); mean and 95% interval over prompts"},
         "value_chain": value_chain(setup),
+        "chance_accuracy": 1.0 / setup.values,  # Σ_v (1/V) q(v | x_0): an answer that ignores x_0 and k
         "bayes": [{"k": k, "map_accuracy": float(bayes[k].max(axis=1).mean()),
                    "sampler_accuracy": float((bayes[k] ** 2).sum(axis=1).mean()),
                    "offset_distribution": offset_distribution(setup, k)} for k in bayes],

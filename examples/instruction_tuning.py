@@ -159,7 +159,7 @@ def response_intentions(model: GPT, reader: Language, prompts: np.ndarray, promp
     Returns ``sampled`` (K, K): row θ_x the share of responses read as each intention,
     ``first_letter`` (K, K): the model's exact first-letter distribution pushed through
     q(θ | first letter) (uniform prior), and ``well_formed``: the share of responses
-    that are one whole possible message.
+    that are one whole possible message (``well_formed_by_prompt_intention``: per θ_x).
     """
     n_intentions = reader.n_intentions
     responses = model.generate(prompts, reader.max_length + 1, rng)[:, prompts.shape[1]:]
@@ -174,7 +174,9 @@ def response_intentions(model: GPT, reader: Language, prompts: np.ndarray, promp
     first_letter = np.zeros((n_intentions, n_intentions))
     np.add.at(first_letter, prompt_intentions, per_prompt)
     first_letter /= first_letter.sum(axis=1, keepdims=True)
-    return {"sampled": sampled, "first_letter": first_letter, "well_formed": float(reading.well_formed.mean())}
+    well_formed_by_prompt = np.array([reading.well_formed[prompt_intentions == theta].mean() for theta in range(n_intentions)])
+    return {"sampled": sampled, "first_letter": first_letter, "well_formed": float(reading.well_formed.mean()),
+            "well_formed_by_prompt_intention": well_formed_by_prompt}
 
 
 # ----------------------------------------------------------------------------------------
@@ -262,6 +264,9 @@ def format_report(report: dict, bad: int) -> str:
                      f"{np.mean(stage['tv_to_new_T']):.3f}; share of responses with the bad intention "
                      f"{sampled[:, bad].mean():.4f} (exact first-letter version {first[:, bad].mean():.4f}); "
                      f"well-formed {stage['response_intentions']['well_formed']:.3f}")
+    for label, stage in (("before", before), ("after", after)):
+        shares = ", ".join(f"{share:.2f}" for share in stage["response_intentions"]["well_formed_by_prompt_intention"])
+        lines.append(f"    well-formed responses by prompt intention θ_x = 0..{n - 1}, {label}: {shares}")
     lines.append(f"    sampling noise: each row holds {report['settings']['per_intention']} responses")
     lines.append("")
     lines.append("(b) inner chains: KL(A_θ[prev] ‖ model's next letter) inside messages of θ, nats per letter")

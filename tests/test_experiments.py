@@ -227,7 +227,7 @@ def test_emerged_at_is_the_first_snapshot_below_the_threshold(emergence):
 
 def test_cot_locality_smoke_writes_every_number(cot, tmp_path_factory):
     report, folder = _smoke(cot, tmp_path_factory, "cot")
-    assert set(report) >= {"settings", "value_chain", "bayes", "models", "plot", "seconds"}
+    assert set(report) >= {"settings", "value_chain", "chance_accuracy", "bayes", "models", "plot", "seconds"}
     max_jump = report["settings"]["setup"]["max_jump"]
     assert [b["k"] for b in report["bayes"]] == list(range(1, max_jump + 1))
     for bayes in report["bayes"]:
@@ -260,6 +260,7 @@ def test_instruction_tuning_smoke_writes_every_number(tuning, tmp_path_factory):
             rows = np.array(stage["response_intentions"][name])
             assert rows.shape == (6, 6)
             np.testing.assert_allclose(rows.sum(axis=1), 1.0)
+        assert len(stage["response_intentions"]["well_formed_by_prompt_intention"]) == 6
         assert len(stage["inner_chain_kl"]) == 6 and min(stage["inner_chain_kl"]) >= 0.0
         assert set(stage["val_loss"]) == {"old", "new"}
     assert report["training"]["finetune"]["resumed_from_step"] == 0
