@@ -63,6 +63,10 @@ from tinylatent.optim import AdamW  # noqa: E402
 CONTEXT = 128          # tokens per window, the paper's context
 LEARNING_RATE = 1e-4   # constant: the schedule is not what is measured
 
+# glibc's allocator settings that decide whether the memory a step frees is kept for the
+# next step or returned to the OS (and page-faulted in again): see docs/performance.md
+MALLOC_VARIABLES = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES")
+
 CONFIGS = {
     # name: (config, batch size)
     "small": (GPTConfig.small(), 32),                                    # the CPU default (d_model 64)
@@ -549,6 +553,9 @@ def main(argv=None) -> int:
     print(header)
     print(f"{os.cpu_count()} CPUs, load average {figures['load_average_at_start']:.2f} at the start "
           "(other processes share the cores: compare ratios within a round, not times across runs)")
+    figures["malloc_environment"] = {name: os.environ[name] for name in MALLOC_VARIABLES if name in os.environ}
+    print("glibc malloc: " + (", ".join(f"{k}={v}" for k, v in figures["malloc_environment"].items())
+                              or "default settings (freed memory is returned to the OS)"))
     for clock, label in (("wall", "wall clock"), ("cpu", "CPU time")):
         print(f"float32 matmul peak (2048³, {label}): NumPy {peak[clock]:.0f} GFLOP/s"
               + (f", PyTorch {figures['torch_matmul_peak_gflops'][clock]:.0f} GFLOP/s" if torch is not None else ""))
