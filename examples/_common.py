@@ -37,7 +37,7 @@ from tinylatent.language import DELIMITER_ID, Language  # noqa: E402
 from tinylatent.oracle import Oracle  # noqa: E402
 from tinylatent.train import LOG_FILENAME, TrainConfig, train  # noqa: E402
 
-BUDGETS = ("smoke", "quick", "default")
+TIE_TOLERANCE = 1e-9  # two posterior entries closer than this are a tie: the message names no single intention
 
 
 # ----------------------------------------------------------------------------------------
@@ -47,16 +47,22 @@ BUDGETS = ("smoke", "quick", "default")
 class Reading(NamedTuple):
     """The exact oracle's reading of B messages, each read alone from its start.
 
-    intention: (B,) int64, the MAP intention argmax_θ q(θ | message) under a uniform prior.
+    intention: (B,) int64, the MAP intention argmax_θ q(θ | message) under a uniform prior,
+        or −1 where the message does not single one out (see ``readable``).
     confidence: (B,) q(MAP intention | message).
     well_formed: (B,) bool: the message has q > 0 and its only delimiter is its last token.
         For a message that is not, the reading is taken at its last letter before the
         first delimiter, or where it became impossible, whichever comes first.
+    readable: (B,) bool: the posterior where the message is read has one largest entry.
+        A message that breaks before it says anything (say, a tag and then a token no
+        intention writes there) leaves a tie, and taking ``argmax`` of a tie would
+        silently answer "the first intention of the tie".
     """
 
     intention: np.ndarray
     confidence: np.ndarray
     well_formed: np.ndarray
+    readable: np.ndarray
 
 
 def read_intentions(language: Language, messages: np.ndarray, oracle: Optional[Oracle] = None) -> Reading:
@@ -78,7 +84,10 @@ def read_intentions(language: Language, messages: np.ndarray, oracle: Optional[O
     where = np.clip(first_delimiter - 1, 0, messages.shape[1] - 1)
     posterior = result.posterior[np.arange(messages.shape[0]), where]                  # (B, K)
     well_formed = result.possible & (first_delimiter == messages.shape[1] - 1)
-    return Reading(posterior.argmax(axis=1), posterior.max(axis=1), well_formed)
+    top_two = np.sort(posterior, axis=1)[:, -2:] if posterior.shape[1] > 1 else np.c_[np.zeros(len(posterior)), posterior]
+    readable = top_two[:, 1] - top_two[:, 0] > TIE_TOLERANCE
+    intention = np.where(readable, posterior.argmax(axis=1), -1)
+    return Reading(intention, posterior.max(axis=1), well_formed, readable)
 
 
 # ----------------------------------------------------------------------------------------

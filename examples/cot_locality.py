@@ -36,7 +36,8 @@ message of value v_0):
   messages). The tags are the scaffold; every value letter is the model's own.
 
 The answer's value v̂ is read off the generated message by the exact oracle (MAP
-intention, uniform prior). Its **accuracy** is q(v_k = v̂ | x_0) = W^k[v_0, v̂], the
+intention, uniform prior); an answer that breaks off before it names any value (the
+oracle's posterior is a tie) counts as wrong. Its **accuracy** is q(v_k = v̂ | x_0) = W^k[v_0, v̂], the
 probability that the answer is what the chain really did (an exact expectation over the
 truth, so there is no second sampling noise). References: the **Bayes MAP** accuracy
 max_v W^k[v_0, v], the best any reader can do, and the **Bayes sampler** accuracy
@@ -258,14 +259,17 @@ def score_answers(language: Language, setup: SkipChain, prompts: Prompts, answer
                   bayes: np.ndarray) -> dict:
     """Accuracy, form and offsets of B answer messages to one k-step question."""
     reading = common.read_intentions(language, answers)
-    value = setup.value_of(reading.intention)
-    accuracy = bayes[np.arange(len(value)), value]                                # q(v_k = v̂ | x_0)
-    offsets = (value - prompts.value) % setup.values
+    value = setup.value_of(np.maximum(reading.intention, 0))
+    # q(v_k = v̂ | x_0); an answer that names no value (unreadable) is not right
+    accuracy = np.where(reading.readable, bayes[np.arange(len(value)), value], 0.0)
+    offsets = (value - prompts.value)[reading.readable] % setup.values
     return {
         "accuracy": th.mean_and_ci(accuracy),
         "per_prompt_accuracy": accuracy,
         "well_formed": float(reading.well_formed.mean()),
-        "offset_histogram": np.bincount(offsets, minlength=setup.values) / len(offsets),
+        "unreadable": float(1.0 - reading.readable.mean()),
+        # shares of all answers, so a row sums to 1 − unreadable
+        "offset_histogram": np.bincount(offsets, minlength=setup.values) / len(value),
     }
 
 
@@ -274,9 +278,10 @@ def offset_distribution(setup: SkipChain, k: int) -> np.ndarray:
     return np.linalg.matrix_power(value_chain(setup), k)[0]
 
 
-def _interval(mean_and_ci) -> dict:
+def _interval(mean_and_ci, lowest: float = -math.inf, highest: float = math.inf) -> dict:
+    """A mean and its 95% interval as a dict, the interval clipped to [lowest, highest]."""
     mean, (low, high) = mean_and_ci
-    return {"mean": mean, "low": low, "high": high}
+    return {"mean": mean, "low": max(low, lowest), "high": min(high, highest)}
 
 
 def evaluate_model(model: GPT, language: Language, setup: SkipChain, prompts: Prompts, bayes: dict, rng) -> list:
@@ -291,8 +296,8 @@ def evaluate_model(model: GPT, language: Language, setup: SkipChain, prompts: Pr
         target = offset_distribution(setup, k)
         row = {"k": k}
         for method, scored in (("direct", direct), ("step_by_step", step)):
-            row[method] = {"accuracy": _interval(scored["accuracy"]), "well_formed": scored["well_formed"],
-                           "offset_histogram": scored["offset_histogram"],
+            row[method] = {"accuracy": _interval(scored["accuracy"], 0.0, 1.0), "well_formed": scored["well_formed"],
+                           "unreadable": scored["unreadable"], "offset_histogram": scored["offset_histogram"],
                            "offset_tv_to_bayes": float(th.total_variation(scored["offset_histogram"], target))}
         row["gain_step_minus_direct"] = _interval(th.mean_and_ci(gain))
         row["direct_exact"] = {"accuracy": float((exact_direct * bayes[k]).sum(axis=1).mean()),
@@ -378,8 +383,8 @@ def format_table(report: dict) -> str:
 
 def format_offsets(report: dict, setup: SkipChain) -> str:
     """Where the answers land: the share of answers at v_0 + d, against W^k."""
-    lines = ["answer offsets d = v̂ − v_0 (mod V): share of answers at each d"]
-    header = "  ".join(f" d={d}" for d in range(setup.values))
+    lines = ["answer offsets d = v̂ − v_0 (mod V): share of answers at each d, and of answers that name no value"]
+    header = "  ".join(f" d={d}" for d in range(setup.values)) + "  no value"
     for k_index, bayes in enumerate(report["bayes"]):
         lines.append(f"k={bayes['k']}  {'':<22}{header}")
         lines.append(f"     {'Bayes W^k':<22}" + "  ".join(f"{p:4.2f}" for p in bayes["offset_distribution"]))
@@ -387,7 +392,8 @@ def format_offsets(report: dict, setup: SkipChain) -> str:
             row = report["models"][corpus]["rows"][k_index]
             for method in METHODS:
                 label = f"{corpus} {method.replace('_', '-')}"
-                lines.append(f"     {label:<22}" + "  ".join(f"{p:4.2f}" for p in row[method]["offset_histogram"]))
+                lines.append(f"     {label:<22}" + "  ".join(f"{p:4.2f}" for p in row[method]["offset_histogram"])
+                             + f"  {row[method]['unreadable']:8.2f}")
     return "\n".join(lines)
 
 

@@ -156,7 +156,8 @@ def response_intentions(model: GPT, reader: Language, prompts: np.ndarray, promp
                         rng) -> dict:
     """The model writes one message after each prompt; the oracle reads its intention.
 
-    Returns ``sampled`` (K, K): row θ_x the share of responses read as each intention,
+    Returns ``sampled`` (K, K): row θ_x the share of responses read as each intention
+    (among the responses that name one: ``readable_by_prompt_intention``),
     ``first_letter`` (K, K): the model's exact first-letter distribution pushed through
     q(θ | first letter) (uniform prior), and ``well_formed``: the share of responses
     that are one whole possible message (``well_formed_by_prompt_intention``: per θ_x).
@@ -165,8 +166,9 @@ def response_intentions(model: GPT, reader: Language, prompts: np.ndarray, promp
     responses = model.generate(prompts, reader.max_length + 1, rng)[:, prompts.shape[1]:]
     reading = common.read_intentions(reader, responses)
     sampled = np.zeros((n_intentions, n_intentions))
-    np.add.at(sampled, (prompt_intentions, reading.intention), 1.0)
-    sampled /= sampled.sum(axis=1, keepdims=True)
+    readable = reading.readable
+    np.add.at(sampled, (prompt_intentions[readable], reading.intention[readable]), 1.0)
+    sampled /= np.maximum(sampled.sum(axis=1, keepdims=True), 1.0)                    # shares among readable responses
     first_letter_probs = common.next_token_probs(model, prompts)[:, 1:]                # (B, V) letters only
     first_letter_probs /= first_letter_probs.sum(axis=1, keepdims=True)
     intention_given_letter = reader.first_letter / reader.first_letter.sum(axis=0, keepdims=True)  # q(θ | c), uniform prior
@@ -174,9 +176,12 @@ def response_intentions(model: GPT, reader: Language, prompts: np.ndarray, promp
     first_letter = np.zeros((n_intentions, n_intentions))
     np.add.at(first_letter, prompt_intentions, per_prompt)
     first_letter /= first_letter.sum(axis=1, keepdims=True)
-    well_formed_by_prompt = np.array([reading.well_formed[prompt_intentions == theta].mean() for theta in range(n_intentions)])
+    def by_prompt(flags):
+        return np.array([flags[prompt_intentions == theta].mean() for theta in range(n_intentions)])
+
     return {"sampled": sampled, "first_letter": first_letter, "well_formed": float(reading.well_formed.mean()),
-            "well_formed_by_prompt_intention": well_formed_by_prompt}
+            "well_formed_by_prompt_intention": by_prompt(reading.well_formed),
+            "readable_by_prompt_intention": by_prompt(readable)}
 
 
 # ----------------------------------------------------------------------------------------
@@ -266,7 +271,9 @@ def format_report(report: dict, bad: int) -> str:
                      f"well-formed {stage['response_intentions']['well_formed']:.3f}")
     for label, stage in (("before", before), ("after", after)):
         shares = ", ".join(f"{share:.2f}" for share in stage["response_intentions"]["well_formed_by_prompt_intention"])
-        lines.append(f"    well-formed responses by prompt intention θ_x = 0..{n - 1}, {label}: {shares}")
+        readable = ", ".join(f"{share:.2f}" for share in stage["response_intentions"]["readable_by_prompt_intention"])
+        lines.append(f"    well-formed responses by prompt intention θ_x = 0..{n - 1}, {label}: {shares}; "
+                     f"naming an intention: {readable}")
     lines.append(f"    sampling noise: each row holds {report['settings']['per_intention']} responses")
     lines.append("")
     lines.append("(b) inner chains: KL(A_θ[prev] ‖ model's next letter) inside messages of θ, nats per letter")

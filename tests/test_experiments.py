@@ -95,7 +95,7 @@ def test_read_off_recovers_the_true_intention_of_sampled_messages(which, cot, tu
         rows = [i for i, m in enumerate(messages) if len(m) == length]
         reading = common.read_intentions(language, np.stack([messages[i] for i in rows]))
         assert np.array_equal(reading.intention, intentions[rows])
-        assert reading.well_formed.all()
+        assert reading.well_formed.all() and reading.readable.all()
         np.testing.assert_allclose(reading.confidence, 1.0)
 
 
@@ -107,8 +107,12 @@ def test_read_off_flags_a_broken_message_and_reads_its_letters(cot, common):
     too_long = np.array([[tag, letter, letter, letter, letter]])           # no delimiter where it must be
     for broken in (early_end, too_long):
         reading = common.read_intentions(language, broken)
-        assert not reading.well_formed[0]
+        assert not reading.well_formed[0] and reading.readable[0]
         assert setup.value_of(reading.intention[0]) == 4 and setup.jump_of(reading.intention[0]) == 3
+    only_tags = np.array([[tag, tag, tag, tag, 0]])                         # says "3 steps on", then nothing
+    reading = common.read_intentions(language, only_tags)
+    assert not reading.well_formed[0] and not reading.readable[0] and reading.intention[0] == -1
+    np.testing.assert_allclose(reading.confidence, 1.0 / setup.values)     # a tie over the values of tag 3
 
 
 # ----------------------------------------------------------------------------------------
@@ -241,7 +245,7 @@ def test_cot_locality_smoke_writes_every_number(cot, tmp_path_factory):
             for method in ("direct", "step_by_step"):
                 accuracy = row[method]["accuracy"]
                 assert 0.0 <= accuracy["low"] <= accuracy["mean"] <= accuracy["high"] <= 1.0 + 1e-12
-                assert math.isclose(sum(row[method]["offset_histogram"]), 1.0)
+                assert math.isclose(sum(row[method]["offset_histogram"]) + row[method]["unreadable"], 1.0)
                 assert 0.0 <= row[method]["well_formed"] <= 1.0
             assert set(row["direct_exact"]) == {"accuracy", "tv_to_bayes"}
     assert all(value is not None and math.isfinite(value) for value in _numbers(report))
