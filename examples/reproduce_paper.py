@@ -20,10 +20,13 @@ Experiments (one model each):
 
 Usage (from the repository root; the plots need matplotlib, ``pip install -e '.[plot]'``):
 
-    python examples/reproduce_paper.py                 # the small CPU model, about 25 min on 2 cores
-    python examples/reproduce_paper.py --quick         # the same steps, a smaller budget: about 3 min
+    python examples/reproduce_paper.py                 # the small CPU model, under 30 min on 2 cores
+    python examples/reproduce_paper.py --quick         # the same steps, a smaller budget: under 3 min
     python examples/reproduce_paper.py --smoke         # seconds: checks that everything runs (the tests)
     python examples/reproduce_paper.py --preset paper --device gpu   # the paper's 21M-parameter model
+    python examples/reproduce_paper.py --steps 6000 --only paper-eta0.02 --out out/long   # longer, fewer
+
+docs/results.md has the measured tables, timings and what each budget reaches.
 
 Writes into ``--out`` (default ``out/reproduce_paper``): ``results.md`` (the tables, printed
 too), ``results.json`` (every number; ``--json PATH`` puts it elsewhere), ``convergence.png``,
@@ -126,14 +129,14 @@ CURVE_POINTS = 20  # validations per training run: the points of a convergence c
 # Training and evaluating one experiment
 # ----------------------------------------------------------------------------------------
 
-def configs_for(model_preset: ModelPreset, budget: Budget, seed: int, device: str) -> tuple:
-    """(GPTConfig, TrainConfig) of every experiment under this preset and budget."""
+def configs_for(model_preset: ModelPreset, budget: Budget, seed: int, device: str, steps: Optional[int] = None) -> tuple:
+    """(GPTConfig, TrainConfig) of every experiment under this preset and budget (``steps``: override both)."""
     model = model_preset.config
     if budget.context_length is not None:
         model = replace(model, context_length=budget.context_length)
     if budget.tiny_model:
         model = replace(model, n_layer=1, n_head=2, d_model=16)
-    steps = budget.steps or model_preset.steps
+    steps = steps or budget.steps or model_preset.steps
     training = TrainConfig(steps=steps, batch_size=model_preset.batch_size, max_lr=model_preset.max_lr,
                            eval_interval=max(1, steps // CURVE_POINTS), eval_windows=budget.eval_windows,
                            checkpoint_interval=steps, seed=seed, device=device)
@@ -299,7 +302,7 @@ def save_plots(results: list, out_dir: Path) -> list:
         ax.set_ylabel("validation cross-entropy (nats/token)")
         ax.set_title(f"{family} language: model (solid) and exact Bayes (dashed)", fontsize=9)
         ax.set_yscale("log")
-        ax.legend(fontsize=6, ncol=2)
+        _legend(ax, ncol=2)
     paths.append(str(common.save_figure(figure, out_dir / "convergence.png", plt, dpi=110)))
 
     # Understanding: the paper's bars beside ours (model total; exact-q ambiguity part).
@@ -320,7 +323,7 @@ def save_plots(results: list, out_dir: Path) -> list:
         ax.set_xticks(x, [f"η = {eta:g}" for eta in etas])
         ax.set_ylabel("KL (nats), mean over prompts of 1–6 letters")
         ax.set_title(title, fontsize=9)
-        ax.legend(fontsize=7)
+        _legend(ax)
     paths.append(str(common.save_figure(figure, out_dir / "understanding.png", plt, dpi=110)))
 
     # ICL: KL against m; model solid, exact q dashed, the paper's crosses.
@@ -342,9 +345,17 @@ def save_plots(results: list, out_dir: Path) -> list:
         ax.set_xlabel("m, number of in-context examples")
         ax.set_ylabel("KL(target ‖ ·) (nats)")
         ax.set_title(title, fontsize=9)
-        ax.legend(fontsize=6)
+        _legend(ax)
     paths.append(str(common.save_figure(figure, out_dir / "icl.png", plt, dpi=110)))
     return paths
+
+
+def _legend(ax, ncol: int = 1) -> None:
+    """The panel's legend, or a note that its experiments were not run (``--only``)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=6, ncol=ncol)
+    else:
+        ax.text(0.5, 0.5, "not run (see --only)", ha="center", va="center", transform=ax.transAxes)
 
 
 # ----------------------------------------------------------------------------------------
@@ -359,12 +370,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="small: the CPU model (default); paper: the paper's 21M-parameter model (for a GPU)")
     parser.add_argument("--device", choices=("cpu", "gpu"), default=None,
                         help="cpu or gpu (default: gpu for --preset paper, cpu otherwise)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="training steps of every model (default: the budget's; 2000 for the small model)")
+    parser.add_argument("--only", nargs="+", choices=[e.name for e in EXPERIMENTS], default=None, metavar="NAME",
+                        help=f"run only these experiments ({', '.join(e.name for e in EXPERIMENTS)})")
     return parser
 
 
 def parse_args(argv) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     common.check_common(args)
+    common.require(args.steps is None or args.steps >= 1, f"--steps must be a positive integer; got {args.steps}")
     if args.device is None:
         args.device = "gpu" if args.preset == "paper" else "cpu"
     return args
@@ -376,7 +392,9 @@ def run(args: argparse.Namespace) -> dict:
     budget_name = common.budget_of(args)
     budget = BUDGETS[budget_name]
     vocab_size = preset("paper").vocab_size
-    model_config, train_config = configs_for(model_presets(vocab_size)[args.preset], budget, args.seed, args.device)
+    model_config, train_config = configs_for(model_presets(vocab_size)[args.preset], budget, args.seed, args.device,
+                                             args.steps)
+    experiments = [e for e in EXPERIMENTS if args.only is None or e.name in args.only]
     description = (f"{args.preset} model, {budget_name} budget: {train_config.steps} steps of "
                    f"{train_config.batch_size} × {model_config.context_length} tokens, lr {train_config.max_lr:g}")
 
@@ -384,9 +402,9 @@ def run(args: argparse.Namespace) -> dict:
         if not args.no_progress:
             print(line, flush=True)
 
-    log(f"{PROGRAM}: {description}; {len(EXPERIMENTS)} models; output in {args.out}")
+    log(f"{PROGRAM}: {description}; {len(experiments)} models; output in {args.out}")
     results = [run_experiment(experiment, model_config, train_config, budget, args.out, args.seed, log)
-               for experiment in EXPERIMENTS]
+               for experiment in experiments]
     checks = target_checks(results)
     tables = format_tables(results, checks, description)
     plots = save_plots(results, args.out)

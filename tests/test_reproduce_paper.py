@@ -80,8 +80,16 @@ def test_a_run_folder_of_another_budget_is_refused(reproduce, smoke, capsys):
     assert "holds a different run" in err and "choose another --out" in err
 
 
+def test_a_subset_of_the_experiments_with_its_own_steps(reproduce, tmp_path):
+    assert reproduce.main(["--smoke", "--only", "mixture-eta0.04", "--steps", "2", "--out", str(tmp_path),
+                           "--no-progress"]) == 0
+    report = json.loads((tmp_path / "results.json").read_text())
+    assert [e["name"] for e in report["experiments"]] == ["mixture-eta0.04"]
+    assert report["experiments"][0]["train"]["steps"] == 2 and report["settings"]["train_config"]["steps"] == 2
+
+
 @pytest.mark.parametrize("arguments", [["--quick", "--smoke"], ["--seed", "-1"], ["--preset", "huge"], ["--bogus"],
-                                       ["--seed", "x"]])
+                                       ["--seed", "x"], ["--steps", "0"], ["--only", "paper-eta0.5"]])
 def test_bad_options_are_one_line_and_exit_2(reproduce, arguments, capsys):
     assert reproduce.main(arguments) == 2
     err = capsys.readouterr().err
