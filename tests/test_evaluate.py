@@ -22,7 +22,7 @@ from tinylatent.evaluate import (
     language_understanding, paper_icl_target, sample_understanding_prompts, split_kl,
 )
 from tinylatent.gpt import GPT, GPTConfig
-from tinylatent.language import DELIMITER_ID, preset
+from tinylatent.language import DELIMITER_ID, preset, random_language
 from tinylatent.oracle import Oracle
 from tinylatent.train import TrainConfig, bayes_validation_loss, outer_chain_mixes, stream_windows, train
 
@@ -206,6 +206,11 @@ def test_every_reported_interval_contains_its_mean(untrained_gpt):
 def test_evaluate_rejects_bad_sizes(untrained_gpt, bad):
     with pytest.raises(ValueError):
         evaluate(untrained_gpt, PAPER, **bad)
+
+
+def test_understanding_prompts_need_messages_as_long_as_the_prompt():
+    with pytest.raises(ValueError, match="fewer than 6 letters"):
+        sample_understanding_prompts(random_language(message_length=4), 5, n_letters=6)
 
 
 # -- the command line ------------------------------------------------------------------------

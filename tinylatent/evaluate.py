@@ -240,8 +240,8 @@ def sample_understanding_prompts(language: Language, n_prompts: int, n_letters: 
     tasks = th.sample_icl_tasks(language, n_prompts, 0, query_letters=n_letters, seed=seed,
                                 prior=language.stationary_intentions())
     if any(len(query) != n_letters for query in tasks.queries):
-        raise ValueError(f"{language.name} has messages shorter than {n_letters + 1} letters; "
-                         f"understanding prompts of {n_letters} letters need a next token inside the message")
+        raise ValueError(f"{language.name} has messages of fewer than {n_letters} letters; "
+                         f"understanding prompts of {n_letters} letters need messages at least that long")
     return tasks
 
 
