@@ -30,7 +30,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="tinylatent", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="tinylatent", description="tinylatent: languages from latent intentions, the exact "
+                     "Bayesian oracle, and a from-scratch GPT trained and scored against it.")
     parser.add_argument("--version", action="version", version=f"tinylatent {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     subparsers.required = True
