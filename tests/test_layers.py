@@ -453,11 +453,16 @@ def test_fast_layers_match_their_references(dtype, blocks, monkeypatch):
         out, cache = layernorm_forward(x, weight, b)
         out_ref, cache_ref = layernorm_forward_reference(x, weight, b)
         np.testing.assert_allclose(out, out_ref, **tol)
-        for g, g_ref in zip(layernorm_backward(dout, cache), layernorm_backward_reference(dout, cache_ref)):
+        grads = layernorm_backward(dout, cache)
+        for g, g_ref in zip(grads, layernorm_backward_reference(dout, cache_ref)):
             assert (g is None) == (g_ref is None)
             if g is not None:
                 assert g.dtype == dtype
                 np.testing.assert_allclose(g, g_ref, **tol)
+        overwritten = dout.copy()  # out=dout: the gradient written over the incoming one
+        for g, g_in_place in zip(grads, layernorm_backward(overwritten, cache, out=overwritten)):
+            if g is not None:
+                np.testing.assert_array_equal(g, g_in_place)
 
     hidden = (rng.standard_normal((B, T, 4 * C)) * 3.0).astype(dtype)
     dhidden = rng.standard_normal(hidden.shape).astype(dtype)
@@ -466,6 +471,9 @@ def test_fast_layers_match_their_references(dtype, blocks, monkeypatch):
     dx = gelu_backward(dhidden, cache)
     assert out.dtype == dx.dtype == dtype
     np.testing.assert_allclose(dx, gelu_backward_reference(dhidden, hidden), **tol)
+    overwritten = dhidden.copy()
+    np.testing.assert_array_equal(gelu_backward(overwritten, cache, out=overwritten), dx)
+    np.testing.assert_array_equal(overwritten, dx)
 
     qkv = (rng.standard_normal((B, T, 3 * C)) * 2.0).astype(dtype)
     out, cache = attention_forward(qkv, NH)

@@ -332,7 +332,7 @@ class GPT:
             dlogits = cross_entropy_backward(1.0, cache.loss)
         grads = {}
         dx, dhead_weight = lm_head_backward(dlogits, cache.lm_head)
-        dx, dln_f_weight, dln_f_bias = layernorm_backward(dx, cache.ln_f)
+        dx, dln_f_weight, dln_f_bias = layernorm_backward(dx, cache.ln_f, out=dx)  # dx is ours: reuse it
         grads["ln_f.weight"] = dln_f_weight
         if dln_f_bias is not None:
             grads["ln_f.bias"] = dln_f_bias

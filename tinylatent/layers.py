@@ -181,7 +181,7 @@ def layernorm_forward(x, weight, bias=None, eps: float = LAYERNORM_EPS):
     return out.reshape(x.shape), cache
 
 
-def layernorm_backward(dout, cache):
+def layernorm_backward(dout, cache, out=None):
     """dout (..., C) -> dx (..., C), dweight (C,), dbias (C,) or None.
 
     Forward was ``out_i = xhat_i * weight_i + bias_i`` with ``xhat_i = (x_i - mean) * rstd``:
@@ -192,19 +192,22 @@ def layernorm_backward(dout, cache):
       dx_i = rstd * ( dxhat_i  -  mean_j(dxhat_j)  -  xhat_i * mean_j(dxhat_j * xhat_j) )
              (direct path) (through the mean) (through the variance)
     Blocks of rows as in the forward; :func:`layernorm_backward_reference` is the
-    same formula in whole-array expressions.
+    same formula in whole-array expressions. ``out`` (optional, may be ``dout`` itself
+    when the caller no longer needs it) receives dx instead of a new array.
     """
     xhat, rstd, weight, has_bias = cache
     xp = xp_of(dout)
     N, C = xhat.shape
     dout_rows = _rows(dout)
-    dx = xp.empty((N, C), dtype=dout.dtype)
+    dx = xp.empty((N, C), dtype=dout.dtype) if out is None else _rows(out)
     dweight = xp.zeros(C, dtype=dout.dtype)
+    dbias = xp.zeros(C, dtype=dout.dtype) if has_bias else None
     for rows in row_blocks(N, C, xp):
-        dout_block, xhat_block, dx_block = dout_rows[rows], xhat[rows], dx[rows]
-        xp.multiply(dout_block, xhat_block, out=dx_block)
-        dweight += dx_block.sum(axis=0)                                   # sum of dout * xhat
-        dxhat = xp.multiply(dout_block, weight, out=dx_block)
+        dout_block, xhat_block = dout_rows[rows], xhat[rows]
+        dweight += xp.einsum("ij,ij->j", dout_block, xhat_block)         # sums of dout * xhat
+        if has_bias:
+            dbias += dout_block.sum(axis=0)
+        dxhat = xp.multiply(dout_block, weight, out=dx[rows])            # dout is not read after this
         mean_dxhat = xp.einsum("ij->i", dxhat)[:, None]
         mean_dxhat *= 1.0 / C
         mean_dxhat_xhat = xp.einsum("ij,ij->i", dxhat, xhat_block)[:, None]
@@ -212,7 +215,6 @@ def layernorm_backward(dout, cache):
         dxhat -= mean_dxhat                                               # direct - through the mean
         dxhat -= xhat_block * mean_dxhat_xhat                             # - through the variance
         dxhat *= rstd[rows]                                               # = dx
-    dbias = dout_rows.sum(axis=0) if has_bias else None
     return dx.reshape(dout.shape), dweight, dbias
 
 
@@ -338,7 +340,7 @@ def gelu_forward(x):
     return out.reshape(x.shape), x_rows
 
 
-def gelu_backward(dout, cache):
+def gelu_backward(dout, cache, out=None):
     """dout (...) -> dx (...).
 
     Forward was ``out = 0.5 x (1 + tanh(u))`` with ``u = sqrt(2/pi) (x + 0.044715 x^3)``;
@@ -346,26 +348,27 @@ def gelu_backward(dout, cache):
       d out/dx = 0.5 (1 + tanh(u))  +  0.5 x (1 - tanh(u)^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2)
                = 0.5 (1 + tanh(u)) [1 + x (1 - tanh(u)) du/dx],   du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2)
     The factored second line is what is computed, block by block, in place;
-    :func:`gelu_backward_reference` is the first line.
+    :func:`gelu_backward_reference` is the first line. ``out`` (optional, may be ``dout``
+    itself when the caller no longer needs it) receives dx instead of a new array.
     """
     x_rows = cache
     xp = xp_of(dout)
     dout_rows = _rows(dout)
-    dx = xp.empty(x_rows.shape, dtype=dout.dtype)
+    dx = xp.empty(x_rows.shape, dtype=dout.dtype) if out is None else _rows(out)
     blocks = row_blocks(x_rows.shape[0], x_rows.shape[1], xp)
     tanh_buffer = block_buffer(blocks, x_rows.shape[1:], dout.dtype, xp)
+    grad_buffer = block_buffer(blocks, x_rows.shape[1:], dout.dtype, xp)
     for rows in blocks:
-        x_block, g = x_rows[rows], dx[rows]
+        x_block = x_rows[rows]
         t = _gelu_tanh_inner(x_block, out=tanh_buffer[: len(x_block)])
-        xp.multiply(x_block, x_block, out=g)
-        g *= 3.0 * GELU_CUBIC * GELU_SQRT_2_OVER_PI
-        g += GELU_SQRT_2_OVER_PI                # du/dx
+        g = xp.multiply(x_block, x_block, out=grad_buffer[: len(x_block)])
+        g *= 1.5 * GELU_CUBIC * GELU_SQRT_2_OVER_PI
+        g += 0.5 * GELU_SQRT_2_OVER_PI          # du/dx / 2
         g *= x_block
         g *= xp.subtract(1.0, t)
-        g += 1.0                                # 1 + x (1 - tanh) du/dx
-        g *= xp.add(t, 1.0, out=t)              # ... times (1 + tanh)
-        g *= dout_rows[rows]
-        g *= 0.5                                # chain rule: dx = dout * d out/dx
+        g += 0.5                                # [1 + x (1 - tanh) du/dx] / 2
+        g *= xp.add(t, 1.0, out=t)              # ... times (1 + tanh): d out/dx
+        xp.multiply(dout_rows[rows], g, out=dx[rows])  # chain rule: dx = dout * d out/dx
     return dx.reshape(dout.shape)
 
 
@@ -720,7 +723,7 @@ def mlp_backward(dout, cache):
     """dout (B, T, C) -> dx (B, T, C), dparams (the forward's keys)."""
     c_fc_cache, gelu_cache, c_proj_cache = cache
     dactivated, dparams = _linear_backward_named(dout, c_proj_cache, "c_proj")
-    dhidden = gelu_backward(dactivated, gelu_cache)
+    dhidden = gelu_backward(dactivated, gelu_cache, out=dactivated)  # dactivated is ours: reuse it
     dx, dc_fc = _linear_backward_named(dhidden, c_fc_cache, "c_fc")
     dparams.update(dc_fc)
     return dx, dparams
@@ -764,11 +767,11 @@ def block_backward(dout, cache):
     dparams = {}
     # out = h + mlp(ln_2(h))
     dln_2_out, dmlp = mlp_backward(dout, mlp_cache)
-    dh_through_mlp, dln_2_weight, dln_2_bias = layernorm_backward(dln_2_out, ln_2_cache)
+    dh_through_mlp, dln_2_weight, dln_2_bias = layernorm_backward(dln_2_out, ln_2_cache, out=dln_2_out)
     dh = xp.add(dout, dh_through_mlp, out=dh_through_mlp)  # into the fresh term's buffer, as in the forward
     # h = x + attn(ln_1(x))
     dln_1_out, dattn = causal_self_attention_backward(dh, attn_cache)
-    dx_through_attn, dln_1_weight, dln_1_bias = layernorm_backward(dln_1_out, ln_1_cache)
+    dx_through_attn, dln_1_weight, dln_1_bias = layernorm_backward(dln_1_out, ln_1_cache, out=dln_1_out)
     dx = xp.add(dh, dx_through_attn, out=dx_through_attn)
 
     dparams["ln_1.weight"] = dln_1_weight
