@@ -104,7 +104,8 @@ def embedding_forward(idx, wte, wpe):
     The caller checks the ids (``backend.check_token_ids``): CuPy wraps a bad index.
     """
     T = idx.shape[1]
-    x = wte[idx] + wpe[:T]  # (B, T, C) + (T, C) broadcast over the batch
+    x = wte[idx]            # (B, T, C), a new array: the position embedding is added in place
+    x += wpe[:T]            # (T, C) broadcast over the batch
     cache = (idx, wte.shape, wpe.shape, wte.dtype)
     return x, cache
 
