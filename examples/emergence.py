@@ -56,12 +56,14 @@ import numpy as np  # noqa: E402
 from tinylatent import evaluate as ev  # noqa: E402
 from tinylatent import theorems as th  # noqa: E402
 from tinylatent.gpt import GPTConfig  # noqa: E402
-from tinylatent.language import PRESETS, Language, preset  # noqa: E402
+from tinylatent.language import DELIMITER_ID, PRESETS, Language, preset  # noqa: E402
+from tinylatent.oracle import Oracle  # noqa: E402
 from tinylatent.train import TrainConfig, stream_windows, train  # noqa: E402
 
 PROGRAM = "emergence.py"
 NAME = "emergence"
 DRAWN_FLOOR = 1e-3  # nats: the lowest KL the log-scale plots show
+SURE = 1e-3         # q(\n | x) above 1 − SURE: the message surely ends here; below SURE: it surely goes on
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,7 @@ class Budget:
 
 
 BUDGETS = {
-    "smoke": Budget(snapshots=(2, 4), warmup_steps=1, batch_size=2, context_length=32, max_examples=1, max_letters=3,
+    "smoke": Budget(snapshots=(2, 4), warmup_steps=1, batch_size=2, context_length=48, max_examples=1, max_letters=3,
                     prompts=4, windows=4, eval_windows=4),
     "quick": Budget(snapshots=(100, 300, 600, 1000), warmup_steps=25, batch_size=12, context_length=128,
                     max_examples=4, max_letters=6, prompts=100, windows=32, eval_windows=16),
@@ -127,6 +129,24 @@ def _parts(split: ev.KLSplit) -> dict:
     return {part: ev.Estimate.of(getattr(split, part))._asdict() for part in ev.KLSplit._fields}
 
 
+def message_end_probability(model, language: Language, windows: np.ndarray) -> dict:
+    """Mean p(``\n`` | x) over the positions where the exact reader is sure a message ends (q(``\n`` | x) > 0.999).
+
+    A skill every KL here depends on and none is about: counting the letters since the
+    last delimiter (21 in the paper's messages). Windows need room for a delimiter and a
+    whole message after it (more than 44 tokens) for the reader to be sure of an end. A model that has not learned it spreads
+    some probability on the delimiter everywhere, and pays for it at every position.
+    Also returns the mean p(``\n``) where the reader is sure the message goes on.
+    """
+    inputs = windows[:, :-1]
+    bayes = Oracle(language).filter(inputs, phase="unknown").predictive[..., DELIMITER_ID]   # (B, T)
+    model_delimiter = np.exp(ev.predictor_log_probs(model, inputs)[..., DELIMITER_ID])
+    ends, inside = bayes > 1.0 - SURE, bayes < SURE
+    return {"at_message_ends": ev.Estimate.of(model_delimiter[ends])._asdict(),
+            "inside_messages": ev.Estimate.of(model_delimiter[inside])._asdict(),
+            "positions": {"at_message_ends": int(ends.sum()), "inside_messages": int(inside.sum())}}
+
+
 def measure(model, language: Language, probes: Probes, max_examples: int) -> dict:
     """Approximation error, understanding and ICL of one model, each an Estimate dict (mean, low, high)."""
     convergence = ev.convergence(model, language, probes.windows)
@@ -140,6 +160,7 @@ def measure(model, language: Language, probes: Probes, max_examples: int) -> dic
         "understanding": _parts(averaged),
         "icl": {row.n_examples: _parts(row.known_intention) for row in icl.rows},
         "icl_skipped": [m for m, _ in icl.skipped],
+        "delimiter": message_end_probability(model, language, probes.windows),
     }
 
 
@@ -203,7 +224,7 @@ def format_tables(report: dict) -> str:
         size = run["size"]
         lines.append(f"{size['name']}: {size['n_layer']} layer(s), {size['n_head']} heads, width {size['d_model']}, "
                      f"{run['parameters']:,} parameters")
-        header = (f"  {'step':>5}  {'excess CE':>14}  {'underst. KL':>14}  {'(approx.)':>9}  "
+        header = (f"  {'step':>5}  {'excess CE':>14}  {'p(end)':>6}  {'underst. KL':>14}  {'(approx.)':>9}  "
                   + "  ".join(f"{'ICL m=' + str(m):>7}" for m in range(m_max)) + f"  {'ICL m=' + str(m_max):>14}"
                   + f"  {'(approx.)':>9}")
         lines.append(header)
@@ -211,12 +232,14 @@ def format_tables(report: dict) -> str:
             icl = measurement["icl"]
             lines.append(
                 f"  {measurement['step']:>5}  {_with_interval(measurement['excess_cross_entropy']):>14}  "
+                f"{measurement['delimiter']['at_message_ends']['mean']:6.3f}  "
                 f"{_with_interval(measurement['understanding']['total']):>14}  "
                 f"{measurement['understanding']['approximation']['mean']:9.4f}  "
                 + "  ".join(f"{icl[m]['total']['mean']:7.4f}" for m in range(m_max))
                 + f"  {_with_interval(icl[m_max]['total']):>14}  {icl[m_max]['approximation']['mean']:9.4f}")
         lines.append("")
     bayes = report["bayes_floor"]
+    lines.append("p(end): the model's mean p(\\n) where the exact reader is sure the message ends (1 for q)")
     lines.append(f"exact Bayes reader (ambiguity parts, the floor of every KL): understanding {bayes['understanding']:.4f}; "
                  "ICL " + ", ".join(f"m={m}: {v:.4f}" for m, v in enumerate(bayes["icl"])))
     threshold = report["settings"]["threshold"]
@@ -246,6 +269,8 @@ def save_plot(report: dict, path: Path):
         icl_last = [m["icl"][m_max]["total"]["mean"] for m in run["measurements"]]
         icl_first = [m["icl"][0]["total"]["mean"] for m in run["measurements"]]
         ax_excess.plot(steps, excess, "o-", color=color, label=label)
+        missed_ends = [1.0 - m["delimiter"]["at_message_ends"]["mean"] for m in run["measurements"]]
+        ax_excess.plot(steps, missed_ends, "x:", color=color, label=f"{run['size']['name']}: 1 − p(\\n) at message ends")
         ax_understanding.plot(steps, understanding, "o-", color=color, label=label)
         ax_icl.plot(steps, icl_last, "o-", color=color, label=f"{label}, m={m_max}")
         ax_icl.plot(steps, icl_first, "o:", color=color, alpha=0.6, label=f"{run['size']['name']}, m=0")
@@ -258,7 +283,7 @@ def save_plot(report: dict, path: Path):
         else:
             ax_icl.plot([], [], " ", label=f"exact Bayes, m={m}: {bayes['icl'][m]:.0e} (below the axis)")
     ax_icl.set_ylim(bottom=DRAWN_FLOOR)
-    for ax, title in ((ax_excess, "approximation error: excess cross-entropy (nats/token)"),
+    for ax, title in ((ax_excess, "approximation error: excess cross-entropy (nats/token); dotted: 1 − p(\\n) at ends"),
                       (ax_understanding, "understanding: KL(q(·|x,θ*) ‖ p(·|x)), mean over 1–6 letters"),
                       (ax_icl, f"ICL: KL(q(·|query,θ*) ‖ p(·|prompt)) with m={m_max} and m=0 examples")):
         ax.set_xscale("log")
@@ -268,6 +293,8 @@ def save_plot(report: dict, path: Path):
         ax.legend(fontsize=6)
     ax_versus.set_xscale("log")
     ax_versus.set_yscale("log")
+    from matplotlib.ticker import NullFormatter
+    ax_versus.xaxis.set_minor_formatter(NullFormatter())   # the minor labels of a short log axis overlap
     ax_versus.set_xlabel("excess cross-entropy (nats/token)")
     ax_versus.set_ylabel("KL (nats)")
     ax_versus.set_title("abilities against the approximation error (all sizes, all steps)", fontsize=9)

@@ -282,6 +282,7 @@ def test_emergence_smoke_writes_every_number(emergence, tmp_path_factory):
         assert set(run["emerged_at"]) == {"understanding", "icl"}
         for measurement in run["measurements"]:
             assert set(measurement["understanding"]) == {"total", "ambiguity", "approximation"}
+            assert set(measurement["delimiter"]) == {"at_message_ends", "inside_messages", "positions"}
             assert sorted(measurement["icl"]) == [str(m) for m in range(report["settings"]["icl_m"] + 1)]
             total = measurement["understanding"]["total"]["mean"]
             parts = measurement["understanding"]["ambiguity"]["mean"] + measurement["understanding"]["approximation"]["mean"]
