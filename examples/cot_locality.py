@@ -230,17 +230,20 @@ def step_by_step_answers(model: GPT, prompts: Prompts, setup: SkipChain, n_steps
     return answers
 
 
-def direct_value_distribution(model: GPT, prompts: Prompts, setup: SkipChain, k: int) -> np.ndarray:
-    """p(v | x_0, tag k), exactly, from the model's first letter after the tag: (B, V).
+def direct_value_distribution(model: GPT, prompts: Prompts, setup: SkipChain, k: int) -> tuple:
+    """p(v | x_0, tag k), exactly, from the model's first letter after the tag: ((B, V), (B,)).
 
     The first value letter reveals the value, so the model's next-letter probabilities
-    summed over each value's block (renormalised over the value letters) are the
-    distribution its direct answer samples from.
+    summed over each value's block, renormalised over the value letters, are the
+    distribution its direct answer samples from when it writes a value at all. The second
+    array is the probability it gives to value letters there (1 for q; the rest goes to
+    tags and the delimiter, which no message of this language writes after a tag).
     """
     with_tag = np.concatenate([prompts.tokens, setup.tag_token(k, prompts.tokens.shape[0])[:, None]], axis=1)
     probs = common.next_token_probs(model, with_tag)                                     # (B, V + 1 tokens)
     by_value = np.stack([probs[:, setup.value_tokens(v)].sum(axis=1) for v in range(setup.values)], axis=1)
-    return by_value / by_value.sum(axis=1, keepdims=True)
+    mass = by_value.sum(axis=1)
+    return by_value / mass[:, None], mass
 
 
 def bayes_values(language: Language, setup: SkipChain, prompts: Prompts, k: int) -> np.ndarray:
@@ -292,7 +295,7 @@ def evaluate_model(model: GPT, language: Language, setup: SkipChain, prompts: Pr
         direct = score_answers(language, setup, prompts, direct_answers(model, prompts, setup, k, rng), bayes[k])
         step = score_answers(language, setup, prompts, chain[k - 1], bayes[k])
         gain = step["per_prompt_accuracy"] - direct["per_prompt_accuracy"]
-        exact_direct = direct_value_distribution(model, prompts, setup, k)
+        exact_direct, value_mass = direct_value_distribution(model, prompts, setup, k)
         target = offset_distribution(setup, k)
         row = {"k": k}
         for method, scored in (("direct", direct), ("step_by_step", step)):
@@ -301,7 +304,8 @@ def evaluate_model(model: GPT, language: Language, setup: SkipChain, prompts: Pr
                            "offset_tv_to_bayes": float(th.total_variation(scored["offset_histogram"], target))}
         row["gain_step_minus_direct"] = _interval(th.mean_and_ci(gain))
         row["direct_exact"] = {"accuracy": float((exact_direct * bayes[k]).sum(axis=1).mean()),
-                               "tv_to_bayes": float(th.total_variation(exact_direct, bayes[k]).mean())}
+                               "tv_to_bayes": float(th.total_variation(exact_direct, bayes[k]).mean()),
+                               "value_letter_mass": float(value_mass.mean())}
         rows.append(row)
     return rows
 
@@ -489,8 +493,10 @@ def run(args) -> dict:
         rows = report["models"][corpus]["rows"]
         worst = min(r[m]["well_formed"] for r in rows for m in METHODS)
         exact = ", ".join(f"{r['direct_exact']['accuracy']:.3f}" for r in rows)
-        print(f"{corpus} model: direct accuracy from its exact first-letter distribution, k = 1..{len(rows)}: {exact}; "
-              f"lowest share of well-formed answers: {worst:.3f}")
+        mass = ", ".join(f"{r['direct_exact']['value_letter_mass']:.3f}" for r in rows)
+        print(f"{corpus} model, direct, k = 1..{len(rows)}: p(a value letter right after the tag) {mass}; "
+              f"accuracy of the value it would write (exact, from that letter) {exact}; "
+              f"lowest share of well-formed answers over k and methods: {worst:.3f}")
     return common.finish(report, args, NAME, save_plot, started)
 
 

@@ -247,7 +247,7 @@ def test_cot_locality_smoke_writes_every_number(cot, tmp_path_factory):
                 assert 0.0 <= accuracy["low"] <= accuracy["mean"] <= accuracy["high"] <= 1.0 + 1e-12
                 assert math.isclose(sum(row[method]["offset_histogram"]) + row[method]["unreadable"], 1.0)
                 assert 0.0 <= row[method]["well_formed"] <= 1.0
-            assert set(row["direct_exact"]) == {"accuracy", "tv_to_bayes"}
+            assert set(row["direct_exact"]) == {"accuracy", "tv_to_bayes", "value_letter_mass"}
     assert all(value is not None and math.isfinite(value) for value in _numbers(report))
     assert report["plot"] is None or (folder / "cot_locality.png").exists()
 
