@@ -31,6 +31,14 @@ One code path for NumPy and CuPy: each function asks ``xp = xp_of(x)`` for the a
 module and uses only ``xp.*``. Every op keeps the input's dtype (float32 or float64):
 constants are Python floats (a NumPy float64 scalar would promote a float32 array) and
 every allocation passes ``dtype=``.
+
+Speed (docs/performance.md). LayerNorm, GELU and attention, the layers that touch the
+widest arrays, are written for speed: they loop over cache-sized blocks of rows
+(:func:`row_blocks`), work in place, and write into their final layouts. Each keeps its
+clear whole-array form beside it (``layernorm_forward_reference``, ``gelu_reference``,
+``attention_forward_reference``, ...), and the tests check that both give the same
+numbers. Two backward passes take ``out=``, so that a caller that owns the incoming
+gradient can have it overwritten instead of allocating another array.
 """
 from __future__ import annotations
 
@@ -193,8 +201,8 @@ def layernorm_backward(dout, cache, out=None):
       dx_i = rstd * ( dxhat_i  -  mean_j(dxhat_j)  -  xhat_i * mean_j(dxhat_j * xhat_j) )
              (direct path) (through the mean) (through the variance)
     Blocks of rows as in the forward; :func:`layernorm_backward_reference` is the
-    same formula in whole-array expressions. ``out`` (optional, may be ``dout`` itself
-    when the caller no longer needs it) receives dx instead of a new array.
+    same formula in whole-array expressions. ``out`` (optional, C-contiguous, may be
+    ``dout`` itself when the caller no longer needs it) receives dx instead of a new array.
     """
     xhat, rstd, weight, has_bias = cache
     xp = xp_of(dout)
@@ -349,8 +357,8 @@ def gelu_backward(dout, cache, out=None):
       d out/dx = 0.5 (1 + tanh(u))  +  0.5 x (1 - tanh(u)^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2)
                = 0.5 (1 + tanh(u)) [1 + x (1 - tanh(u)) du/dx],   du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2)
     The factored second line is what is computed, block by block, in place;
-    :func:`gelu_backward_reference` is the first line. ``out`` (optional, may be ``dout``
-    itself when the caller no longer needs it) receives dx instead of a new array.
+    :func:`gelu_backward_reference` is the first line. ``out`` (optional, C-contiguous,
+    may be ``dout`` itself when the caller no longer needs it) receives dx instead of a new array.
     """
     x_rows = cache
     xp = xp_of(dout)
