@@ -1,7 +1,8 @@
 """Sampling speed with a key-value cache versus recomputing the whole context for every token.
 
 For each prompt length L, ``GPT.generate`` is timed twice, once for 1 new token and once
-for 1 + n, on the same prompt and seed; the difference divided by n is the cost of one
+for 1 + n, on the same prompt and seed, in rounds over all lengths (the medians of
+``--repeats`` rounds are reported); the difference divided by n is the cost of one
 more token at a context of about L + n/2 tokens, and the 1-token run is the prompt's cost
 (the cache's prefill, or one full forward). With ``use_cache=True`` a new token runs one
 position through the model (its attention reads the cached keys and values), so its
@@ -32,16 +33,13 @@ from tinylatent._io import write_json  # noqa: E402
 from tinylatent.gpt import GPT  # noqa: E402
 
 
-def time_generate(model: GPT, prompt, n_new: int, use_cache: bool, repeats: int, sync, clock):
-    """(median seconds by ``clock``, tokens) of ``model.generate(prompt, n_new)`` with a fixed seed."""
-    times, tokens = [], None
-    for _ in range(repeats):
-        sync()
-        start = clock()
-        tokens = model.generate(prompt, n_new, np.random.default_rng(1), use_cache=use_cache)
-        sync()
-        times.append(clock() - start)
-    return statistics.median(times), tokens
+def time_generate(model: GPT, prompt, n_new: int, use_cache: bool, sync, clock):
+    """(seconds by ``clock``, tokens) of one ``model.generate(prompt, n_new)`` with a fixed seed."""
+    sync()
+    start = clock()
+    tokens = model.generate(prompt, n_new, np.random.default_rng(1), use_cache=use_cache)
+    sync()
+    return clock() - start, tokens
 
 
 def main(argv=None) -> int:
@@ -90,18 +88,26 @@ def main(argv=None) -> int:
     print(f"{'prompt L':>8} | {'KV cache: prompt ms':>19} {'ms/token':>9} {'tokens/s':>9} | "
           f"{'recompute: prompt ms':>20} {'ms/token':>9} {'tokens/s':>9} | {'speed-up':>8} {'same tokens':>11}")
     model.generate(rng.integers(0, config.vocab_size, size=(args.batch, 4)), 2, np.random.default_rng(0))  # warm up
+    prompts = {L: rng.integers(0, config.vocab_size, size=(args.batch, L)) for L in contexts}
+    modes = (("cache", True), ("recompute", False))
+    samples = {(L, mode): {"prompt": [], "per_token": []} for L in contexts for mode, _ in modes}
+    tokens = {}
+    for _ in range(args.repeats):  # rounds over every length and mode, so that load drift hits all alike
+        for L in contexts:
+            for mode, use_cache in modes:
+                first, _ = time_generate(model, prompts[L], 1, use_cache, sync, clock)
+                total, tokens[L, mode] = time_generate(model, prompts[L], 1 + args.new_tokens, use_cache, sync, clock)
+                samples[L, mode]["prompt"].append(first)
+                samples[L, mode]["per_token"].append(max(total - first, 0.0) / args.new_tokens)
     for L in contexts:
-        prompt = rng.integers(0, config.vocab_size, size=(args.batch, L))
         row = {"prompt_length": L}
-        for mode, use_cache in (("cache", True), ("recompute", False)):
-            first, _ = time_generate(model, prompt, 1, use_cache, args.repeats, sync, clock)
-            total, tokens = time_generate(model, prompt, 1 + args.new_tokens, use_cache, args.repeats, sync, clock)
-            per_token = max(total - first, 0.0) / args.new_tokens
-            row[mode] = {"prompt_seconds": first, "seconds_per_token": per_token,
-                         "tokens_per_s": args.batch / per_token if per_token > 0 else float("inf"),
-                         "tokens": tokens.tolist()}
+        for mode, _ in modes:
+            per_token = statistics.median(samples[L, mode]["per_token"])
+            row[mode] = {"prompt_seconds": statistics.median(samples[L, mode]["prompt"]),
+                         "seconds_per_token": per_token,
+                         "tokens_per_s": args.batch / per_token if per_token > 0 else float("inf")}
         row["speedup"] = row["recompute"]["seconds_per_token"] / row["cache"]["seconds_per_token"]
-        row["same_tokens"] = row["cache"]["tokens"] == row["recompute"]["tokens"]
+        row["same_tokens"] = bool(np.array_equal(tokens[L, "cache"], tokens[L, "recompute"]))
         figures["rows"].append(row)
         c, r = row["cache"], row["recompute"]
         print(f"{L:>8} | {c['prompt_seconds'] * 1e3:>19.1f} {c['seconds_per_token'] * 1e3:>9.2f} "
@@ -112,9 +118,6 @@ def main(argv=None) -> int:
     print(f"with the cache, the slowest per-token cost is {figures['cache_per_token_max_over_min']:.2f}× the "
           f"fastest across prompt lengths {contexts[0]}..{contexts[-1]}")
     if args.json:
-        for row in figures["rows"]:
-            for mode in ("cache", "recompute"):
-                del row[mode]["tokens"]
         write_json(args.json, figures)
         print(f"wrote {args.json}")
     return 0 if all(row["same_tokens"] for row in figures["rows"]) else 1

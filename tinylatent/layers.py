@@ -662,8 +662,9 @@ def attention_forward_cached(qkv, n_head: int, kv_cache):
     values[:, :, start:end] = v
     scores = q @ keys[:, :, :end].transpose(0, 1, 3, 2)             # (B, NH, T_new, end)
     scores *= 1.0 / math.sqrt(HS)
-    future = xp.triu(xp.ones((T_new, end), dtype=bool), k=start + 1)  # new row i is position start + i
-    scores[:, :, future] = -math.inf
+    if T_new > 1:  # one new position sees every key; several must not see each other's future
+        future = xp.triu(xp.ones((T_new, end), dtype=bool), k=start + 1)  # new row i is position start + i
+        scores[:, :, future] = -math.inf
     att, _ = softmax_forward(scores, out=scores)
     y = att @ values[:, :, :end]                                     # (B, NH, T_new, HS)
     return y.transpose(0, 2, 1, 3).reshape(B, T_new, n_head * HS)
