@@ -329,7 +329,7 @@ class Budget:
 BUDGETS = {
     "smoke": Budget(steps=20, batch_size=4, context_length=32, n_layer=1, n_head=2, d_model=16,
                     prompts=24, eval_windows=8),
-    "quick": Budget(steps=3000, batch_size=12, context_length=64, n_layer=2, n_head=4, d_model=64,
+    "quick": Budget(steps=4500, batch_size=12, context_length=64, n_layer=2, n_head=4, d_model=64,
                     prompts=400, eval_windows=64),
     "default": Budget(steps=6000, batch_size=12, context_length=64, n_layer=2, n_head=4, d_model=64,
                       prompts=1000, eval_windows=128),
