@@ -132,6 +132,8 @@ class Oracle:
         # The length rule's factor for a token after n letters: (1 − h[n]) for a letter that
         # continues a message (1 for one that opens a message, n = 0); h[n] for a delimiter.
         self.letter_length_factor = np.concatenate([[1.0], self.go_on[1:]])            # (L + 3,)
+        # both in one table, for one gather: [letter factors | delimiter factors h[n]]
+        self.length_factor_by_kind = np.concatenate([self.letter_length_factor, self.stop])  # (2 (L + 3),)
         self._device_copies = {}
 
     _TABLES = ("stop", "go_on", "transition", "first_letter", "letter_transition", "stationary_state",
@@ -212,21 +214,22 @@ class Oracle:
         tables = self._tables(xp)
         batch, length = tokens.shape
         n_intentions, vocab = self.language.n_intentions, self.language.vocab_size
-        # Integer bookkeeping on the host, time-major (T, B) so that each step reads one slice.
-        token = np.ascontiguousarray(tokens.T)
-        previous = np.concatenate([np.zeros((1, batch), np.int64), token[:-1]])        # a delimiter before token 1
+        # Integer bookkeeping on the host, time-major (T, B) so that each step reads one slice
+        # (int32: half the memory traffic of int64, and ids and counts are small).
+        token = np.ascontiguousarray(tokens.T, dtype=np.int32)
+        previous = np.concatenate([np.zeros((1, batch), np.int32), token[:-1]])        # a delimiter before token 1
         is_delimiter = token == DELIMITER_ID
         opens_message = previous == DELIMITER_ID                                        # (T, B)
         # n_before[t, b]: letters of the current message before token t (0 = token t opens one)
-        positions = np.arange(length)[:, None]
+        positions = np.arange(length, dtype=np.int32)[:, None]
         last_delimiter = np.maximum.accumulate(np.where(is_delimiter, positions, -1), axis=0)
-        n_before = positions - np.concatenate([np.full((1, batch), -1), last_delimiter[:-1]]) - 1
-        n_before = np.minimum(n_before, self.max_length + 1)  # past L letters every token is impossible anyway
+        n_before = positions - 1 - np.concatenate([np.full((1, batch), -1, np.int32), last_delimiter[:-1]])
+        np.minimum(n_before, self.max_length + 1, out=n_before)  # past L letters every token is impossible anyway
         # likelihood[t, b, θ] = q(x_t | x_{<t}, θ), θ the intention of token t's message:
         #   a letter opening a message: s_θ[c]; a letter inside one: (1 − h[n]) A_θ[ℓ, c];
         #   a delimiter: h[n] (the same for every θ; 0 right after another delimiter).
         likelihood = xp.take(tables.pair_likelihood, xp.asarray(previous * vocab + token), axis=0)  # (T, B, K)
-        length_factor = np.where(is_delimiter, self.stop[n_before], self.letter_length_factor[n_before])
+        length_factor = self.length_factor_by_kind[n_before + is_delimiter * self.stop.shape[0]]  # (T, B)
         partial = np.nonzero(length_factor != 1.0)                                      # sparse: message ends
         if len(partial[0]):
             rows_t, rows_b = xp.asarray(partial[0]), xp.asarray(partial[1])
@@ -234,32 +237,36 @@ class Oracle:
         any_opens, any_delimiter = opens_message.any(axis=1), is_delimiter.any(axis=1)  # (T,) host flags
         opens_on_device, delimiter_on_device = xp.asarray(opens_message), xp.asarray(is_delimiter)
 
-        filtered = xp.tile(xp.asarray(prior, dtype=xp.float64), (batch, 1))  # q(θ of the current message | x_{≤t})
-        upcoming = filtered.copy()                   # q(θ of the next message | x_{≤t}), used when a message opens
+        prior = xp.asarray(prior, dtype=xp.float64)
+        filtered = xp.tile(prior, (batch, 1))       # q(θ of the current message | x_{≤t}); the prior before token 1
+        upcoming = filtered.copy()                  # q(θ of the next message | x_{≤t}), used when a message opens
         token_probs = xp.empty((length, batch), dtype=xp.float64)                      # q(x_t | x_{<t})
         posterior = xp.empty((length, batch, n_intentions), dtype=xp.float64)          # time-major while filling
-        alive = xp.ones(batch, dtype=bool)                                              # q(x_{≤t}) > 0 so far
         ones = xp.ones(n_intentions, dtype=xp.float64)
-        check_each_step = xp is np  # on a GPU, a per-step test would synchronise: always take the general path
-        for t in range(length):
-            current = xp.where(opens_on_device[t][:, None], upcoming, filtered) if any_opens[t] else filtered
-            joint = current * likelihood[t]                                             # q(θ, x_t | x_{<t})
-            xp.matmul(joint, ones, out=token_probs[t])                                  # Σ_θ, as one BLAS call
-            if check_each_step and token_probs[t].all():                               # the common case
-                filtered = xp.divide(joint, token_probs[t][:, None], out=posterior[t])
-            else:  # a row that became impossible keeps its last well-defined posterior from now on
-                alive &= token_probs[t] > 0.0
-                posterior[t] = xp.where(alive[:, None], joint / xp.where(alive, token_probs[t], 1.0)[:, None], filtered)
-                filtered = posterior[t]
-            if any_delimiter[t]:  # a message ended: its intention moves on by T
-                upcoming = xp.where(delimiter_on_device[t][:, None], filtered @ tables.transition, upcoming)
+        with np.errstate(invalid="ignore"):  # 0/0 in a row that became impossible: fixed up below
+            for t in range(length):
+                current = xp.where(opens_on_device[t][:, None], upcoming, filtered) if any_opens[t] else filtered
+                joint = current * likelihood[t]                                         # q(θ, x_t | x_{<t})
+                xp.matmul(joint, ones, out=token_probs[t])                              # Σ_θ, as one BLAS call
+                filtered = xp.divide(joint, token_probs[t][:, None], out=posterior[t])  # q(θ | x_{≤t})
+                if any_delimiter[t]:  # a message ended: its intention moves on by T
+                    upcoming = xp.where(delimiter_on_device[t][:, None], filtered @ tables.transition, upcoming)
         outputs = _Outputs(xp, batch, length, n_intentions, vocab, want_predictive, known_intention is not None,
                            want_posterior=False)
+        outputs.record_all_tokens(token_probs)
+        first_impossible = to_host(outputs.first_impossible)
+        if (first_impossible >= 0).any():
+            # A row that became impossible at token f keeps its posterior after token f − 1
+            # (the prior if f = 0) from token f on, instead of the 0/0 of an impossible event.
+            f = xp.asarray(np.where(first_impossible >= 0, first_impossible, length))   # (B,)
+            steps = xp.arange(length)[:, None]                                          # (T, 1)
+            source = xp.where(steps >= f[None, :], f[None, :] - 1, steps)               # (T, B)
+            posterior = xp.take_along_axis(posterior, xp.maximum(source, 0)[..., None], axis=0)
+            posterior = xp.where((source < 0)[..., None], prior, posterior)
         outputs.posterior = posterior.transpose(1, 0, 2)                                # (B, T, K), a view
-        outputs.record_all_tokens(token_probs.T)
         if want_predictive or known_intention is not None:
             self._known_phase_predictives(xp, outputs, tokens, np.maximum(tokens - 1, 0), is_delimiter.T,
-                                          n_before.T, want_predictive, known_intention)
+                                          n_before.T.astype(np.int64), want_predictive, known_intention)
         return outputs.result()
 
     def _known_phase_predictives(self, xp, outputs, tokens, letter, is_delimiter, n_before,
@@ -415,15 +422,18 @@ class _Outputs:
         return ok
 
     def record_all_tokens(self, token_probs) -> None:
-        """Store every log q(x_t | x_{<t}) at once, (B, T); −inf from the first zero on."""
+        """Store every log q(x_t | x_{<t}) at once from time-major (T, B) probabilities; −inf from the first zero on."""
         xp = self.xp
-        impossible = token_probs <= 0.0
-        any_impossible = impossible.any(axis=1)
-        self.first_impossible = xp.where(any_impossible, impossible.argmax(axis=1), -1)
-        first_bad = xp.where(any_impossible, self.first_impossible, token_probs.shape[1])
-        after = xp.arange(token_probs.shape[1])[None, :] >= first_bad[:, None]
-        with np.errstate(divide="ignore"):
-            self.token_log_probs = xp.where(after, -xp.inf, xp.log(xp.where(after, 1.0, token_probs)))
+        impossible = token_probs <= 0.0                                                 # NaN after a zero: False
+        any_impossible = impossible.any(axis=0)
+        self.first_impossible = xp.where(any_impossible, impossible.argmax(axis=0), -1)
+        if not bool(any_impossible.any()):
+            self.token_log_probs = xp.log(token_probs).T                               # (B, T), a view
+            return
+        first_bad = xp.where(any_impossible, self.first_impossible, token_probs.shape[0])
+        after = xp.arange(token_probs.shape[0])[:, None] >= first_bad[None, :]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            self.token_log_probs = xp.where(after, -xp.inf, xp.log(xp.where(after, 1.0, token_probs))).T
 
     def result(self) -> FilterResult:
         return FilterResult(
