@@ -274,7 +274,7 @@ class Understanding(NamedTuple):
     rows: one :class:`UnderstandingAtLength` per n = 1..N.
     start_phase_difference: with a leading delimiter, max |q(·| \\n x) − q_start(·| x)| over
         every prompt, position and token: the unknown-phase oracle after the delimiter
-        against the known-phase oracle (prior μ) on the letters alone. 0 up to rounding;
+        against the known-phase oracle (prior μT = μ) on the letters alone. 0 up to rounding;
         None without the delimiter.
     """
 
