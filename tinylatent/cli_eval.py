@@ -105,7 +105,7 @@ def register(subparsers) -> None:
         description="Evaluate a trained model against the exact Bayes oracle of its language: cross-entropy "
                     "against the Bayes cross-entropy, and for understanding and in-context learning "
                     "KL(target ‖ p) split into the language's ambiguity part and the model's approximation "
-                    "part. Every number has a 95%% confidence interval. See docs/evaluation.md.",
+                    "part. Every number has a 95% confidence interval. See docs/evaluation.md.",
     )
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="a checkpoint file (OUT/ckpt.npz)")
     p.add_argument("--windows", type=_at_least_two, default=DEFAULT_WINDOWS,
