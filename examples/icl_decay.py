@@ -51,19 +51,14 @@ from tinylatent import theorems as th
 from tinylatent._io import write_json
 from tinylatent.backend import to_host
 from tinylatent.language import DELIMITER_ID, Language, mixture_language, preset
+from tinylatent.paper_results import PAPER_RESULTS
 
 PROGRAM = "icl_decay.py"
 DEFAULT_ETAS = (0.0, 0.02, 0.04)
 DEFAULT_LANGUAGES = ("paper-mixture", "paper-noisy-first-mixture", "paper", "paper-noisy-first")
 PLOT_NAME = "icl_decay.png"
 
-# THEORY.md §7: the paper's trained model (nanoGPT, 21M parameters), KL(target ‖ model) for
-# m = 1..4 examples; its target was uniform over the 6 first letters of θ* and θ* + 1.
-PAPER_ICL_KL = {
-    0.0: (0.0235, 0.0241, 0.0212, 0.0220),    # unambiguous
-    0.02: (0.219, 0.083, 0.077, 0.049),       # "ambiguity 0.065"
-    0.04: (0.633, 0.184, 0.120, 0.095),       # "ambiguity 0.157"
-}
+PAPER_ICL_KL = PAPER_RESULTS["icl_kl"]  # THEORY.md §7: the paper's trained model, m = 1..4
 
 
 # ----------------------------------------------------------------------------------------

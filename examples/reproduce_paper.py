@@ -54,23 +54,11 @@ from tinylatent.checkpoint import CHECKPOINT_FILENAME  # noqa: E402
 from tinylatent.evaluate import evaluate  # noqa: E402
 from tinylatent.gpt import GPTConfig  # noqa: E402
 from tinylatent.language import preset  # noqa: E402
+from tinylatent.paper_results import PAPER_RESULTS  # noqa: E402
 from tinylatent.train import LOG_FILENAME, TrainConfig, train  # noqa: E402
 
 PROGRAM = "reproduce_paper.py"
 APPROXIMATION_TARGET = 0.01  # nats: the model's share of every understanding and ICL KL should stay below this
-
-# THEORY.md §7: what the paper's own trained model (nanoGPT, 21M parameters) scored.
-PAPER_RESULTS = {
-    "bayes_cross_entropy_eta0": 0.948,       # nats/token, a whole corpus read from its start
-    "model_cross_entropy": (0.99, 1.08),     # the range its models reached
-    "understanding_kl": {0.0: 0.059, 0.03: 0.120, 0.06: 0.139},   # prompts of 1..6 letters, no leading \n
-    "icl_kl": {                              # m = 1, 2, 3, 4; target uniform over the first letters of θ*, θ*+1
-        0.0: (0.0235, 0.0241, 0.0212, 0.0220),
-        0.02: (0.219, 0.083, 0.077, 0.049),
-        0.04: (0.633, 0.184, 0.120, 0.095),
-    },
-}
-
 
 class Experiment(NamedTuple):
     """One model: trained on ``preset(language, eta)`` and evaluated on the same language."""

@@ -1,5 +1,4 @@
 """examples/icl_decay.py, run in-process with a tiny budget: its JSON, its claims, its errors."""
-import importlib.util
 import json
 import math
 import sys
@@ -7,16 +6,15 @@ from pathlib import Path
 
 import pytest
 
+from examples_loader import load_example
+
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "icl_decay.py"
 TINY = ["--trials", "5", "--max-examples", "3"]
 
 
 @pytest.fixture(scope="module")
 def icl_decay():
-    spec = importlib.util.spec_from_file_location("icl_decay", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_example("icl_decay")
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ runs in-process with ``--smoke`` (a few optimiser steps of a 1-layer model) and 
 the JSON it writes, and we check the constructions the experiments stand on against
 something independent: the oracle, the language's own matrices, a second training run.
 """
-import importlib.util
 import json
 import math
 import sys
@@ -14,20 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from examples_loader import load_example
+
 from tinylatent.evaluate import OraclePredictor
 from tinylatent.gpt import GPT
 from tinylatent.language import Language, random_language, sample_messages
 from tinylatent.train import RandomStreams, TrainConfig, train
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up by name while the class is built
-    spec.loader.exec_module(module)
-    return module
+_load = load_example
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,11 @@
 """examples/reproduce_paper.py, run in-process with ``--smoke``: its files, its JSON, reuse, and its errors."""
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
+
+from examples_loader import load_example
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "reproduce_paper.py"
 EXPERIMENT_NAMES = ["paper-eta0", "paper-eta0.02", "paper-eta0.03", "paper-eta0.04", "paper-eta0.06",
@@ -13,10 +14,7 @@ EXPERIMENT_NAMES = ["paper-eta0", "paper-eta0.02", "paper-eta0.03", "paper-eta0.
 
 @pytest.fixture(scope="module")
 def reproduce():
-    spec = importlib.util.spec_from_file_location("reproduce_paper", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_example("reproduce_paper")
 
 
 @pytest.fixture(scope="module")

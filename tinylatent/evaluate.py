@@ -367,7 +367,7 @@ def _read_behind_delimiter(predictor, oracle: Oracle, prompts, intentions) -> _R
     known = np.empty((n_prompts, vocab))
     posterior = np.empty((n_prompts, oracle.language.n_intentions))
     longest = 0
-    for rows, group in th._by_length(prompts):
+    for rows, group in th.by_length(prompts):
         tokens = np.concatenate([np.full((len(rows), 1), DELIMITER_ID), group], axis=1)
         result = oracle.filter(tokens, phase="unknown", known_intention=intentions[rows])
         model_log_probs[rows] = predictor_log_probs(predictor, tokens)[:, -1]

@@ -101,7 +101,7 @@ def _prior_or_stationary(language: Language, prior) -> np.ndarray:
     return language.stationary_intentions()
 
 
-def _by_length(sequences):
+def by_length(sequences):
     """Yield (rows, tokens (b, T)) for each distinct length T: a batch of the oracle needs equal lengths.
 
     ``sequences`` is a (B, T) array (one group) or a list of B one-dimensional token arrays.
@@ -159,7 +159,7 @@ def final_state(language: Language, sequences, prior=None, known_intention=None,
     predictive = np.empty((n, vocab), dtype=np.float64)
     known_predictive = None if known is None else np.empty((n, vocab), dtype=np.float64)
     last_is_delimiter = np.empty(n, dtype=bool)
-    for rows, tokens in _by_length(sequences):
+    for rows, tokens in by_length(sequences):
         result = oracle.filter(tokens, phase=phase, prior=prior if phase == "start" else None,
                                known_intention=None if known is None else known[rows])
         log_marginal[rows] = result.log_marginal
@@ -181,7 +181,7 @@ def log_likelihoods(language: Language, sequences, oracle: Optional[Oracle] = No
     oracle = Oracle(language) if oracle is None else oracle
     n_intentions = language.n_intentions
     out = np.empty((_n_sequences(sequences), n_intentions), dtype=np.float64)
-    for rows, tokens in _by_length(sequences):
+    for rows, tokens in by_length(sequences):
         for theta in range(n_intentions):
             out[rows, theta] = oracle.filter(tokens, phase="start", prior=_one_hot(theta, n_intentions),
                                              predictive=False).log_marginal
