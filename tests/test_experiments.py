@@ -8,7 +8,6 @@ something independent: the oracle, the language's own matrices, a second trainin
 import json
 import math
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
