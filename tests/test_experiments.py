@@ -44,7 +44,7 @@ def common(cot):
     return sys.modules["_common"]  # imported by the scripts from examples/
 
 
-NULLABLE = ("resumed_from_step", "emerged_at")  # null by design: a fresh run; an ability not reached yet
+NULLABLE = ("resumed_from_step", "emerged_at", "plot")  # null by design: a fresh run; an ability not reached yet; no matplotlib
 
 
 def _numbers(value):
