@@ -127,14 +127,14 @@ class UsageError(Exception):
     """A bad option or setting: one line on stderr, exit status 2."""
 
 
-class _RaisingParser(argparse.ArgumentParser):
+class RaisingParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse calls this on a bad option; it must not return
         raise UsageError(message)
 
 
 def experiment_parser(program: str, description: str, default_out: str) -> argparse.ArgumentParser:
     """A parser with the options every experiment has; each script adds its own."""
-    parser = _RaisingParser(prog=program, description=description)
+    parser = RaisingParser(prog=program, description=description)
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--smoke", action="store_true", help="a tiny budget (seconds): checks that everything runs")
     size.add_argument("--quick", action="store_true", help="a small budget (a few minutes on 2 cores)")

@@ -42,10 +42,8 @@ from typing import NamedTuple, Optional, Protocol, Sequence
 
 import numpy as np
 
-try:
-    import tinylatent  # noqa: F401
-except ModuleNotFoundError:  # run from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as common  # noqa: E402  (shared command-line pieces; it also makes tinylatent importable)
 
 from tinylatent import theorems as th
 from tinylatent._io import write_json
@@ -340,13 +338,7 @@ def _json_safe(value):
 # Command line
 # ----------------------------------------------------------------------------------------
 
-class UsageError(Exception):
-    """A bad option: reported as one line on stderr, exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse API: must not return
-        raise UsageError(message)
+UsageError = common.UsageError  # a bad option: one line on stderr, exit status 2
 
 
 LANGUAGE_DESCRIPTIONS = {
@@ -358,7 +350,7 @@ LANGUAGE_DESCRIPTIONS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROGRAM, description=__doc__.splitlines()[0])
+    parser = common.RaisingParser(prog=PROGRAM, description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=400, help="prompts per (language, η, m) (default 400)")
     parser.add_argument("--eta", type=float, nargs="+", default=list(DEFAULT_ETAS),
                         help="noise levels η ≥ 0 (default 0 0.02 0.04)")
@@ -473,17 +465,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv=None) -> int:
-    try:
-        args = parse_args(argv)
-        run(args)
-    except UsageError as exc:
-        print(f"{PROGRAM}: error: {exc}", file=sys.stderr)
-        return 2
-    except (ValueError, OSError) as exc:
-        message = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.strerror else str(exc)
-        print(f"{PROGRAM}: error: {message}", file=sys.stderr)
-        return 2
-    return 0
+    return common.run_main(PROGRAM, parse_args, run, argv)
 
 
 if __name__ == "__main__":
