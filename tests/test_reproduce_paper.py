@@ -20,7 +20,7 @@ def reproduce():
 @pytest.fixture(scope="module")
 def smoke(reproduce, tmp_path_factory):
     out = tmp_path_factory.mktemp("reproduce")
-    assert reproduce.main(["--smoke", "--out", str(out)]) == 0
+    assert reproduce.main(["--smoke", "--out", str(out), "--jobs", "2"]) == 0      # two worker processes
     return json.loads((out / "results.json").read_text()), out
 
 
@@ -28,6 +28,7 @@ def test_smoke_writes_well_formed_results(smoke):
     report, out = smoke
     assert set(report) == {"settings", "paper", "experiments", "targets", "plots", "seconds"}
     assert report["settings"]["budget"] == "smoke" and report["settings"]["model_config"]["context_length"] == 48
+    assert report["settings"]["jobs"] == 2
     assert report["paper"]["understanding_kl"] == {"0": 0.059, "0.03": 0.12, "0.06": 0.139}
     assert [e["name"] for e in report["experiments"]] == EXPERIMENT_NAMES
     for experiment in report["experiments"]:
@@ -59,15 +60,28 @@ def test_smoke_writes_well_formed_results(smoke):
 
 
 def test_a_second_run_reuses_the_checkpoints_and_writes_json_where_asked(reproduce, smoke, tmp_path, capsys, monkeypatch):
-    _, out = smoke
+    first, out = smoke
     monkeypatch.setitem(sys.modules, "matplotlib", None)                     # as if matplotlib were not installed
     capsys.readouterr()
-    assert reproduce.main(["--smoke", "--out", str(out), "--json", str(tmp_path / "numbers.json"), "--no-progress"]) == 0
+    assert reproduce.main(["--smoke", "--out", str(out), "--json", str(tmp_path / "numbers.json"), "--no-progress",
+                           "--jobs", "1"]) == 0
     report = json.loads((tmp_path / "numbers.json").read_text())
     assert all(experiment["reused_checkpoint"] for experiment in report["experiments"])
+    assert [e["evaluation"] for e in report["experiments"]] == [e["evaluation"] for e in first["experiments"]]
     assert report["plots"] == []
     printed = capsys.readouterr().out
     assert "plot skipped: matplotlib is not installed" in printed and "reused" not in printed   # --no-progress
+
+
+def test_one_process_trains_the_same_models_as_two(reproduce, smoke, tmp_path):
+    first, _ = smoke
+    assert reproduce.main(["--smoke", "--out", str(tmp_path), "--jobs", "1", "--no-progress",
+                           "--only", "paper-eta0.04", "mixture-eta0.02"]) == 0
+    report = json.loads((tmp_path / "results.json").read_text())
+    by_name = {e["name"]: e for e in first["experiments"]}
+    for experiment in report["experiments"]:
+        assert experiment["curve"] == by_name[experiment["name"]]["curve"]
+        assert experiment["evaluation"] == by_name[experiment["name"]]["evaluation"]
 
 
 def test_a_run_folder_of_another_budget_is_refused(reproduce, smoke, capsys):
@@ -87,7 +101,8 @@ def test_a_subset_of_the_experiments_with_its_own_steps(reproduce, tmp_path):
 
 
 @pytest.mark.parametrize("arguments", [["--quick", "--smoke"], ["--seed", "-1"], ["--preset", "huge"], ["--bogus"],
-                                       ["--seed", "x"], ["--steps", "0"], ["--only", "paper-eta0.5"]])
+                                       ["--seed", "x"], ["--steps", "0"], ["--only", "paper-eta0.5"],
+                                       ["--jobs", "0"]])
 def test_bad_options_are_one_line_and_exit_2(reproduce, arguments, capsys):
     assert reproduce.main(arguments) == 2
     err = capsys.readouterr().err
