@@ -43,6 +43,18 @@ def test_train_prints_a_readable_summary_without_json(tmp_path, capsys):
     assert "for 3 steps" in text and "validation loss" in text and "Bayes" in text and str(out) in text
 
 
+def test_the_optimiser_options_reach_the_checkpoint_and_the_schedule(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--steps", "4", "--warmup", "1", "--lr", "1e-3", "--min-lr", "0", "--weight-decay", "0",
+                 "--out", str(out), "--json", *TINY]) == 0
+    checkpoint = load_checkpoint(out / "ckpt.npz")
+    assert checkpoint.train_config["min_lr"] == 0.0 and checkpoint.train_config["weight_decay"] == 0.0
+    rates = [json.loads(line)["lr"] for line in (out / "log.jsonl").read_text().splitlines()[1:]]
+    # one warm-up step, then the cosine from 1e-3 down to 0 over the last 3 (a floor of 1e-4 would give 7.75e-4, 3.25e-4)
+    assert rates == pytest.approx([5e-4, 1e-3, 7.5e-4, 2.5e-4])
+    assert checkpoint.optimizer_state["weight_decay"] == 0.0
+
+
 def test_generate_continues_a_prompt_with_letters_of_the_vocabulary(trained, capsys):
     out, _ = trained
     args = ["generate", "--checkpoint", str(out / "ckpt.npz"), "--prompt", "abc", "--tokens", "30", "--seed", "4"]
@@ -99,6 +111,8 @@ def assert_one_line_error(capsys, argv, message: str) -> None:
     (["train", "--language", "klingon"], "invalid choice: 'klingon'"),
     (["train", "--steps", "0"], "must be a positive integer"),
     (["train", "--lr", "-0.1", "--steps", "3"], "max_lr must be a positive number"),
+    (["train", "--lr", "1e-3", "--min-lr", "2e-3", "--steps", "3"], "min_lr must be a number in [0, max_lr]"),
+    (["train", "--weight-decay", "-0.1", "--steps", "3"], "weight_decay must be a non-negative number"),
     (["train", "--n-head", "3", "--d-model", "16"], "must be divisible by n_head"),
     (["train", "--language-file", "/no/such/language.json"], "No such file or directory"),
     (["generate", "--checkpoint", "/no/such/ckpt.npz"], "No such file or directory: /no/such/ckpt.npz"),

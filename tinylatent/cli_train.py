@@ -59,6 +59,7 @@ def _print_json(obj) -> None:
 # (command-line option's dest, TrainConfig field) for the options that map one to one
 _TRAIN_OPTIONS = (
     ("steps", "steps"), ("batch_size", "batch_size"), ("lr", "max_lr"), ("warmup", "warmup_steps"),
+    ("min_lr", "min_lr"), ("weight_decay", "weight_decay"),
     ("seed", "seed"), ("data", "data"), ("corpus_messages", "corpus_messages"), ("device", "device"),
     ("eval_interval", "eval_interval"), ("eval_windows", "eval_windows"),
     ("checkpoint_interval", "checkpoint_interval"),
@@ -175,7 +176,11 @@ def register(subparsers) -> None:
     run = p.add_argument_group("training (defaults: TrainConfig, the paper's run)")
     run.add_argument("--steps", type=_positive_int, default=None, help="optimiser steps (default 5000)")
     run.add_argument("--batch-size", type=_positive_int, default=None, help="windows per step (default 12)")
-    run.add_argument("--lr", type=float, default=None, help="peak learning rate (default 6e-4); decays to a tenth")
+    run.add_argument("--lr", type=float, default=None, help="peak learning rate (default 6e-4); the cosine decays it to --min-lr")
+    run.add_argument("--min-lr", type=float, default=None,
+                     help="where the cosine ends, 0 ≤ MIN_LR ≤ LR (default: a tenth of --lr)")
+    run.add_argument("--weight-decay", type=float, default=None,
+                     help="AdamW's decoupled decay of the matrices, ≥ 0 (default 0.1)")
     run.add_argument("--warmup", type=_non_negative_int, default=None,
                      help="warm-up steps (default min(100, steps/10))")
     run.add_argument("--seed", type=_non_negative_int, default=None, help="seed of every random stream (default 0)")
