@@ -287,27 +287,29 @@ def format_tables(results: list, checks: list, description: str) -> str:
                              f"{_ci(mean['ambiguity'])} | {_ci(mean['approximation'])} |")
     lines += ["", "## In-context learning: m examples under θ*, behind a leading delimiter", "",
               "paper's target: prompt = the examples, target uniform over the first letters of θ* and θ*+1 (not the",
-              "Bayes answer of the task: q(next first letter | last example's θ*) under the circular chain).",
+              "Bayes answer of the task: q(next first letter | last example's θ*) under the circular chain). From m = 1",
+              "on q gives the other tokens 0, so the model's probability off those six letters is its leak.",
               "known-intention target: prompt = the examples then a query letter, target q(·|query, θ*).", ""]
     for family in ("paper", "mixture"):
         family_results = [r for r in results if r["family"] == family]
         if not family_results:
             continue
         lines += [f"### {family} language ({family_results[0]['language']})", "",
-                  "| η | m | paper's KL | paper's target: model total | ambiguity | approximation "
-                  "| known-intention: model total | ambiguity | approximation | Bayes error ε_m |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| η | m | paper's KL | paper's target: model total | ambiguity | approximation | model's p off the "
+                  "target's letters | known-intention: model total | ambiguity | approximation | Bayes error ε_m |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in family_results:
             paper_icl = PAPER_RESULTS["icl_kl"].get(r["eta"]) if family == "paper" else None
             for row in r["evaluation"]["icl"]["rows"]:
                 shown = f"{paper_icl[row['m'] - 1]:g}" if paper_icl and 1 <= row["m"] <= 4 else ""
                 paper_row = row["paper"]
-                paper_cells = (" | ".join(_ci(paper_row[p]) for p in ("total", "ambiguity", "approximation"))
-                               if paper_row else "n/a | n/a | n/a")
+                paper_cells = (" | ".join([_ci(paper_row[p]) for p in ("total", "ambiguity", "approximation")]
+                                          + [_ci(row["paper_off_target"])])
+                               if paper_row else "n/a | n/a | n/a | n/a")
                 known = " | ".join(_ci(row["known_intention"][p]) for p in ("total", "ambiguity", "approximation"))
                 lines.append(f"| {r['eta']:g} | {row['m']} | {shown} | {paper_cells} | {known} | {_ci(row['bayes_error'])} |")
             for skipped in r["evaluation"]["icl"]["skipped"]:
-                lines.append(f"| {r['eta']:g} | {skipped['m']} | skipped: {skipped['reason']} | | | | | | | |")
+                lines.append(f"| {r['eta']:g} | {skipped['m']} | skipped: {skipped['reason']} | | | | | | | | |")
         lines.append("")
     lines += [f"## Targets (approximation parts and the η = 0 excess ≤ {APPROXIMATION_TARGET} nats)", "",
               "| experiment | measured | where | met |", "|---|---|---|---|"]

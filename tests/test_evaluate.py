@@ -120,6 +120,7 @@ def test_a_uniform_model_scores_log_v_minus_the_entropy(paper_tasks):
     icl = in_context_learning(uniform, PAPER, paper_tasks)
     for row in icl.rows:  # the paper's target is uniform over 6 letters: KL = log 19 − log 6
         np.testing.assert_allclose(row.paper.total, math.log(VOCAB / 6), rtol=1e-12)
+        np.testing.assert_allclose(row.paper_off_target, (VOCAB - 6) / VOCAB, rtol=1e-12)  # 13 of 19 tokens
     windows = stream_windows(PAPER, 4, 21, np.random.default_rng(7))
     np.testing.assert_allclose(convergence(uniform, PAPER, windows).model_cross_entropy, math.log(VOCAB), rtol=1e-15)
 
@@ -149,8 +150,10 @@ def test_the_papers_icl_target_and_its_exact_ambiguity(paper_tasks):
     icl = in_context_learning(OraclePredictor(PAPER), PAPER, paper_tasks)
     # m = 0: the prompt is "\n", q is uniform over the 18 first letters: KL(uniform over 6 ‖ uniform over 18) = log 3
     np.testing.assert_allclose(icl.rows[0].paper.ambiguity, math.log(3), rtol=1e-12)
+    np.testing.assert_allclose(icl.rows[0].paper_off_target, 2 / 3, rtol=1e-12)  # 12 of q's 18 first letters
     for row in icl.rows[1:]:  # the last example's first letter names its intention: the chain's next step is exact
         np.testing.assert_allclose(row.paper.ambiguity, 0.0, atol=1e-15)
+        np.testing.assert_array_equal(row.paper_off_target, 0.0)            # q leaks nothing off the six letters
         np.testing.assert_array_equal(row.bayes_error, 0.0)               # the query's first letter names θ*
 
 
@@ -239,6 +242,8 @@ def test_eval_writes_json_atomically_and_prints_tables(checkpoint, tmp_path, cap
     assert main(["eval", "--checkpoint", str(checkpoint), *SMALL]) == 0
     text = capsys.readouterr().out
     assert "excess (model − Bayes)" in text and "m = 3 skipped" in text
+    assert text.count("(model's p off the target's letters)") == 3                # the paper's target, m = 0, 1, 2
+    assert all(0.0 <= row["paper_off_target"]["mean"] <= 1.0 for row in report["icl"]["rows"])
     assert main(["eval", "--checkpoint", str(checkpoint), *SMALL, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["settings"]["prompts"] == 5
 

@@ -76,7 +76,8 @@ def format_report(report: dict, header: str) -> str:
         lines.append(f"  {row['m']:>2} {row['prompt_tokens']:>6}  {'q(·|q,θ*)':<10}  {_split_columns(row['known_intention'])}  "
                      f"{_estimate(row['bayes_error']):>26}")
         if row["paper"] is not None:
-            lines.append(f"  {'':>2} {'':>6}  {PAPER_LABEL:<10}  {_split_columns(row['paper'])}")
+            lines.append(f"  {'':>2} {'':>6}  {PAPER_LABEL:<10}  {_split_columns(row['paper'])}  "
+                         f"{_estimate(row['paper_off_target']):>26}  (model's p off the target's letters)")
     for skipped in icl["skipped"]:
         lines.append(f"  m = {skipped['m']} skipped: {skipped['reason']}")
     return "\n".join(lines)

@@ -388,6 +388,9 @@ class ICLAtExamples(NamedTuple):
     known_intention: :class:`KLSplit`, prompt ``\\n`` x_1..x_m query, target q(·|query, θ*).
     paper: :class:`KLSplit`, prompt ``\\n`` x_1..x_m, target :func:`paper_icl_target`
         (None unless the outer chain is the paper's circular chain).
+    paper_off_target: (B,) the model's probability p(x | \\n x_1..x_m) summed over the tokens
+        the paper's target gives 0 (None with ``paper``). From m = 1 on q gives them 0 too, so
+        this is the model's leak; a leak δ alone costs −log(1 − δ) ≈ δ nats of the KL.
     """
 
     n_examples: int
@@ -396,6 +399,7 @@ class ICLAtExamples(NamedTuple):
     kl_bound: np.ndarray
     known_intention: KLSplit
     paper: Optional[KLSplit]
+    paper_off_target: Optional[np.ndarray]
 
 
 class InContextLearning(NamedTuple):
@@ -437,11 +441,12 @@ def in_context_learning(predictor, language: Language, tasks: th.ICLTasks,
             continue
         with_query = _read_behind_delimiter(predictor, oracle, query_prompts, intentions)
         error = th.posterior_error(with_query.posterior, intentions)
-        paper = None
+        paper = paper_off_target = None
         if circular:
             examples_only = _read_behind_delimiter(predictor, oracle, tasks.example_prompts(m) if m else no_examples,
                                                    intentions)
             paper = split_kl(paper_target, examples_only.bayes, examples_only.model_log_probs)
+            paper_off_target = np.where(paper_target == 0.0, np.exp(examples_only.model_log_probs), 0.0).sum(axis=-1)
         rows.append(ICLAtExamples(
             n_examples=m,
             prompt_tokens=with_query.longest,
@@ -449,6 +454,7 @@ def in_context_learning(predictor, language: Language, tasks: th.ICLTasks,
             kl_bound=th.kl_bound(error),
             known_intention=split_kl(with_query.known_intention, with_query.bayes, with_query.model_log_probs),
             paper=paper,
+            paper_off_target=paper_off_target,
         ))
     return InContextLearning(rows, skipped, note)
 
@@ -490,6 +496,7 @@ def _icl_dict(icl: InContextLearning) -> dict:
             "kl_bound_holds": bool(np.all(row.known_intention.ambiguity <= row.kl_bound + th.ROUNDING_TOLERANCE)),
             "known_intention": row.known_intention.summary(),
             "paper": None if row.paper is None else row.paper.summary(),
+            "paper_off_target": None if row.paper_off_target is None else Estimate.of(row.paper_off_target)._asdict(),
         } for row in icl.rows],
         "skipped": [{"m": m, "reason": reason} for m, reason in icl.skipped],
     }
