@@ -99,7 +99,8 @@ def model_presets(vocab_size: int) -> dict:
     model's leak outside them is most of its approximation part. With the paper's decay 0.1
     and a floor of lr/10 that leak stayed at 2–3% however long the model trained (12,000
     steps: 0.030 nats on the paper's ICL target at η = 0.04); without decay and with the
-    learning rate going to 0 the same 12,000 steps reach 0.011 (docs/results.md, "Tuning").
+    learning rate going to 0 the same 12,000 steps reach 0.011, and 20,000 steps bring every
+    approximation part under 0.01 but one (docs/results.md, "The targets" and "Tuning").
     ``paper``: the paper's nanoGPT and its AdamW settings (THEORY.md §7), for a GPU.
     """
     return {
