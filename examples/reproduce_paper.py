@@ -91,6 +91,10 @@ class ModelPreset(NamedTuple):
     batch_size: int
     weight_decay: float
     min_lr: Optional[float]   # where the cosine ends; None: TrainConfig's max_lr / 10
+    short_windows: int        # extra windows of SHORT_CONTEXT tokens a step (TrainConfig.short_windows)
+
+
+SHORT_CONTEXT = 8  # the longest understanding prompt, a delimiter and 6 letters, is 7 tokens
 
 
 def model_presets(vocab_size: int) -> dict:
@@ -98,20 +102,26 @@ def model_presets(vocab_size: int) -> dict:
     examples (a delimiter, 8 × 22 tokens, a query: 178).
 
     ``small``: tinylatent's CPU model, lr 3e-3, no weight decay, the cosine down to 0, 6000
-    steps. The evaluation is dominated by one rare position, the first letter of a message
-    (one token in 22): q puts exactly 0 outside the six letters of θ and θ + 1 there, and the
-    model's leak outside them is most of its approximation part. With the paper's decay 0.1
-    and a floor of lr/10 that leak stayed at 2–3% however long the model trained (12,000
-    steps: 0.030 nats on the paper's ICL target at η = 0.04); without decay and with the
-    learning rate going to 0 the same 12,000 steps reach 0.011, and 20,000 steps bring every
-    approximation part under 0.01 but one (docs/results.md, "The targets" and "Tuning").
+    steps, and 64 short windows of 8 tokens a step besides the 12 of 192. Two rare positions
+    dominate the evaluation:
+
+    * the first letter of a message (one token in 22): q puts exactly 0 outside the six
+      letters of θ and θ + 1 there, and the model's leak outside them is most of its
+      approximation part. With the paper's decay 0.1 and a floor of lr/10 that leak stayed
+      at 2–3% however long the model trained (12,000 steps: 0.030 nats on the paper's ICL
+      target at η = 0.04); without decay and with the learning rate going to 0 the same
+      12,000 steps reach 0.011 (docs/results.md, "Tuning");
+    * the first positions of a window, where the understanding prompts of 1–6 letters and
+      the ICL prompt of m = 0 are read: 12 examples a step, so the model's answer there
+      stays a noisy estimate (its block masses off by about 0.01 after 30,000 steps). The
+      short windows give them 76 a step for 8% more time (docs/results.md, "Short windows").
     ``paper``: the paper's nanoGPT and its AdamW settings (THEORY.md §7), for a GPU.
     """
     return {
         "small": ModelPreset(replace(GPTConfig.small(vocab_size), context_length=192), 3e-3, 6000, 12,
-                             weight_decay=0.0, min_lr=0.0),
+                             weight_decay=0.0, min_lr=0.0, short_windows=64),
         "paper": ModelPreset(replace(GPTConfig.paper(vocab_size), context_length=192), 6e-4, 5000, 12,
-                             weight_decay=0.1, min_lr=None),
+                             weight_decay=0.1, min_lr=None, short_windows=0),
     }
 
 
@@ -148,6 +158,8 @@ def configs_for(model_preset: ModelPreset, budget: Budget, seed: int, device: st
     steps = steps or budget.steps or model_preset.steps
     training = TrainConfig(steps=steps, batch_size=model_preset.batch_size, max_lr=model_preset.max_lr,
                            weight_decay=model_preset.weight_decay, min_lr=model_preset.min_lr,
+                           short_windows=model_preset.short_windows,
+                           short_context=min(SHORT_CONTEXT, model.context_length),
                            eval_interval=max(1, steps // CURVE_POINTS), eval_windows=budget.eval_windows,
                            checkpoint_interval=steps, seed=seed, device=device)
     return model, training
@@ -448,8 +460,9 @@ def run(args: argparse.Namespace) -> dict:
     model_config, train_config = configs_for(model_presets(vocab_size)[args.preset], budget, args.seed, args.device,
                                              args.steps)
     experiments = [e for e in EXPERIMENTS if args.only is None or e.name in args.only]
+    short = (f" + {train_config.short_windows} × {train_config.short_context}" if train_config.short_windows else "")
     description = (f"{args.preset} model, {budget_name} budget: {train_config.steps} steps of "
-                   f"{train_config.batch_size} × {model_config.context_length} tokens, lr {train_config.max_lr:g} "
+                   f"{train_config.batch_size} × {model_config.context_length}{short} tokens, lr {train_config.max_lr:g} "
                    f"(cosine to {train_config.resolved(model_config).min_lr:g}), weight decay {train_config.weight_decay:g}")
 
     def log(line: str) -> None:

@@ -55,6 +55,17 @@ def test_the_optimiser_options_reach_the_checkpoint_and_the_schedule(tmp_path, c
     assert checkpoint.optimizer_state["weight_decay"] == 0.0
 
 
+def test_short_windows_reach_the_checkpoint_and_the_token_count(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--steps", "2", "--short-windows", "5", "--short-context", "3", "--out", str(out),
+                 "--json", *TINY]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    checkpoint = load_checkpoint(out / "ckpt.npz")
+    assert checkpoint.train_config["short_windows"] == 5 and checkpoint.train_config["short_context"] == 3
+    config = checkpoint.train_config
+    assert summary["tokens_seen"] == 2 * (config["batch_size"] * config["context_length"] + 5 * 3)
+
+
 def test_generate_continues_a_prompt_with_letters_of_the_vocabulary(trained, capsys):
     out, _ = trained
     args = ["generate", "--checkpoint", str(out / "ckpt.npz"), "--prompt", "abc", "--tokens", "30", "--seed", "4"]
@@ -114,6 +125,9 @@ def assert_one_line_error(capsys, argv, message: str) -> None:
     (["train", "--lr", "1e-3", "--min-lr", "2e-3", "--steps", "3"], "min_lr must be a number in [0, max_lr]"),
     (["train", "--weight-decay", "-0.1", "--steps", "3"], "weight_decay must be a non-negative number"),
     (["train", "--n-head", "3", "--d-model", "16"], "must be divisible by n_head"),
+    (["train", "--short-windows", "-1"], "must be a non-negative integer"),
+    (["train", "--short-windows", "4", "--short-context", "500", "--steps", "3"],
+     "short_context (500) must be at most the context_length"),
     (["train", "--language-file", "/no/such/language.json"], "No such file or directory"),
     (["generate", "--checkpoint", "/no/such/ckpt.npz"], "No such file or directory: /no/such/ckpt.npz"),
 ])

@@ -18,7 +18,8 @@ from tinylatent.gpt import GPT, GPTConfig
 from tinylatent.language import paper_language, random_language, sample_corpus, sample_windows
 from tinylatent.optim import AdamW
 from tinylatent.train import (
-    LOG_FILENAME, RandomStreams, TrainConfig, TrainingData, TrainingDiverged, bayes_validation_loss, train,
+    LOG_FILENAME, RandomStreams, TrainConfig, TrainingData, TrainingDiverged, batches_loss_and_grads,
+    bayes_validation_loss, train,
 )
 
 
@@ -142,7 +143,8 @@ def test_validation_windows_are_fixed_by_the_seed_and_independent_of_training_dr
     # training windows come only from the Generator passed in
     rng_a = RandomStreams.generator(RandomStreams.from_seed(config.seed).data)
     rng_b = RandomStreams.generator(RandomStreams.from_seed(config.seed).data)
-    assert np.array_equal(first.train_batch(rng_a), second.train_batch(rng_b))
+    (windows_a,), (windows_b,) = first.train_batch(rng_a), second.train_batch(rng_b)
+    assert np.array_equal(windows_a, windows_b)
     other_seed = TrainingData(language, config, RandomStreams.from_seed(config.seed + 1))
     assert not np.array_equal(first.validation, other_seed.validation)
 
@@ -333,6 +335,8 @@ def test_train_config_round_trips_and_resolves():
     ("device", "tpu", "device must be one of cpu, gpu"),
     ("validation_fraction", 1.0, r"validation_fraction must lie in \(0, 1\)"),
     ("seed", -1, "seed must be a non-negative integer"),
+    ("short_windows", -1, "short_windows must be a non-negative integer"),
+    ("short_context", 0, "short_context must be a positive integer"),
 ])
 def test_bad_train_config_values_are_named(field, value, message):
     with pytest.raises(ValueError, match=message):
@@ -355,3 +359,71 @@ def test_resume_keeps_the_resolved_warmup_when_steps_grow(tmp_path):
     assert summary["steps"] == 40
     stored = load_checkpoint(tmp_path / CHECKPOINT_FILENAME).train_config
     assert stored["warmup_steps"] == 2 and stored["steps"] == 40
+
+
+# -- short windows: more examples of the first positions ---------------------------------------
+
+def test_short_windows_are_drawn_after_the_long_ones_from_the_same_generator():
+    language = tiny_language()
+    config = tiny_run(short_windows=5, short_context=3).resolved(tiny_model(language))
+    assert config.tokens_per_step == 8 * 16 + 5 * 3
+    data = TrainingData(language, config, RandomStreams.from_seed(config.seed))
+    rng = RandomStreams.generator(RandomStreams.from_seed(config.seed).data)
+    long_windows, short_windows = data.train_batch(rng)
+    assert long_windows.shape == (8, 17) and short_windows.shape == (5, 4)
+    assert long_windows.dtype == short_windows.dtype == np.int64
+    plain = TrainingData(language, tiny_run().resolved(tiny_model(language)), RandomStreams.from_seed(config.seed))
+    (same_long,) = plain.train_batch(RandomStreams.generator(RandomStreams.from_seed(config.seed).data))
+    assert np.array_equal(long_windows, same_long)  # adding short windows leaves the long ones as they were
+
+
+def test_windows_of_two_lengths_score_the_mean_over_all_their_tokens():
+    """Loss: the per-token mean by a second path (log_probs). Gradient: central differences, float64."""
+    language = tiny_language()
+    model = GPT.create(GPTConfig(vocab_size=language.vocab_size, context_length=8, n_layer=1, n_head=2, d_model=8,
+                                 dtype="float64"), np.random.default_rng(0))
+    long_windows = sample_windows(language, 3, 9, seed=1)                              # 3 x 8 targets
+    short_windows = sample_windows(language, 5, 3, seed=2)                             # 5 x 2 targets
+    loss, grads = batches_loss_and_grads(model, [long_windows, short_windows])
+
+    def per_token_mean() -> float:
+        token_losses = [-np.take_along_axis(model.log_probs(w[:, :-1]), w[:, 1:, None], axis=-1).ravel()
+                        for w in (long_windows, short_windows)]
+        return float(np.concatenate(token_losses).mean())
+
+    assert float(loss) == pytest.approx(per_token_mean(), rel=1e-12)
+    rng = np.random.default_rng(3)
+    for name in ("wte", "wpe", "h.0.attn.c_attn.weight"):
+        direction = rng.standard_normal(model.params[name].shape)
+        step = 1e-6
+        model.params[name] += step * direction
+        up = per_token_mean()
+        model.params[name] -= 2 * step * direction
+        down = per_token_mean()
+        model.params[name] += step * direction
+        assert float((grads[name] * direction).sum()) == pytest.approx((up - down) / (2 * step), rel=1e-6), name
+
+
+def test_short_windows_train_and_resume_bit_for_bit(tmp_path):
+    language = tiny_language()
+    settings = dict(warmup_steps=0, min_lr=1e-2, max_lr=1e-2, checkpoint_interval=5, short_windows=6, short_context=4)
+    train(language, tiny_model(language), tiny_run(steps=10, **settings), tmp_path / "straight", progress=False)
+    train(language, tiny_model(language), tiny_run(steps=5, **settings), tmp_path / "halves", progress=False)
+    train(language, tiny_model(language), tiny_run(steps=10, **settings), tmp_path / "halves", resume=True,
+          progress=False)
+    straight = load_checkpoint(tmp_path / "straight" / CHECKPOINT_FILENAME)
+    assert straight.train_config["short_windows"] == 6 and straight.train_config["short_context"] == 4
+    assert_same_state(straight, load_checkpoint(tmp_path / "halves" / CHECKPOINT_FILENAME))
+    plain = tiny_run(steps=10, **dict(settings, short_windows=0))
+    train(language, tiny_model(language), plain, tmp_path / "plain", progress=False)
+    assert not np.array_equal(load_checkpoint(tmp_path / "plain" / CHECKPOINT_FILENAME).params["wpe"],
+                              straight.params["wpe"])
+    with pytest.raises(ValueError, match="short_windows 6 -> 0"):
+        train(language, tiny_model(language), tiny_run(steps=12, **dict(settings, short_windows=0)),
+              tmp_path / "straight", resume=True, progress=False)
+
+
+def test_short_windows_longer_than_the_context_are_refused():
+    with pytest.raises(ValueError, match=r"short_context \(200\) must be at most the context_length \(128\)"):
+        TrainConfig(short_windows=4, short_context=200).resolved(GPTConfig.small())
+    assert TrainConfig(short_windows=0, short_context=200).resolved(GPTConfig.small()).short_context == 200

@@ -60,6 +60,7 @@ def _print_json(obj) -> None:
 _TRAIN_OPTIONS = (
     ("steps", "steps"), ("batch_size", "batch_size"), ("lr", "max_lr"), ("warmup", "warmup_steps"),
     ("min_lr", "min_lr"), ("weight_decay", "weight_decay"),
+    ("short_windows", "short_windows"), ("short_context", "short_context"),
     ("seed", "seed"), ("data", "data"), ("corpus_messages", "corpus_messages"), ("device", "device"),
     ("eval_interval", "eval_interval"), ("eval_windows", "eval_windows"),
     ("checkpoint_interval", "checkpoint_interval"),
@@ -181,6 +182,10 @@ def register(subparsers) -> None:
                      help="where the cosine ends, 0 ≤ MIN_LR ≤ LR (default: a tenth of --lr)")
     run.add_argument("--weight-decay", type=float, default=None,
                      help="AdamW's decoupled decay of the matrices, ≥ 0 (default 0.1)")
+    run.add_argument("--short-windows", type=_non_negative_int, default=None,
+                     help="extra windows of --short-context tokens a step, for more examples of short prompts (default 0)")
+    run.add_argument("--short-context", type=_positive_int, default=None,
+                     help="tokens of each short window, at most the context (default 8)")
     run.add_argument("--warmup", type=_non_negative_int, default=None,
                      help="warm-up steps (default min(100, steps/10))")
     run.add_argument("--seed", type=_non_negative_int, default=None, help="seed of every random stream (default 0)")

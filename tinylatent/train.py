@@ -8,7 +8,9 @@ One training step (nanoGPT's loop, THEORY.md §7):
 2. inputs = window[:, :-1], targets = window[:, 1:]: the model reads x_{1..t} and is
    scored on x_{t+1}, for every t of every window at once;
 3. loss = mean over the B·T positions of −log p(x_{t+1} | x_{≤t}) (nats/token), and
-   its gradient by :meth:`tinylatent.gpt.GPT.backward`;
+   its gradient by :meth:`tinylatent.gpt.GPT.backward`; with ``short_windows`` S > 0,
+   also S windows of L = ``short_context`` tokens, and the loss is the mean over all
+   B·T + S·L positions (see "Short windows" below);
 4. clip the gradients to a global norm of at most ``grad_clip``;
 5. one AdamW update with the learning rate of this step (linear warm-up, cosine decay).
 
@@ -16,6 +18,16 @@ What the loss can reach: on windows cut from the stream, the cross-entropy of an
 is at least the Bayes loss  E[−log q(x_{t+1} | x_{≤t})], which the exact oracle
 (:mod:`tinylatent.oracle`, ``phase="unknown"``) computes on the very same validation
 windows; the run reports both, so the model's *excess* loss over Bayes is visible.
+
+Short windows. The prediction at position t of a window is trained by one token per
+window: with B = 12 windows of T = 192 tokens, the first positions (a prompt of a few
+letters with nothing before it) get 12 examples a step, against 12·192 for the model as
+a whole. What the model says there is then an estimate from few examples, and it stays
+noisy long after the loss has converged (docs/results.md, "Short windows"). S extra
+windows of L tokens add S examples a step to each of the first L positions, for S·L
+more tokens; they come from the same data stream, and the loss stays a mean over
+tokens, so its minimiser is still q. ``short_windows=0`` (the default) is the paper's
+training.
 
 Randomness. Four independent streams are spawned from ``numpy.random.SeedSequence(seed)``:
 
@@ -101,6 +113,8 @@ class TrainConfig:
     corpus_messages: int = 100_000         # data="corpus": the paper's 100,000 lines
     validation_fraction: float = 0.1      # data="corpus": the last 10% of the corpus's tokens are held out (nanoGPT's split)
     device: str = "cpu"                    # "cpu" (NumPy) or "gpu" (CuPy)
+    short_windows: int = 0                 # extra windows of short_context tokens a step (0: none, the paper); see the module docstring
+    short_context: int = 8                 # tokens of each short window: the first positions they add examples to
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # JSON gives back a list
@@ -118,6 +132,10 @@ class TrainConfig:
         for name in ("steps", "batch_size", "eval_interval", "eval_windows", "checkpoint_interval", "corpus_messages"):
             positive_int(name)
         positive_int("context_length", allow_none=True)
+        positive_int("short_context")
+        if isinstance(self.short_windows, bool) or not isinstance(self.short_windows, (int, np.integer)) \
+                or self.short_windows < 0:
+            raise ValueError(f"TrainConfig.short_windows must be a non-negative integer; got {self.short_windows!r}")
         if self.warmup_steps is not None and (
                 isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, (int, np.integer))
                 or not 0 <= self.warmup_steps < self.steps):
@@ -148,6 +166,9 @@ class TrainConfig:
         if context_length > model_config.context_length:
             raise ValueError(f"TrainConfig.context_length ({context_length}) exceeds the model's "
                              f"context_length ({model_config.context_length})")
+        if self.short_windows and self.short_context > context_length:
+            raise ValueError(f"TrainConfig.short_context ({self.short_context}) must be at most the "
+                             f"context_length ({context_length}); short windows are the first positions of a window")
         return replace(
             self,
             context_length=context_length,
@@ -157,8 +178,8 @@ class TrainConfig:
 
     @property
     def tokens_per_step(self) -> int:
-        """B·T: the positions scored per step (needs a resolved context_length)."""
-        return self.batch_size * self.context_length
+        """B·T + S·L: the positions scored per step (needs a resolved context_length)."""
+        return self.batch_size * self.context_length + self.short_windows * self.short_context
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -275,11 +296,43 @@ class TrainingData:
                     )
             self.validation = random_windows(validation_tokens, config.eval_windows, self.window_length, validation_rng)
 
-    def train_batch(self, rng: np.random.Generator) -> np.ndarray:
-        """(batch_size, T + 1) int64 windows; all their randomness comes from ``rng``."""
+    def train_batch(self, rng: np.random.Generator) -> list:
+        """One step's windows; all their randomness comes from ``rng``.
+
+        A list of int64 arrays: (batch_size, T + 1) windows, then, if ``short_windows``
+        S > 0, (S, L + 1) short windows drawn after them.
+        """
+        shapes = [(self.config.batch_size, self.window_length)]
+        if self.config.short_windows:
+            shapes.append((self.config.short_windows, self.config.short_context + 1))
         if self.train_tokens is None:
-            return stream_windows(self.language, self.config.batch_size, self.window_length, rng)
-        return random_windows(self.train_tokens, self.config.batch_size, self.window_length, rng)
+            return [stream_windows(self.language, n, length, rng) for n, length in shapes]
+        return [random_windows(self.train_tokens, n, length, rng) for n, length in shapes]
+
+
+def batches_loss_and_grads(model: GPT, batches: list, device: str = "cpu") -> tuple:
+    """The mean loss over every target token of ``batches`` (windows of any lengths) and its gradient.
+
+    Each batch (B_i, T_i + 1) is scored as inputs ``[:, :-1]``, targets ``[:, 1:]``. With
+    N_i = B_i·T_i and L_i, g_i the mean loss of batch i and its gradient,
+    loss = Σ N_i·L_i / Σ N_i and grads = Σ N_i·g_i / Σ N_i: the same as one batch holding
+    every window, were they all of one length. Returns ``(loss, grads)`` on the model's device.
+    """
+    total = float(sum(windows[:, 1:].size for windows in batches))
+    loss, grads = None, None
+    for windows in batches:
+        inputs = to_device(windows[:, :-1], device)                                     # (B_i, T_i) x_{1..T}
+        targets = to_device(windows[:, 1:], device)                                     # (B_i, T_i) x_{2..T+1}
+        batch_loss, batch_grads = model.loss_and_grads(inputs, targets)
+        share = windows[:, 1:].size / total
+        if grads is None:
+            loss = batch_loss * share
+            grads = {name: grad * share for name, grad in batch_grads.items()}
+        else:
+            loss = loss + batch_loss * share
+            for name, grad in batch_grads.items():
+                grads[name] += grad * share
+    return loss, grads
 
 
 # ----------------------------------------------------------------------------------------
@@ -578,10 +631,7 @@ def train(language: Language, model_config: GPTConfig, train_config: TrainConfig
         while step < config.steps:
             started = time.perf_counter()
             lr = lr_at(step, config.max_lr, config.warmup_steps, config.steps, config.min_lr)
-            windows = data.train_batch(data_rng)                                   # (B, T + 1)
-            inputs = to_device(windows[:, :-1], config.device)                      # (B, T) x_{1..T}
-            targets = to_device(windows[:, 1:], config.device)                      # (B, T) x_{2..T+1}
-            loss, grads = model.loss_and_grads(inputs, targets)
+            loss, grads = batches_loss_and_grads(model, data.train_batch(data_rng), config.device)
             train_loss = float(to_host(loss))
             grad_norm = clip_grad_norm(grads, config.grad_clip) if math.isfinite(train_loss) else math.nan
             if not (math.isfinite(train_loss) and math.isfinite(grad_norm)):
