@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from examples_loader import load_example
+from tinylatent.checkpoint import load_checkpoint
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "reproduce_paper.py"
 EXPERIMENT_NAMES = ["paper-eta0", "paper-eta0.02", "paper-eta0.03", "paper-eta0.04", "paper-eta0.06",
@@ -57,6 +58,14 @@ def test_smoke_writes_well_formed_results(smoke):
     for heading in ("## Convergence", "## Language understanding", "## In-context learning", "## Targets"):
         assert heading in tables
     assert all((out / "runs" / name / "ckpt.npz").exists() for name in EXPERIMENT_NAMES)
+
+
+def test_short_windows_train_the_paper_language_models_only(smoke):
+    _, out = smoke
+    for name in EXPERIMENT_NAMES:
+        train_config = load_checkpoint(out / "runs" / name / "ckpt.npz").train_config
+        expected = 64 if name.startswith("paper") else 0        # a mixture draws one document per window
+        assert (train_config["short_windows"], train_config["short_context"]) == (expected, 8), name
 
 
 def test_a_second_run_reuses_the_checkpoints_and_writes_json_where_asked(reproduce, smoke, tmp_path, capsys, monkeypatch):
