@@ -25,7 +25,7 @@ Usage (from the repository root; the plots need matplotlib, ``pip install -e '.[
     python examples/reproduce_paper.py --smoke         # seconds: checks that everything runs (the tests)
     python examples/reproduce_paper.py --preset paper --device gpu   # the paper's 21M-parameter model
     python examples/reproduce_paper.py --steps 20000 --only paper-eta0 paper-eta0.02 paper-eta0.04 --jobs 3 --out out/long
-                                                       # the run that measures the approximation targets (27 min)
+                                                       # the run that measures the approximation targets (38 min)
 
 ``--jobs N`` trains N experiments at once, one process each (default: the cores on a CPU, 1
 on a GPU); the numbers do not depend on it.
@@ -113,8 +113,9 @@ def model_presets(vocab_size: int) -> dict:
       12,000 steps reach 0.011 (docs/results.md, "Tuning");
     * the first positions of a window, where the understanding prompts of 1–6 letters and
       the ICL prompt of m = 0 are read: 12 examples a step, so the model's answer there
-      stays a noisy estimate (its block masses off by about 0.01 after 30,000 steps). The
-      short windows give them 76 a step for 8% more time (docs/results.md, "Short windows").
+      stays a noisy estimate (its block masses off by about ±0.007 after 30,000 steps).
+      The short windows give them 76 a step for about 19% more time (docs/results.md,
+      "Short windows").
       Only on the paper's language: a mixture language's windows are each drawn from their
       own document, one sampler call per window, and 64 more of them a step made those
       models train 1.7× slower, past the 30-minute budget. The targets name the paper's
