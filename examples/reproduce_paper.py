@@ -223,7 +223,7 @@ def run_experiment(experiment: Experiment, model_config: GPTConfig, train_config
     language = preset(experiment.language, experiment.eta)
     if not outer_chain_mixes(language):
         # One document per window (train.stream_windows): a loop over windows, which would
-        # make 64 short windows double the step time of a mixture model (see model_presets).
+        # make 64 short windows slow a mixture model's step 1.7× (see model_presets).
         train_config = replace(train_config, short_windows=0)
     run_dir = out_dir / "runs" / experiment.name
     reuse = (run_dir / CHECKPOINT_FILENAME).exists()
