@@ -314,11 +314,12 @@ def batches_loss_and_grads(model: GPT, batches: list, device: str = "cpu") -> tu
     """The mean loss over every target token of ``batches`` (windows of any lengths) and its gradient.
 
     Each batch (B_i, T_i + 1) is scored as inputs ``[:, :-1]``, targets ``[:, 1:]``. With
-    N_i = B_i·T_i and L_i, g_i the mean loss of batch i and its gradient,
-    loss = Σ N_i·L_i / Σ N_i and grads = Σ N_i·g_i / Σ N_i: the same as one batch holding
-    every window, were they all of one length. Returns ``(loss, grads)`` on the model's device.
+    N_i = B_i·T_i scored tokens, ℓ_i the batch's mean −log p(x_{t+1} | x_{≤t}) and g_i its
+    gradient, loss = Σ N_i·ℓ_i / Σ N_i and grads = Σ N_i·g_i / Σ N_i (``share`` = N_i / Σ N_i):
+    the same as one batch holding every window, were they all of one length. Returns
+    ``(loss, grads)`` on the model's device.
     """
-    total = float(sum(windows[:, 1:].size for windows in batches))
+    total = float(sum(windows[:, 1:].size for windows in batches))                   # Σ N_i
     loss, grads = None, None
     for windows in batches:
         inputs = to_device(windows[:, :-1], device)                                     # (B_i, T_i) x_{1..T}
