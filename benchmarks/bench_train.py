@@ -556,7 +556,8 @@ def main(argv=None) -> int:
     print("glibc malloc: " + (", ".join(f"{k}={v}" for k, v in figures["malloc_environment"].items())
                               or "default settings (freed memory is returned to the OS)"))
     for clock, label in (("wall", "wall clock"), ("cpu", "CPU time")):
-        print(f"float32 matmul peak (2048³, {label}): NumPy {peak[clock]:.0f} GFLOP/s"
+        print(f"float32 matmul peak (2048³, {label}): {'CuPy' if args.device == 'gpu' else 'NumPy'} "
+              f"{peak[clock]:.0f} GFLOP/s"
               + (f", PyTorch {figures['torch_matmul_peak_gflops'][clock]:.0f} GFLOP/s" if torch is not None else ""))
     for name in names:
         result = bench_config(name, args, sync, torch, torch_device)

@@ -27,9 +27,10 @@ PY
 python -c "import torch; print('PyTorch', torch.__version__, 'CUDA', torch.cuda.is_available())" || true
 
 status=0
-echo "== tests (the CuPy cases must run, not skip) =="
-timeout 300 python -m pytest -q -rs -p no:cacheprovider tests/test_backend.py 2>&1 | tee "$out/test_backend.log" || status=1
-if grep -q "SKIPPED.*no CuPy" "$out/test_backend.log"; then echo "gpu_check: the GPU tests were skipped" >&2; status=1; fi
+echo "== the device tests (the real-CuPy cases must run, not skip) =="
+timeout 300 python -m pytest -q -rs -p no:cacheprovider tests/test_backend.py tests/test_device_paths.py 2>&1 \
+    | tee "$out/test_device.log" || status=1
+if grep -q "SKIPPED.*no CuPy" "$out/test_device.log"; then echo "gpu_check: the GPU tests were skipped" >&2; status=1; fi
 timeout 300 python -m pytest -q -x -p no:cacheprovider tests 2>&1 | tail -n 5 | tee "$out/test_suite.log" || status=1
 
 echo "== training step on the GPU: the paper's 21M configuration, ours against PyTorch eager =="

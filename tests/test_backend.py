@@ -1,10 +1,12 @@
 """The backend module, and the same code on every available backend.
 
-The CPU cases always run. The CuPy cases are parametrised over the backends this machine
-has: without CuPy and a CUDA device they skip with the reason, and the suite passes. With
-one, every layer's forward and backward, a full training step and the oracle must match
-the NumPy float64 reference within ``atol + rtol·|ref|``, where rtol is a small multiple
-of eps(dtype) for float64 and a float32 accumulation allowance for float32 (stated below).
+The CPU cases always run. The device cases run twice: on real CuPy, and on the fake CuPy
+of ``fake_cupy.py`` (NumPy behind CuPy's host/device rules). Without CuPy and a CUDA
+device the real cases skip with the reason, and the suite passes; the fake ones always
+run, so the device code paths are exercised in CI too. Every layer's forward and
+backward, a full training step and the oracle must match the NumPy float64 reference
+within ``atol + rtol·|ref|``, where rtol is a small multiple of eps(dtype) for float64
+and a float32 accumulation allowance for float32 (stated below).
 """
 import numpy as np
 import pytest
@@ -16,7 +18,7 @@ from tinylatent.optim import AdamW
 from tinylatent.oracle import Oracle
 
 HAVE_GPU = backend.gpu_available()
-needs_gpu = pytest.mark.skipif(not HAVE_GPU, reason="no CuPy with a CUDA device on this machine")
+
 
 # Tolerances against the NumPy float64 reference: float64 on a GPU differs only by the order of
 # summation (cuBLAS vs OpenBLAS); float32 carries ~1e-7 relative rounding per operation, and a
@@ -76,9 +78,8 @@ def _close(device_value, reference, dtype):
     np.testing.assert_allclose(backend.to_host(device_value), reference, **TOLERANCE[dtype])
 
 
-@needs_gpu
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_every_layer_forward_and_backward_matches_numpy(dtype):
+def test_every_layer_forward_and_backward_matches_numpy(gpu, dtype):
     rng = np.random.default_rng(0)
     B, T, C, NH = 2, 5, 8, 2
     x = rng.normal(size=(B, T, C))
@@ -113,9 +114,8 @@ def test_every_layer_forward_and_backward_matches_numpy(dtype):
         _close(g, g_ref, dtype)
 
 
-@needs_gpu
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_a_training_step_matches_numpy(dtype):
+def test_a_training_step_matches_numpy(gpu, dtype):
     config = GPTConfig(vocab_size=19, context_length=16, n_layer=2, n_head=2, d_model=16, dtype=dtype)
     reference_config = GPTConfig(**{**config.to_dict(), "dtype": "float64"})
     windows = sample_windows(paper_language(0.02), 4, 17, seed=0)
@@ -133,8 +133,7 @@ def test_a_training_step_matches_numpy(dtype):
         _close(models["gpu"].params[name], value, dtype)
 
 
-@needs_gpu
-def test_the_oracle_matches_numpy():
+def test_the_oracle_matches_numpy(gpu):
     language = paper_language(0.02)
     windows = sample_windows(language, 8, 40, seed=2)
     oracle = Oracle(language)
@@ -147,8 +146,7 @@ def test_the_oracle_matches_numpy():
         np.testing.assert_array_equal(backend.to_host(on_gpu.first_impossible), reference.first_impossible)
 
 
-@needs_gpu
-def test_out_of_range_token_ids_are_rejected_before_they_reach_the_device():
+def test_out_of_range_token_ids_are_rejected_before_they_reach_the_device(gpu):
     bad = backend.to_device(np.array([[0, 1, 19]]), "gpu")  # CuPy would wrap index 19 silently
     model = GPT.create(GPTConfig(vocab_size=19, context_length=8, n_layer=1, n_head=1, d_model=4),
                        np.random.default_rng(0), device="gpu")

@@ -1,0 +1,328 @@
+"""A CPU stand-in for CuPy that keeps CuPy's host/device rules, so the GPU code paths run in CI.
+
+Most machines that run the tests have no GPU, and there the CuPy cases of the suite skip.
+That leaves the ``device="gpu"`` branches of tinylatent untested until someone runs
+``benchmarks/gpu_check.sh`` on a GPU. This module closes most of that gap. Its arrays
+hold NumPy arrays, but they refuse what a CuPy array refuses, so a port mistake fails
+here as it would on the device:
+
+* **No implicit conversion to NumPy.** ``np.asarray(x)``, ``np.exp(x)`` and
+  ``np.concatenate([x])`` raise ``TypeError`` (CuPy: "Implicit conversion to a NumPy
+  array is not allowed"). The exits are ``x.get()``, ``cupy.asnumpy(x)``, and the
+  scalar conversions ``float(x)``, ``int(x)`` and ``bool(x)``.
+* **No mixing.** A NumPy array given to a ``cupy`` function, to arithmetic with a device
+  array, or assigned into one raises ``TypeError`` (CuPy: "Unsupported type
+  <class 'numpy.ndarray'>"). Python and NumPy *scalars* are fine, and so are NumPy
+  arrays used as indices (CuPy copies them over).
+* **No ``__index__``.** A device scalar cannot index a Python list or size a ``range``.
+* **Reductions and scalar indexing return 0-d device arrays**, not NumPy scalars.
+* **The host-to-device copy is a copy**: ``cupy.asarray(host)`` never aliases ``host``.
+* **No device-side random numbers**: tinylatent draws randomness on the host, and
+  ``cupy.random`` is refused here to keep it so.
+* **No warnings**: CUDA kernels do not report division by zero, so neither does this.
+
+The arithmetic is NumPy's own, so a run on this device must agree *bit for bit* with the
+same run on the CPU. What it cannot find: numerical differences of real GPU kernels
+(summation order, cuBLAS), NumPy functions that CuPy lacks (beyond ``random``), and
+speed. Those need the real device (``benchmarks/gpu_check.sh``).
+
+Install it with :func:`installed` (a context manager), which puts this module in
+``sys.modules`` as ``cupy`` and ``cupyx`` and clears tinylatent's cached CuPy.
+"""
+from __future__ import annotations
+
+import contextlib
+import operator
+import sys
+import types
+
+import numpy
+
+IMPLICIT_CONVERSION = ("Implicit conversion to a NumPy array is not allowed. "
+                       "Please use `.get()` to construct a NumPy array explicitly.")
+
+
+def _refuse_host_array(value, where: str):
+    return TypeError(f"Unsupported type {type(value)}: a NumPy array was given to {where}, "
+                     "which takes device arrays (move it with cupy.asarray first)")
+
+
+def _unwrap(value, where: str):
+    """Device arrays to their NumPy storage; NumPy arrays refused; lists and tuples walked."""
+    if isinstance(value, ndarray):
+        return value._array
+    if isinstance(value, numpy.ndarray):
+        raise _refuse_host_array(value, where)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_unwrap(item, where) for item in value)
+    return value
+
+
+def _unwrap_index(key):
+    """An index: device arrays unwrapped, NumPy arrays and lists allowed (CuPy copies them over)."""
+    if isinstance(key, ndarray):
+        return key._array
+    if isinstance(key, tuple):
+        return tuple(_unwrap_index(item) for item in key)
+    return key
+
+
+def _wrap(value):
+    """NumPy results to device arrays; NumPy scalars to 0-d device arrays (as CuPy returns)."""
+    if isinstance(value, numpy.ndarray):
+        return ndarray(value)
+    if isinstance(value, numpy.generic):
+        return ndarray(numpy.asarray(value))
+    if isinstance(value, tuple):
+        return tuple(_wrap(item) for item in value)
+    if isinstance(value, list):
+        return [_wrap(item) for item in value]
+    return value
+
+
+def _device_call(function, where: str):
+    """``function`` taking and returning device arrays, refusing NumPy arrays, never warning."""
+    def call(*args, **kwargs):
+        args = _unwrap(args, where)
+        kwargs = {name: _unwrap(value, where) for name, value in kwargs.items()}
+        with numpy.errstate(all="ignore"):
+            return _wrap(function(*args, **kwargs))
+    call.__name__ = getattr(function, "__name__", where)
+    call.__doc__ = f"fake cupy: {where} on device arrays"
+    return call
+
+
+# ---------------------------------------------------------------------------------------
+# The device array
+# ---------------------------------------------------------------------------------------
+
+def _binary(name: str, reflected: bool = False):
+    op = getattr(operator, name)
+
+    def method(self, other):
+        other = _unwrap(other, f"ndarray.__{name}__")
+        with numpy.errstate(all="ignore"):
+            return _wrap(op(other, self._array) if reflected else op(self._array, other))
+    return method
+
+
+def _in_place(name: str):
+    op = getattr(operator, name)
+
+    def method(self, other):
+        with numpy.errstate(all="ignore"):
+            op(self._array, _unwrap(other, f"ndarray.__{name}__"))  # NumPy's in-place ops write into self._array
+        return self
+    return method
+
+
+def _unary(name: str):
+    op = getattr(operator, name)
+
+    def method(self):
+        with numpy.errstate(all="ignore"):
+            return _wrap(op(self._array))
+    return method
+
+
+class ndarray:
+    """A device array: a NumPy array behind CuPy's rules (see the module docstring)."""
+
+    __slots__ = ("_array",)
+    __array_ufunc__ = None  # NumPy ufuncs refuse it, and `host + device` falls to __radd__, which refuses
+    __hash__ = None
+
+    def __init__(self, array: numpy.ndarray):
+        self._array = array
+
+    # -- the ways out to the host ------------------------------------------------------
+    def __array__(self, dtype=None, copy=None):
+        raise TypeError(IMPLICIT_CONVERSION)
+
+    def __array_function__(self, func, types, args, kwargs):
+        raise TypeError(f"{IMPLICIT_CONVERSION} (numpy.{func.__name__} was given a device array)")
+
+    def get(self, stream=None, order="C", out=None) -> numpy.ndarray:
+        return numpy.array(self._array, order=order)
+
+    def __float__(self):
+        return float(self._array)
+
+    def __int__(self):
+        return int(self._array)
+
+    def __bool__(self):
+        return bool(self._array)
+
+    def __complex__(self):
+        return complex(self._array)
+
+    def __repr__(self):
+        return repr(self._array)
+
+    def __str__(self):
+        return str(self._array)
+
+    # -- shape and iteration -----------------------------------------------------------
+    def __len__(self):
+        return len(self._array)
+
+    def __iter__(self):
+        for i in range(len(self._array)):
+            yield self[i]
+
+    def __getitem__(self, key):
+        return _wrap(self._array[_unwrap_index(key)])
+
+    def __setitem__(self, key, value):
+        self._array[_unwrap_index(key)] = _unwrap(value, "ndarray.__setitem__")
+
+    def __getattr__(self, name):
+        if name.startswith("_"):  # includes __index__, and _array before it is set (copy, pickle)
+            raise AttributeError(f"'cupy.ndarray' object has no attribute {name!r}")
+        value = getattr(self._array, name)
+        return _device_call(value, f"ndarray.{name}") if callable(value) else _wrap(value)
+
+    # -- arithmetic --------------------------------------------------------------------
+    __add__, __radd__, __iadd__ = _binary("add"), _binary("add", True), _in_place("iadd")
+    __sub__, __rsub__, __isub__ = _binary("sub"), _binary("sub", True), _in_place("isub")
+    __mul__, __rmul__, __imul__ = _binary("mul"), _binary("mul", True), _in_place("imul")
+    __truediv__, __rtruediv__, __itruediv__ = _binary("truediv"), _binary("truediv", True), _in_place("itruediv")
+    __floordiv__, __rfloordiv__ = _binary("floordiv"), _binary("floordiv", True)
+    __mod__, __rmod__ = _binary("mod"), _binary("mod", True)
+    __pow__, __rpow__, __ipow__ = _binary("pow"), _binary("pow", True), _in_place("ipow")
+    __matmul__, __rmatmul__ = _binary("matmul"), _binary("matmul", True)
+    __and__, __rand__, __iand__ = _binary("and_"), _binary("and_", True), _in_place("iand")
+    __or__, __ror__, __ior__ = _binary("or_"), _binary("or_", True), _in_place("ior")
+    __xor__, __rxor__ = _binary("xor"), _binary("xor", True)
+    __lt__, __le__, __gt__, __ge__ = _binary("lt"), _binary("le"), _binary("gt"), _binary("ge")
+    __eq__, __ne__ = _binary("eq"), _binary("ne")
+    __neg__, __pos__, __abs__, __invert__ = _unary("neg"), _unary("pos"), _unary("abs"), _unary("invert")
+
+
+ndarray.__module__ = "cupy"  # what tinylatent.backend looks at to tell a CuPy array
+
+
+class _Ufunc:
+    """A NumPy ufunc on device arrays, with its methods (``reduce``, ``accumulate``, ``outer``, ...)."""
+
+    def __init__(self, ufunc: numpy.ufunc):
+        self._ufunc = ufunc
+        self.__name__ = ufunc.__name__
+        self._call = _device_call(ufunc, f"cupy.{ufunc.__name__}")
+
+    def __call__(self, *args, **kwargs):
+        return self._call(*args, **kwargs)
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        value = getattr(self._ufunc, name)
+        return _device_call(value, f"cupy.{self.__name__}.{name}") if callable(value) else value
+
+
+# ---------------------------------------------------------------------------------------
+# The modules: cupy, cupy.cuda, cupyx
+# ---------------------------------------------------------------------------------------
+
+def asarray(value, dtype=None, order=None):
+    """Host data (or a device array) to a device array; host data is always copied."""
+    if isinstance(value, ndarray):
+        return ndarray(numpy.asarray(value._array, dtype=dtype, order=order))
+    if isinstance(value, (list, tuple)) and any(isinstance(item, ndarray) for item in value):
+        return ndarray(numpy.array(_unwrap(value, "cupy.asarray"), dtype=dtype, order=order))
+    return ndarray(numpy.array(value, dtype=dtype, order=order, copy=True))
+
+
+def asnumpy(value, stream=None, order="C", out=None) -> numpy.ndarray:
+    return value.get(order=order) if isinstance(value, ndarray) else numpy.asarray(value, order=order)
+
+
+def _module_getattr(name):
+    if name in _ABSENT:
+        raise AttributeError(f"module 'cupy' (fake) has no attribute {name!r}: {_ABSENT[name]}")
+    value = getattr(numpy, name)
+    if isinstance(value, numpy.ufunc):
+        return _Ufunc(value)
+    if isinstance(value, (type, numpy.dtype)) or not callable(value):
+        return value  # scalar types (cupy.float32 is numpy.float32), dtypes and constants (cupy.inf)
+    return _device_call(value, f"cupy.{name}")
+
+
+_ABSENT = {
+    "random": "tinylatent draws random numbers on the host from one numpy Generator, then moves them",
+    "errstate": "CuPy has no floating-point error state; wrap host NumPy code in numpy.errstate instead",
+    "seterr": "CuPy has no floating-point error state",
+}
+
+
+class _Device:
+    def __init__(self, device_id: int = 0):
+        self.id = device_id
+
+    def synchronize(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+class _MemoryPool:
+    def used_bytes(self) -> int:
+        return 0
+
+    def total_bytes(self) -> int:
+        return 0
+
+    def free_all_blocks(self) -> None:
+        pass
+
+
+runtime = types.SimpleNamespace(
+    getDeviceCount=lambda: 1,
+    getDevice=lambda: 0,
+    deviceSynchronize=lambda: None,
+    getDeviceProperties=lambda device_id: {"name": b"fake CuPy device (NumPy on the CPU)",
+                                           "totalGlobalMem": 0, "multiProcessorCount": 0},
+)
+cuda = types.SimpleNamespace(runtime=runtime, Device=_Device, is_available=lambda: True)
+
+cupy = types.ModuleType("cupy", __doc__)
+cupy.__dict__.update(
+    ndarray=ndarray, asarray=asarray, array=asarray, asnumpy=asnumpy, cuda=cuda,
+    get_default_memory_pool=_MemoryPool, __version__="fake", __getattr__=_module_getattr,
+)
+
+
+def scatter_add(target: ndarray, indices, values) -> None:
+    """``target[indices] += values`` accumulating repeated indices, as ``cupyx.scatter_add``."""
+    if not isinstance(target, ndarray):
+        raise _refuse_host_array(target, "cupyx.scatter_add")
+    numpy.add.at(target._array, _unwrap_index(indices), _unwrap(values, "cupyx.scatter_add"))
+
+
+cupyx = types.ModuleType("cupyx", "fake cupyx: scatter_add only")
+cupyx.scatter_add = scatter_add
+
+
+@contextlib.contextmanager
+def installed():
+    """Make ``import cupy`` (and ``cupyx``) give this fake, and tinylatent forget any cached CuPy."""
+    from tinylatent import backend
+
+    saved_modules = {name: sys.modules.get(name) for name in ("cupy", "cupyx")}
+    saved_cache = backend._cupy_module
+    sys.modules["cupy"], sys.modules["cupyx"] = cupy, cupyx
+    backend._cupy_module = None
+    try:
+        yield cupy
+    finally:
+        for name, module in saved_modules.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
+        backend._cupy_module = saved_cache

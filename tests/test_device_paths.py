@@ -1,0 +1,196 @@
+"""Whole workflows on the device: training, resuming, checkpoints, evaluation, generation, the CLI.
+
+``test_backend.py`` checks the pieces (each layer, one step, the oracle). These run what a
+user runs with ``device="gpu"``, end to end, against the same run on the CPU. Each runs
+on the fake CuPy (always; see ``fake_cupy.py``) and on real CuPy where there is a GPU:
+
+* on the fake CuPy the arithmetic is NumPy's, so the device run must equal the CPU run
+  **bit for bit**: any difference is a code path that differs by device;
+* on a real GPU, float64 runs must agree to ``rtol`` 1e-9 (cuBLAS and atomic scatter-adds
+  sum in another order; a few optimiser steps amplify that little).
+"""
+import json
+
+import numpy as np
+import pytest
+
+from examples_loader import load_example
+from tinylatent import backend, cli
+from tinylatent.ambiguity import measure_ambiguity
+from tinylatent.checkpoint import load_checkpoint
+from tinylatent.evaluate import evaluate
+from tinylatent.gpt import GPT, GPTConfig
+from tinylatent.language import paper_language, preset
+from tinylatent.train import TrainConfig, train
+
+REAL_GPU_TOLERANCE = dict(rtol=1e-9, atol=1e-12)
+MODEL = GPTConfig(vocab_size=19, context_length=16, n_layer=1, n_head=2, d_model=16, dtype="float64")
+
+
+def _assert_same(device_value, cpu_value, gpu):
+    """Equal bit for bit on the fake CuPy; within REAL_GPU_TOLERANCE on a real GPU."""
+    if gpu == "fake-cupy":
+        np.testing.assert_array_equal(backend.to_host(device_value), cpu_value)
+    else:
+        np.testing.assert_allclose(backend.to_host(device_value), cpu_value, **REAL_GPU_TOLERANCE)
+
+
+def _assert_same_report(device_report, cpu_report, gpu, where="report"):
+    """Two JSON-ready reports (nested dicts, lists, numbers, strings) agree leaf by leaf."""
+    assert type(device_report) is type(cpu_report), where
+    if isinstance(cpu_report, dict):
+        assert device_report.keys() == cpu_report.keys(), where
+        for key in cpu_report:
+            _assert_same_report(device_report[key], cpu_report[key], gpu, f"{where}.{key}")
+    elif isinstance(cpu_report, list):
+        assert len(device_report) == len(cpu_report), where
+        for i, (a, b) in enumerate(zip(device_report, cpu_report)):
+            _assert_same_report(a, b, gpu, f"{where}[{i}]")
+    elif isinstance(cpu_report, float):
+        if gpu == "fake-cupy":
+            assert device_report == cpu_report or (np.isnan(device_report) and np.isnan(cpu_report)), where
+        else:
+            np.testing.assert_allclose(device_report, cpu_report, **REAL_GPU_TOLERANCE, err_msg=where)
+    else:
+        assert device_report == cpu_report, where
+
+
+def _train_config(device, steps=6, **overrides):
+    settings = dict(steps=steps, batch_size=4, context_length=16, max_lr=3e-3, eval_interval=3, eval_windows=8,
+                    checkpoint_interval=3, short_windows=2, short_context=4, seed=5, device=device)
+    return TrainConfig(**{**settings, **overrides})
+
+
+def _losses(log_path):
+    return [(record["step"], record.get("loss"), record.get("val_loss"))
+            for record in map(json.loads, log_path.read_text().splitlines())]
+
+
+@pytest.mark.parametrize("language_name, data", [("paper", "stream"), ("paper-mixture", "stream"),
+                                                 ("paper", "corpus")])
+def test_training_on_the_device_matches_the_cpu_run(gpu, tmp_path, language_name, data):
+    language = preset(language_name, 0.02)
+    settings = dict(data=data, corpus_messages=200)
+    on_cpu = train(language, MODEL, _train_config("cpu", **settings), tmp_path / "cpu", progress=False)
+    on_gpu = train(language, MODEL, _train_config("gpu", **settings), tmp_path / "gpu", progress=False)
+    assert on_gpu.model.device == "gpu"
+    for name, value in on_cpu.model.params.items():
+        _assert_same(on_gpu.model.params[name], value, gpu)
+    for key in ("train_loss", "val_loss", "excess_val_loss", "tokens_seen"):
+        assert isinstance(on_gpu.summary[key], (int, float)), key  # host numbers, not device scalars
+        _assert_same_report(on_gpu.summary[key], on_cpu.summary[key], gpu, key)
+    cpu_log, gpu_log = _losses(tmp_path / "cpu" / "log.jsonl"), _losses(tmp_path / "gpu" / "log.jsonl")
+    assert [row[0] for row in gpu_log] == [row[0] for row in cpu_log]
+    _assert_same(np.array([row[1:] for row in gpu_log], dtype=float), np.array([row[1:] for row in cpu_log], dtype=float), gpu)
+
+
+def test_a_device_run_resumes_on_either_device_as_if_uninterrupted(gpu, tmp_path):
+    """With a constant learning rate, 3 steps then a resume to 6 is the run of 6 straight."""
+    language = paper_language(0.0)
+    constant_lr = dict(warmup_steps=0, min_lr=3e-3)
+
+    def run(device, steps, out, resume=False):
+        config = _train_config(device, steps=steps, **constant_lr)
+        return train(language, MODEL, config, tmp_path / out, resume=resume, progress=False).model
+
+    whole = run("gpu", 6, "whole")
+    run("gpu", 3, "split")
+    resumed = run("gpu", 6, "split", resume=True)
+    run("gpu", 3, "moved")
+    moved = run("cpu", 6, "moved", resume=True)
+    assert resumed.device == "gpu" and moved.device == "cpu"
+    whole_on_host = {name: backend.to_host(value) for name, value in whole.params.items()}
+    for name, value in whole_on_host.items():
+        _assert_same(resumed.params[name], value, gpu)
+        _assert_same(moved.params[name], value, gpu)
+    # the device run's checkpoint is plain NumPy: it loads on the CPU with the same weights
+    on_cpu = load_checkpoint(tmp_path / "whole" / "ckpt.npz").model("cpu")
+    for name, value in whole_on_host.items():
+        np.testing.assert_array_equal(on_cpu.params[name], value)
+
+
+def test_evaluating_a_device_model_gives_the_cpu_report(gpu):
+    language = paper_language(0.02)
+    cpu_model = GPT.create(MODEL, np.random.default_rng(3), device="cpu")
+    gpu_model = GPT(MODEL, {name: backend.to_device(value, "gpu") for name, value in cpu_model.params.items()})
+    settings = dict(n_windows=4, n_prompts=3, max_letters=2, max_examples=2, seed=1)
+    cpu_report = evaluate(cpu_model, language, **settings)
+    gpu_report = evaluate(gpu_model, language, **settings)
+    json.dumps(gpu_report, allow_nan=True)  # JSON-ready: no device array leaked into the report
+    _assert_same_report(gpu_report, cpu_report, gpu)
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_measuring_ambiguity_on_the_device_gives_the_cpu_report(gpu, exact):
+    language = paper_language(0.05)
+    settings = dict(n_messages=300, seed=0, message_length=3, exact=exact)
+    on_cpu = measure_ambiguity(language, device="cpu", **settings).as_dict()
+    _assert_same_report(measure_ambiguity(language, device="gpu", **settings).as_dict(), on_cpu, gpu)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_generating_on_the_device_gives_the_cpu_tokens(gpu, use_cache):
+    cpu_model = GPT.create(MODEL, np.random.default_rng(4), device="cpu")
+    gpu_model = GPT(MODEL, {name: backend.to_device(value, "gpu") for name, value in cpu_model.params.items()})
+    prompt = np.array([[0, 3, 4], [0, 9, 10]])
+    # 20 new tokens pass the 16-token context, so the window slides and the cache is rebuilt
+    kwargs = dict(n_new_tokens=20, temperature=0.8, top_k=10, use_cache=use_cache)
+    on_cpu = cpu_model.generate(prompt, rng=np.random.default_rng(0), **kwargs)
+    on_gpu = gpu_model.generate(backend.to_device(prompt, "gpu"), rng=np.random.default_rng(0), **kwargs)
+    assert isinstance(on_gpu, np.ndarray)  # the tokens come back to the host
+    np.testing.assert_array_equal(on_gpu, on_cpu)
+
+
+def test_every_command_with_a_device_option_runs_on_the_device(gpu, tmp_path, capsys):
+    common = ["--n-layer", "1", "--d-model", "16", "--n-head", "2", "--context", "16", "--steps", "4",
+              "--batch-size", "4", "--eval-interval", "2", "--eval-windows", "4", "--no-progress", "--json"]
+    reports = {}
+    for device in ("cpu", "gpu"):
+        out = tmp_path / device
+        assert cli.main(["train", *common, "--device", device, "--out", str(out)]) == 0
+        trained = json.loads(capsys.readouterr().out)
+        assert cli.main(["eval", "--checkpoint", str(out / "ckpt.npz"), "--windows", "2", "--prompts", "2",
+                         "--max-letters", "1", "--max-examples", "1", "--device", device, "--json"]) == 0
+        evaluated = json.loads(capsys.readouterr().out)
+        assert evaluated.pop("checkpoint") == str(out / "ckpt.npz")
+        assert cli.main(["generate", "--checkpoint", str(out / "ckpt.npz"), "--tokens", "12",
+                         "--device", device, "--json"]) == 0
+        generated = json.loads(capsys.readouterr().out)
+        assert generated.pop("checkpoint") == str(out / "ckpt.npz")
+        language = ["--eta", "0.02", "--device", device, "--json"]
+        assert cli.main(["posterior", "--prompt", "ab\\ncb", "--phase", "unknown", *language]) == 0
+        posterior = json.loads(capsys.readouterr().out)
+        assert cli.main(["ambiguity", "--length", "2", "--messages", "50", "--sample", *language]) == 0
+        ambiguity = json.loads(capsys.readouterr().out)
+        reports[device] = {"val_loss": trained["val_loss"], "eval": evaluated, "generated": generated,
+                           "posterior": posterior, "ambiguity": ambiguity}
+    _assert_same_report(reports["gpu"], reports["cpu"], gpu)
+
+
+def test_the_training_benchmark_runs_on_the_device(gpu, tmp_path, capsys):
+    """What ``benchmarks/gpu_check.sh`` runs, on the smallest configuration: it finishes and writes its JSON."""
+    bench_train = load_example("bench_train", folder="benchmarks")
+    out = tmp_path / "bench.json"
+    assert bench_train.main(["--device", "gpu", "--configs", "small", "--steps", "1", "--warmup", "0",
+                             "--json", str(out)]) == 0
+    assert "device gpu" in capsys.readouterr().out
+    figures = json.loads(out.read_text())
+    assert figures["device"] == "gpu"
+    small = figures["configs"]["small"]
+    assert small["wall"]["tokens_per_s"] > 0 and small["split_clock"] == "wall"
+    assert set(bench_train.LAYER_KINDS) <= set(small["split_seconds"])
+
+
+def test_the_benchmark_copies_a_device_model_into_pytorch(gpu):
+    """The PyTorch side of ``--vs torch``: built from our device model, the same first loss.
+    (PyTorch on the CPU stands in for PyTorch on CUDA; gpu_check.sh runs the real pair.)"""
+    torch = pytest.importorskip("torch")
+    bench_train = load_example("bench_train", folder="benchmarks")
+    model = GPT.create(GPTConfig(n_layer=1, n_head=2, d_model=16, context_length=8), np.random.default_rng(0),
+                       device="gpu")
+    idx_host = np.random.default_rng(1).integers(0, 19, size=(2, 8))
+    targets_host = np.random.default_rng(2).integers(0, 19, size=(2, 8))
+    ours = float(backend.to_host(model.forward(backend.to_device(idx_host, "gpu"),
+                                               backend.to_device(targets_host, "gpu"))[1]))
+    theirs = bench_train.TorchGPT(torch, model, "cpu").loss(torch.tensor(idx_host), torch.tensor(targets_host))
+    np.testing.assert_allclose(float(theirs.detach()), ours, rtol=1e-5)
