@@ -3,13 +3,16 @@
 Most machines that run the tests have no GPU, and there the CuPy cases of the suite skip.
 That leaves the ``device="gpu"`` branches of tinylatent untested until someone runs
 ``benchmarks/gpu_check.sh`` on a GPU. This module closes most of that gap. Its arrays
-hold NumPy arrays, but they refuse what a CuPy array refuses, so a port mistake fails
-here as it would on the device:
+hold NumPy arrays, but they refuse what a CuPy array refuses (and, by tinylatent's rule,
+a little more), so a port mistake fails here as it would on the device:
 
-* **No implicit conversion to NumPy.** ``np.asarray(x)``, ``np.exp(x)`` and
-  ``np.concatenate([x])`` raise ``TypeError`` (CuPy: "Implicit conversion to a NumPy
-  array is not allowed"). The exits are ``x.get()``, ``cupy.asnumpy(x)``, and the
-  scalar conversions ``float(x)``, ``int(x)`` and ``bool(x)``.
+* **No implicit conversion to NumPy.** ``np.asarray(x)`` raises ``TypeError`` (CuPy:
+  "Implicit conversion to a NumPy array is not allowed"). The exits are ``x.get()``,
+  ``cupy.asnumpy(x)``, and the scalar conversions ``float(x)``, ``int(x)`` and ``bool(x)``.
+* **No NumPy function on a device array.** ``np.exp(x)`` and ``np.concatenate([x])``
+  raise ``TypeError`` here. This is stricter than CuPy, which hands many of them on to
+  its own functions (``__array_ufunc__``, ``__array_function__``), but it is
+  tinylatent's rule: compute code calls ``xp.exp``, with ``xp`` from its arrays.
 * **No mixing.** A NumPy array given to a ``cupy`` function, to arithmetic with a device
   array, or assigned into one raises ``TypeError`` (CuPy: "Unsupported type
   <class 'numpy.ndarray'>"). Python and NumPy *scalars* are fine, and so are NumPy
@@ -23,8 +26,8 @@ here as it would on the device:
 
 The arithmetic is NumPy's own, so a run on this device must agree *bit for bit* with the
 same run on the CPU. What it cannot find: numerical differences of real GPU kernels
-(summation order, cuBLAS), NumPy functions that CuPy lacks (beyond ``random``), and
-speed. Those need the real device (``benchmarks/gpu_check.sh``).
+(summation order, cuBLAS), CuPy's type promotion where it differs from NumPy 2's, NumPy
+functions that CuPy lacks (beyond ``random``), and speed. Those need the real device (``benchmarks/gpu_check.sh``).
 
 Install it with :func:`installed` (a context manager), which puts this module in
 ``sys.modules`` as ``cupy`` and ``cupyx`` and clears tinylatent's cached CuPy.
