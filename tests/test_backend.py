@@ -11,6 +11,7 @@ and a float32 accumulation allowance for float32 (stated below).
 import numpy as np
 import pytest
 
+import fake_cupy
 from tinylatent import backend, layers
 from tinylatent.gpt import GPT, GPTConfig
 from tinylatent.language import paper_language, sample_windows
@@ -64,6 +65,43 @@ def test_scatter_add_accumulates_repeated_indices():
 def test_token_ids_are_checked_on_the_host(ids, fragment):
     with pytest.raises(ValueError, match=fragment):
         backend.check_token_ids(ids, 19)
+
+
+def test_the_fake_cupy_refuses_what_it_promises_to():
+    """The device cases below are only as strict as the fake: each rule of fake_cupy.py, checked."""
+    with fake_cupy.installed() as cupy:
+        assert backend.array_module("gpu") is cupy
+        host = np.arange(6.0).reshape(2, 3)
+        x = backend.to_device(host, "gpu")
+        assert backend.device_of(x) == "gpu" and backend.xp_of(x) is cupy
+        host[0, 0] = 100.0                                   # the host-to-device copy is a copy
+        assert float(x[0, 0]) == 0.0
+        refused = {
+            "implicit conversion": lambda: np.asarray(x),
+            "a NumPy ufunc": lambda: np.exp(x),
+            "a NumPy function": lambda: np.concatenate([x, x]),
+            "device + host array": lambda: x + host,
+            "host + device array": lambda: host + x,
+            "a host array in a cupy function": lambda: cupy.maximum(x, host),
+            "a host array assigned in": lambda: x.__setitem__(0, host[0]),
+            "a device scalar as a list index": lambda: [1, 2, 3][x[0, 1].astype(np.int64)],
+            "mixing in xp_of": lambda: backend.xp_of(x, host),
+        }
+        for what, action in refused.items():
+            with pytest.raises((TypeError, ValueError)):
+                action()
+                pytest.fail(f"the fake CuPy allowed {what}")
+        with pytest.raises(AttributeError, match="host"):
+            cupy.random
+        total = x.sum()                                      # reductions stay on the device, as 0-d arrays
+        assert backend.device_of(total) == "gpu" and total.shape == () and float(total) == 15.0
+        assert backend.device_of(x[1, 2]) == "gpu"
+        np.testing.assert_array_equal(backend.to_host(x * 2.0 + x[np.array([1, 0])]), 2.0 * np.arange(6.0).reshape(2, 3)
+                                      + np.arange(6.0).reshape(2, 3)[[1, 0]])
+        target = cupy.zeros(3)
+        backend.scatter_add(target, backend.to_device(np.array([2, 2, 0]), "gpu"), cupy.ones(3))
+        np.testing.assert_array_equal(backend.to_host(target), [1.0, 0.0, 2.0])
+    assert backend.device_of(np.zeros(1)) == "cpu"
 
 
 # ---------------------------------------------------------------------------------------
