@@ -14,6 +14,9 @@ on a batch of random token windows, float32. For each configuration it reports:
   steps, and the ratio step / matmuls: how much everything that is not a matmul costs;
 * the time split by layer kind (an instrumented extra step: each layer function is
   wrapped with a timer; "other" is the rest: residual adds, reshapes, Python);
+* on a GPU, the host time to issue one step (every kernel launched, none waited for),
+  ours and PyTorch's, as a share of the step: near 100% the step is bound by the Python
+  and launch overhead of its many small kernels, not by the GPU;
 * peak memory: the largest amount of NumPy memory allocated during one step above what
   was held before it (``tracemalloc``, which NumPy reports its allocations to), next to
   the activations the backward pass keeps (the forward cache's arrays, each buffer once).
@@ -130,6 +133,17 @@ def wall_and_cpu_seconds(function, sync) -> tuple:
     function()
     sync()
     return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def issue_seconds(function, sync) -> float:
+    """Host seconds to call ``function`` without waiting for the device: on a GPU, the time
+    to launch its kernels (they run meanwhile); on the CPU, the same as the wall clock."""
+    sync()
+    start = time.perf_counter()
+    function()
+    issued = time.perf_counter() - start
+    sync()
+    return issued
 
 
 def matmul_peak(device: str, sync, n: int = 2048, repeats: int = 5) -> dict:
@@ -426,6 +440,7 @@ def bench_config(name: str, args, sync, torch, torch_device) -> dict:
     # rounds of: our step, PyTorch's step, our step's matmuls alone; each ratio compares
     # times taken moments apart, so that both sides see the same machine load
     ours, theirs, matmuls, faults, system = [], [], [], [], []
+    ours_issued, theirs_issued = [], []
     for _ in range(args.steps):
         before = resource.getrusage(resource.RUSAGE_SELF)
         ours.append(wall_and_cpu_seconds(lambda: our_step(model, optimizer, idx, targets), sync))
@@ -435,6 +450,10 @@ def bench_config(name: str, args, sync, torch, torch_device) -> dict:
         if torch_model is not None:
             theirs.append(wall_and_cpu_seconds(lambda: torch_model.step(torch_idx, torch_targets), torch_sync))
         matmuls.append(wall_and_cpu_seconds(replay, sync))
+        if args.device == "gpu":
+            ours_issued.append(issue_seconds(lambda: our_step(model, optimizer, idx, targets), sync))
+            if torch_model is not None:
+                theirs_issued.append(issue_seconds(lambda: torch_model.step(torch_idx, torch_targets), torch_sync))
     del replay
     result.update(page_faults_per_step=statistics.median(faults), system_seconds_per_step=statistics.median(system))
     tokens = B * T
@@ -455,6 +474,13 @@ def bench_config(name: str, args, sync, torch, torch_device) -> dict:
                            ratio_per_pair=[t / o for o, t in zip(ours_s, theirs_s)])
             figures["ratio_median"] = statistics.median(figures["ratio_per_pair"])
         result[clock] = figures
+    if ours_issued:
+        result["issue_seconds_median"] = statistics.median(ours_issued)
+        result["issue_share_of_step"] = result["issue_seconds_median"] / result["wall"]["step_seconds_median"]
+    if theirs_issued:
+        result["torch_issue_seconds_median"] = statistics.median(theirs_issued)
+        result["torch_issue_share_of_step"] = (result["torch_issue_seconds_median"]
+                                               / result["wall"]["torch_step_seconds_median"])
     # CPU time when one thread does all the work (immune to other processes' time slices), else wall
     single_threaded = args.device == "cpu" and blas_threads() == "1"
     result["split_clock"] = "cpu" if single_threaded else "wall"
@@ -486,6 +512,11 @@ def print_config(name: str, r: dict, peak: dict) -> None:
         rounds = " ".join(f"{x:.2f}" for x in c["step_over_matmuls_per_round"])
         print(f"   [{label}] its matmuls alone {c['matmul_seconds_median'] * 1e3:.1f} ms   step / matmuls per round: "
               f"{rounds}   median {c['step_over_matmuls']:.2f}")
+    if "issue_seconds_median" in r:
+        theirs = (f"; PyTorch {r['torch_issue_seconds_median'] * 1e3:.1f} ms = {r['torch_issue_share_of_step']:.0%}"
+                  if "torch_issue_seconds_median" in r else "")
+        print(f"   host time to issue one step (no waiting): ours {r['issue_seconds_median'] * 1e3:.1f} ms "
+              f"= {r['issue_share_of_step']:.0%} of its step{theirs} (near 100%: bound by kernel launches)")
     total = sum(r["split_seconds"].values())
     clock = "CPU time" if r["split_clock"] == "cpu" else "wall clock"
     print(f"   {'time by layer kind (instrumented step, ' + clock + ')':<52} {'ms':>8} {'share':>7}")

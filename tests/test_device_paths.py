@@ -178,6 +178,7 @@ def test_the_training_benchmark_runs_on_the_device(gpu, tmp_path, capsys):
     assert figures["device"] == "gpu"
     small = figures["configs"]["small"]
     assert small["wall"]["tokens_per_s"] > 0 and small["split_clock"] == "wall"
+    assert 0.0 < small["issue_seconds_median"] and 0.0 < small["issue_share_of_step"]
     assert set(bench_train.LAYER_KINDS) <= set(small["split_seconds"])
 
 
