@@ -30,10 +30,13 @@ same run on the CPU. What it cannot find: numerical differences of real GPU kern
 functions that CuPy lacks (beyond ``random``), and speed. Those need the real device (``benchmarks/gpu_check.sh``).
 
 Install it with :func:`installed` (a context manager), which puts this module in
-``sys.modules`` as ``cupy`` and ``cupyx`` and clears tinylatent's cached CuPy.
+``sys.modules`` as ``cupy`` and ``cupyx`` and clears tinylatent's cached CuPy. Inside
+:func:`counting` every device operation is counted by name: on a GPU nearly each one that
+is not a view (``reshape``, ``__getitem__`` with slices) is one kernel launch.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import operator
 import sys
@@ -83,9 +86,29 @@ def _wrap(value):
     return value
 
 
+_counts = None  # a Counter while inside counting()
+
+
+def _count(where: str) -> None:
+    if _counts is not None:
+        _counts[where] += 1
+
+
+@contextlib.contextmanager
+def counting():
+    """Count the device operations run inside, by name: ``with counting() as counts: ...``."""
+    global _counts
+    saved, _counts = _counts, collections.Counter()
+    try:
+        yield _counts
+    finally:
+        _counts = saved
+
+
 def _device_call(function, where: str):
     """``function`` taking and returning device arrays, refusing NumPy arrays, never warning."""
     def call(*args, **kwargs):
+        _count(where)
         args = _unwrap(args, where)
         kwargs = {name: _unwrap(value, where) for name, value in kwargs.items()}
         with numpy.errstate(all="ignore"):
@@ -103,6 +126,7 @@ def _binary(name: str, reflected: bool = False):
     op = getattr(operator, name)
 
     def method(self, other):
+        _count(f"ndarray.__{name}__")
         other = _unwrap(other, f"ndarray.__{name}__")
         with numpy.errstate(all="ignore"):
             return _wrap(op(other, self._array) if reflected else op(self._array, other))
@@ -113,6 +137,7 @@ def _in_place(name: str):
     op = getattr(operator, name)
 
     def method(self, other):
+        _count(f"ndarray.__{name}__")
         with numpy.errstate(all="ignore"):
             op(self._array, _unwrap(other, f"ndarray.__{name}__"))  # NumPy's in-place ops write into self._array
         return self
@@ -123,6 +148,7 @@ def _unary(name: str):
     op = getattr(operator, name)
 
     def method(self):
+        _count(f"ndarray.__{name}__")
         with numpy.errstate(all="ignore"):
             return _wrap(op(self._array))
     return method
@@ -175,9 +201,11 @@ class ndarray:
             yield self[i]
 
     def __getitem__(self, key):
+        _count("ndarray.__getitem__")
         return _wrap(self._array[_unwrap_index(key)])
 
     def __setitem__(self, key, value):
+        _count("ndarray.__setitem__")
         self._array[_unwrap_index(key)] = _unwrap(value, "ndarray.__setitem__")
 
     def __getattr__(self, name):

@@ -6,7 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from tinylatent import layers
+import fake_cupy
+from tinylatent import backend, layers
 from tinylatent.optim import AdamW, clip_grad_norm, lr_at
 
 
@@ -152,6 +153,69 @@ def test_adamw_matches_torch_when_available():
         optimizer.step(params, grads, lr=1e-2)
     for name in params:
         np.testing.assert_allclose(params[name], torch_params[name].detach().numpy(), rtol=1e-13, atol=1e-15)
+
+
+def test_adamw_on_a_gpu_updates_all_at_once_with_the_cpu_numbers(gpu):
+    """On a GPU every parameter is updated in one set of passes over flat buffers; the numbers
+    are the CPU's per-parameter blocks' (bit for bit on the fake CuPy, to rounding on a GPU),
+    through a zero learning rate, a resume from the state dict, a parameter added on the
+    way (the flat buffers are rebuilt), and mixed dtypes (per parameter again)."""
+    def same(device_value, cpu_value):
+        if gpu == "fake-cupy":
+            np.testing.assert_array_equal(backend.to_host(device_value), cpu_value)
+        else:
+            np.testing.assert_allclose(backend.to_host(device_value), cpu_value, rtol=1e-12, atol=1e-15)
+
+    rng = np.random.default_rng(5)
+    cpu_params = make_params(rng)
+    cpu_params["h.0.mlp.c_fc.weight"] = rng.standard_normal((3, 4))              # a second matrix, after a vector
+    gpu_params = {name: backend.to_device(p, "gpu") for name, p in cpu_params.items()}
+    cpu_opt, gpu_opt = AdamW(), AdamW()
+
+    def step(lr):
+        grads = make_grads(rng, cpu_params)
+        cpu_opt.step(cpu_params, grads, lr)
+        gpu_opt.step(gpu_params, {name: backend.to_device(g, "gpu") for name, g in grads.items()}, lr)
+        for name in cpu_params:
+            same(gpu_params[name], cpu_params[name])
+            same(gpu_opt.m[name], cpu_opt.m[name])
+            same(gpu_opt.v[name], cpu_opt.v[name])
+
+    for lr in (1e-2, 0.0, 5e-3):
+        step(lr)
+    assert gpu_opt._all_at_once is not None
+    resumed = AdamW()
+    resumed.load_state_dict(gpu_opt.state_dict())
+    gpu_opt = resumed
+    step(1e-2)
+    cpu_params["h.1.ln_2.bias"] = rng.standard_normal(3)
+    gpu_params["h.1.ln_2.bias"] = backend.to_device(cpu_params["h.1.ln_2.bias"], "gpu")
+    step(1e-2)
+    step(2e-3)
+    cpu_params["wte"] = cpu_params["wte"].astype(np.float32)                      # mixed dtypes: per parameter
+    gpu_params["wte"] = backend.to_device(cpu_params["wte"], "gpu")
+    step(1e-2)
+
+
+def test_adamw_on_a_gpu_launches_the_same_passes_for_any_number_of_parameters():
+    """Counted on the fake CuPy: besides one view and one write-back per parameter, the update
+    is two gathers and the 13 passes (with decay), however many parameters there are; per
+    parameter it would be 13 passes each."""
+    def passes(n_matrices):
+        rng = np.random.default_rng(0)
+        params = {f"w{i}": backend.to_device(rng.standard_normal((4, 3)), "gpu") for i in range(n_matrices)}
+        params["bias"] = backend.to_device(rng.standard_normal(3), "gpu")
+        grads = {name: backend.to_device(rng.standard_normal(p.shape), "gpu") for name, p in params.items()}
+        optimizer = AdamW()
+        optimizer.step(params, grads, lr=1e-2)                      # builds the flat moments
+        with fake_cupy.counting() as counts:
+            optimizer.step(params, grads, lr=1e-2)
+        per_parameter = {"ndarray.reshape", "ndarray.__getitem__", "ndarray.__setitem__"}
+        assert counts["ndarray.__setitem__"] == len(params)         # each parameter written back once
+        return sum(n for where, n in counts.items() if where not in per_parameter)
+
+    with fake_cupy.installed():
+        assert passes(2) == passes(20) == 2 + 13
 
 
 @pytest.mark.parametrize("kwargs, message", [
