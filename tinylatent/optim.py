@@ -6,6 +6,7 @@ live (NumPy or CuPy).
 """
 from __future__ import annotations
 
+import itertools
 import math
 from typing import NamedTuple
 
@@ -187,13 +188,14 @@ class AdamW:
             params[name][...] = p[rows].reshape(params[name].shape)
 
     def _flat_moments(self, params: dict, xp) -> _AllAtOnce:
+        """The flat moment buffers for these parameters: the last ones if the layout is the
+        same, else new ones filled from ``self.m`` / ``self.v``, whose entries become views."""
         layout = tuple((name, param.shape, param.dtype) for name, param in params.items())
         if self._all_at_once is not None and self._all_at_once.layout == layout:
             return self._all_at_once
         names = tuple(sorted(params, key=lambda name: not self.decays(params[name])))  # stable: decaying first
         sizes = [params[name].size for name in names]
-        ends = np.cumsum(sizes).tolist()
-        rows = tuple(slice(end - size, end) for size, end in zip(sizes, ends))
+        rows = tuple(slice(end - size, end) for size, end in zip(sizes, itertools.accumulate(sizes)))
         n_decaying = sum(size for name, size in zip(names, sizes) if self.decays(params[name]))
         m, v = (xp.concatenate([moments[name].reshape(-1) for name in names]) for moments in (self.m, self.v))
         for name, row in zip(names, rows):
