@@ -36,5 +36,17 @@ timeout 300 python -m pytest -q -x -p no:cacheprovider tests 2>&1 | tail -n 5 | 
 echo "== training step on the GPU: the paper's 21M configuration, ours against PyTorch eager =="
 timeout 240 python benchmarks/bench_train.py --device gpu --configs paper,medium --vs torch --steps 10 \
     --json "$out/bench_train_gpu.json" 2>&1 | tee "$out/bench_train_gpu.log" || status=1
+python - "$out/bench_train_gpu.json" <<'PY' || status=1
+import json, sys
+figures = json.load(open(sys.argv[1]))
+for name, result in figures["configs"].items():
+    wall = result["wall"]
+    ratio = wall.get("ratio_median")
+    verdict = "no PyTorch comparison" if ratio is None else f"ours/PyTorch {ratio:.2f}"
+    if name == "paper" and ratio is not None:
+        verdict += " (target >= 0.7: " + ("met" if ratio >= 0.7 else "MISSED") + ")"
+    print(f"summary {name}: {wall['tokens_per_s']:,.0f} tokens/s, {verdict}, host issue "
+          f"{result.get('issue_share_of_step', float('nan')):.0%} of the step")
+PY
 echo "results in $out/"
 exit $status
