@@ -339,6 +339,17 @@ cupyx = types.ModuleType("cupyx", "fake cupyx: scatter_add only")
 cupyx.scatter_add = scatter_add
 
 
+def assert_matches_cpu(device_value, cpu_value, gpu: str, rtol: float, atol: float, err_msg: str = "") -> None:
+    """A device result against the CPU's: bit for bit on this fake (``gpu == "fake-cupy"``, the
+    arithmetic is NumPy's), within ``atol + rtol·|cpu|`` on a real GPU (``"cupy"``)."""
+    from tinylatent import backend
+
+    if gpu == "fake-cupy":
+        numpy.testing.assert_array_equal(backend.to_host(device_value), cpu_value, err_msg=err_msg)
+    else:
+        numpy.testing.assert_allclose(backend.to_host(device_value), cpu_value, rtol=rtol, atol=atol, err_msg=err_msg)
+
+
 @contextlib.contextmanager
 def installed():
     """Make ``import cupy`` (and ``cupyx``) give this fake, and tinylatent forget any cached CuPy."""

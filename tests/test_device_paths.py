@@ -14,6 +14,7 @@ import json
 import numpy as np
 import pytest
 
+import fake_cupy
 from examples_loader import load_example
 from tinylatent import backend, cli
 from tinylatent.ambiguity import measure_ambiguity
@@ -27,12 +28,9 @@ REAL_GPU_TOLERANCE = dict(rtol=1e-9, atol=1e-12)
 MODEL = GPTConfig(vocab_size=19, context_length=16, n_layer=1, n_head=2, d_model=16, dtype="float64")
 
 
-def _assert_same(device_value, cpu_value, gpu):
+def _assert_same(device_value, cpu_value, gpu, where=""):
     """Equal bit for bit on the fake CuPy; within REAL_GPU_TOLERANCE on a real GPU."""
-    if gpu == "fake-cupy":
-        np.testing.assert_array_equal(backend.to_host(device_value), cpu_value)
-    else:
-        np.testing.assert_allclose(backend.to_host(device_value), cpu_value, **REAL_GPU_TOLERANCE)
+    fake_cupy.assert_matches_cpu(device_value, cpu_value, gpu, **REAL_GPU_TOLERANCE, err_msg=where)
 
 
 def _assert_same_report(device_report, cpu_report, gpu, where="report"):
@@ -47,10 +45,7 @@ def _assert_same_report(device_report, cpu_report, gpu, where="report"):
         for i, (a, b) in enumerate(zip(device_report, cpu_report)):
             _assert_same_report(a, b, gpu, f"{where}[{i}]")
     elif isinstance(cpu_report, float):
-        if gpu == "fake-cupy":
-            assert device_report == cpu_report or (np.isnan(device_report) and np.isnan(cpu_report)), where
-        else:
-            np.testing.assert_allclose(device_report, cpu_report, **REAL_GPU_TOLERANCE, err_msg=where)
+        _assert_same(np.float64(device_report), cpu_report, gpu, where)     # NaN equals NaN here
     else:
         assert device_report == cpu_report, where
 

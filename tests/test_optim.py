@@ -161,10 +161,7 @@ def test_adamw_on_a_gpu_updates_all_at_once_with_the_cpu_numbers(gpu):
     through a zero learning rate, a resume from the state dict, a parameter added on the
     way (the flat buffers are rebuilt), and mixed dtypes (per parameter again)."""
     def same(device_value, cpu_value):
-        if gpu == "fake-cupy":
-            np.testing.assert_array_equal(backend.to_host(device_value), cpu_value)
-        else:
-            np.testing.assert_allclose(backend.to_host(device_value), cpu_value, rtol=1e-12, atol=1e-15)
+        fake_cupy.assert_matches_cpu(device_value, cpu_value, gpu, rtol=1e-12, atol=1e-15)
 
     rng = np.random.default_rng(5)
     cpu_params = make_params(rng)

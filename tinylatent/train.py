@@ -325,14 +325,17 @@ def batches_loss_and_grads(model: GPT, batches: list, device: str = "cpu") -> tu
         inputs = to_device(windows[:, :-1], device)                                     # (B_i, T_i) x_{1..T}
         targets = to_device(windows[:, 1:], device)                                     # (B_i, T_i) x_{2..T+1}
         batch_loss, batch_grads = model.loss_and_grads(inputs, targets)
-        share = windows[:, 1:].size / total
+        share = targets.size / total                                                    # N_i / Σ N_i
+        if share != 1.0:                                                                # one batch: already its mean
+            batch_loss = batch_loss * share
+            for grad in batch_grads.values():                                           # fresh arrays: scale in place
+                grad *= share
         if grads is None:
-            loss = batch_loss * share
-            grads = {name: grad * share for name, grad in batch_grads.items()}
+            loss, grads = batch_loss, batch_grads
         else:
-            loss = loss + batch_loss * share
+            loss = loss + batch_loss
             for name, grad in batch_grads.items():
-                grads[name] += grad * share
+                grads[name] += grad
     return loss, grads
 
 
