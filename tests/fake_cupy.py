@@ -32,7 +32,8 @@ functions that CuPy lacks (beyond ``random``), and speed. Those need the real de
 Install it with :func:`installed` (a context manager), which puts this module in
 ``sys.modules`` as ``cupy`` and ``cupyx`` and clears tinylatent's cached CuPy. Inside
 :func:`counting` every device operation is counted by name: on a GPU nearly each one that
-is not a view (``reshape``, ``__getitem__`` with slices) is one kernel launch.
+is not a view (``reshape``, ``__getitem__`` with slices) is one kernel launch, and each
+copy to the host (``get``, ``float``, ``int``, ``bool``) is counted as :data:`TO_HOST`.
 """
 from __future__ import annotations
 
@@ -87,6 +88,7 @@ def _wrap(value):
 
 
 _counts = None  # a Counter while inside counting()
+TO_HOST = "to host"  # the name under which counting() counts device-to-host copies
 
 
 def _count(where: str) -> None:
@@ -171,19 +173,26 @@ class ndarray:
     def __array_function__(self, func, types, args, kwargs):
         raise TypeError(f"{IMPLICIT_CONVERSION} (numpy.{func.__name__} was given a device array)")
 
+    # Each is a device-to-host copy, which on a GPU waits for every queued kernel: counted
+    # as "to host" so that tests can see where a step stops the device's queue.
     def get(self, stream=None, order="C", out=None) -> numpy.ndarray:
+        _count(TO_HOST)
         return numpy.array(self._array, order=order)
 
     def __float__(self):
+        _count(TO_HOST)
         return float(self._array)
 
     def __int__(self):
+        _count(TO_HOST)
         return int(self._array)
 
     def __bool__(self):
+        _count(TO_HOST)
         return bool(self._array)
 
     def __complex__(self):
+        _count(TO_HOST)
         return complex(self._array)
 
     def __repr__(self):

@@ -22,7 +22,7 @@ from tinylatent.checkpoint import load_checkpoint
 from tinylatent.evaluate import evaluate
 from tinylatent.gpt import GPT, GPTConfig
 from tinylatent.language import paper_language, preset
-from tinylatent.train import TrainConfig, train
+from tinylatent.train import TrainConfig, batches_loss_and_grads, stream_windows, train
 
 REAL_GPU_TOLERANCE = dict(rtol=1e-9, atol=1e-12)
 MODEL = GPTConfig(vocab_size=19, context_length=16, n_layer=1, n_head=2, d_model=16, dtype="float64")
@@ -77,6 +77,33 @@ def test_training_on_the_device_matches_the_cpu_run(gpu, tmp_path, language_name
     cpu_log, gpu_log = _losses(tmp_path / "cpu" / "log.jsonl"), _losses(tmp_path / "gpu" / "log.jsonl")
     assert [row[0] for row in gpu_log] == [row[0] for row in cpu_log]
     _assert_same(np.array([row[1:] for row in gpu_log], dtype=float), np.array([row[1:] for row in cpu_log], dtype=float), gpu)
+
+
+def test_a_training_step_copies_to_the_host_only_its_loss_and_gradient_norm(tmp_path):
+    """On a GPU each copy to the host waits for every queued kernel. A step's windows are
+    drawn and checked on the host before they move, so its forward and backward copy
+    nothing back; the loop then reads the loss and the gradient norm (to log them and to
+    stop on divergence), two copies per step. Counted on the fake CuPy."""
+    def copies_to_host(steps):
+        config = _train_config("gpu", steps=steps, eval_interval=100, checkpoint_interval=100)
+        with fake_cupy.installed(), fake_cupy.counting() as counts:
+            train(paper_language(eta=0.02), MODEL, config, tmp_path / f"run{steps}", progress=False)
+        return counts[fake_cupy.TO_HOST]
+
+    assert copies_to_host(3) - copies_to_host(2) == 2
+
+    language, rng = paper_language(eta=0.02), np.random.default_rng(0)
+    windows = [stream_windows(language, 4, 17, rng), stream_windows(language, 2, 5, rng)]
+    on_cpu_loss, on_cpu_grads = batches_loss_and_grads(GPT.create(MODEL, np.random.default_rng(1)), windows)
+    with fake_cupy.installed():
+        model = GPT.create(MODEL, np.random.default_rng(1), device="gpu")
+        with fake_cupy.counting() as counts:
+            loss, grads = batches_loss_and_grads(model, windows)
+        assert counts[fake_cupy.TO_HOST] == 0, "the forward and backward copied something back to the host"
+        assert backend.device_of(loss) == "gpu" and all(backend.device_of(g) == "gpu" for g in grads.values())
+        _assert_same(loss, on_cpu_loss, "fake-cupy", "loss")
+        for name, grad in on_cpu_grads.items():
+            _assert_same(grads[name], grad, "fake-cupy", name)
 
 
 def test_a_device_run_resumes_on_either_device_as_if_uninterrupted(gpu, tmp_path):

@@ -310,20 +310,20 @@ class TrainingData:
         return [random_windows(self.train_tokens, n, length, rng) for n, length in shapes]
 
 
-def batches_loss_and_grads(model: GPT, batches: list, device: str = "cpu") -> tuple:
+def batches_loss_and_grads(model: GPT, batches: list) -> tuple:
     """The mean loss over every target token of ``batches`` (windows of any lengths) and its gradient.
 
     Each batch (B_i, T_i + 1) is scored as inputs ``[:, :-1]``, targets ``[:, 1:]``. With
     N_i = B_i·T_i scored tokens, ℓ_i the batch's mean −log p(x_{t+1} | x_{≤t}) and g_i its
     gradient, loss = Σ N_i·ℓ_i / Σ N_i and grads = Σ N_i·g_i / Σ N_i (``share`` = N_i / Σ N_i):
     the same as one batch holding every window, were they all of one length. Returns
-    ``(loss, grads)`` on the model's device.
+    ``(loss, grads)`` on the model's device. The windows stay on the host: the model checks
+    their token ids there and moves them to its device once (no device-to-host round trip).
     """
     total = float(sum(windows[:, 1:].size for windows in batches))                   # Σ N_i
     loss, grads = None, None
     for windows in batches:
-        inputs = to_device(windows[:, :-1], device)                                     # (B_i, T_i) x_{1..T}
-        targets = to_device(windows[:, 1:], device)                                     # (B_i, T_i) x_{2..T+1}
+        inputs, targets = windows[:, :-1], windows[:, 1:]                               # (B_i, T_i): x_{1..T}, x_{2..T+1}
         batch_loss, batch_grads = model.loss_and_grads(inputs, targets)
         share = targets.size / total                                                    # N_i / Σ N_i
         if share != 1.0:                                                                # one batch: already its mean
@@ -348,7 +348,7 @@ def validation_loss(model: GPT, windows: np.ndarray, batch_size: int = EVAL_BATC
     total, count = 0.0, 0
     for start in range(0, windows.shape[0], batch_size):
         chunk = windows[start:start + batch_size]
-        log_probs = model.log_probs(to_device(chunk[:, :-1], model.device))         # (b, T, V)
+        log_probs = model.log_probs(chunk[:, :-1])                                  # (b, T, V), checked on the host
         xp = xp_of(log_probs)
         targets = to_device(chunk[:, 1:], model.device)                            # (b, T)
         picked = xp.take_along_axis(log_probs, targets[..., None], axis=-1)       # (b, T, 1)
@@ -635,7 +635,7 @@ def train(language: Language, model_config: GPTConfig, train_config: TrainConfig
         while step < config.steps:
             started = time.perf_counter()
             lr = lr_at(step, config.max_lr, config.warmup_steps, config.steps, config.min_lr)
-            loss, grads = batches_loss_and_grads(model, data.train_batch(data_rng), config.device)
+            loss, grads = batches_loss_and_grads(model, data.train_batch(data_rng))
             train_loss = float(to_host(loss))
             grad_norm = clip_grad_norm(grads, config.grad_clip) if math.isfinite(train_loss) else math.nan
             if not (math.isfinite(train_loss) and math.isfinite(grad_norm)):
