@@ -3,33 +3,66 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, IO
+
+
+def _mode_for(path: Path) -> int:
+    """The permission bits the written file gets: those of the file it replaces, or for a
+    new file what ``open()`` would give (0o666 less the process's umask)."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0)  # the only way to read the umask is to set it, so set it back at once
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def _fsync_directory(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable (POSIX; a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], mode: str = "w") -> Path:
     """Write ``path`` through ``write(fileobj)`` into a temporary file, then rename it in place.
 
     The temporary file lives in the same folder (so the rename is atomic on POSIX), is
-    flushed and fsynced before the rename, and is removed if ``write`` raises.
+    flushed and fsynced before the rename, and is removed if ``write`` raises; the folder
+    is fsynced after the rename. The file keeps the permissions of the one it replaces
+    (a new one gets the umask's), and a symbolic link is written through: its target is
+    replaced, the link stays. Returns the path written, as given.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    given = Path(path)
+    target = Path(os.path.realpath(given))   # through symbolic links, as open(path, "w") would
+    target.parent.mkdir(parents=True, exist_ok=True)
+    permissions = _mode_for(target)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, mode) as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
+        os.chmod(tmp_name, permissions)     # mkstemp made it 0o600
+        os.replace(tmp_name, target)
     except BaseException:
         try:
             os.unlink(tmp_name)
         except FileNotFoundError:
             pass
         raise
-    return path
+    _fsync_directory(target.parent)
+    return given
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:

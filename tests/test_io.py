@@ -1,0 +1,55 @@
+"""Atomic writes (``tinylatent._io``): nothing a user made is lost or changed but the content."""
+import os
+import stat
+
+import pytest
+
+from tinylatent._io import atomic_write, write_json, write_text
+
+
+def _mode(path):
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_a_new_file_gets_the_permissions_open_would_give(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        write_text(tmp_path / "new.txt", "x")
+        with open(tmp_path / "by_open.txt", "w") as handle:
+            handle.write("x")
+    finally:
+        os.umask(umask)
+    assert _mode(tmp_path / "new.txt") == _mode(tmp_path / "by_open.txt") == 0o644
+
+
+def test_a_replaced_file_keeps_its_permissions(tmp_path):
+    path = tmp_path / "shared.json"
+    path.write_text("{}")
+    os.chmod(path, 0o640)
+    write_json(path, {"a": 1})
+    assert _mode(path) == 0o640
+    assert path.read_text() == '{\n  "a": 1\n}\n'
+
+
+def test_a_symbolic_link_is_written_through_and_stays_a_link(tmp_path):
+    target = tmp_path / "data" / "real.txt"
+    target.parent.mkdir()
+    target.write_text("old")
+    link = tmp_path / "link.txt"
+    link.symlink_to(target)
+    assert write_text(link, "new") == link
+    assert link.is_symlink() and target.read_text() == "new"
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    path = tmp_path / "keep.txt"
+    path.write_text("precious")
+
+    def fail(handle):
+        handle.write("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_write(path, fail)
+    assert path.read_text() == "precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
