@@ -75,6 +75,16 @@ def test_round_trip_is_exact(saved):
     assert np.array_equal(checkpoint.generator().random(5), original.random(5))
 
 
+def test_models_made_from_a_checkpoint_do_not_share_its_arrays(saved):
+    checkpoint = load_checkpoint(saved[0])
+    first, second = checkpoint.model(), checkpoint.model()
+    before = {name: value.copy() for name, value in checkpoint.params.items()}
+    for value in first.params.values():
+        value += 1.0                               # training first in place
+    for name, value in before.items():
+        assert np.array_equal(checkpoint.params[name], value) and np.array_equal(second.params[name], value)
+
+
 def test_a_restored_optimizer_continues_like_the_original(saved):
     """AdamW from the file and the AdamW that wrote it make the same next update, bit for bit."""
     path, state = saved

@@ -64,3 +64,11 @@ def test_cached_logits_refuse_to_run_past_the_context():
         gpt.logits_cached(np.zeros((1, 3), dtype=int), kv_cache)
     with pytest.raises(ValueError, match="must lie in"):
         gpt.logits_cached(np.array([[11]]), gpt.new_kv_cache(batch_size=1))
+
+
+def test_cached_logits_refuse_a_batch_the_cache_was_not_made_for():
+    gpt = model()
+    kv_cache = gpt.new_kv_cache(batch_size=3)
+    with pytest.raises(ValueError, match=r"holds 1 sequences but the cache was made for 3; use new_kv_cache\(1\)"):
+        gpt.logits_cached(np.zeros((1, 2), dtype=int), kv_cache)
+    assert kv_cache.length == 0

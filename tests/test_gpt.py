@@ -276,6 +276,24 @@ def test_forward_rejects_bad_targets(tiny_model):
         tiny_model.backward(cache)
 
 
+def test_token_ids_as_lists_give_the_numbers_of_arrays(tiny_model):
+    idx, targets = [[0, 1, 2], [3, 4, 5]], ((1, 2, 3), (4, 5, 6))
+    logits, loss, _ = tiny_model.forward(idx, targets)
+    array_logits, array_loss, _ = tiny_model.forward(np.array(idx), np.array(targets))
+    assert np.array_equal(logits, array_logits) and loss == array_loss
+    assert np.array_equal(tiny_model.log_probs(tuple(map(tuple, idx))), tiny_model.log_probs(np.array(idx)))
+
+
+def test_backward_rejects_dlogits_of_another_shape_or_dtype(tiny_model):
+    idx = np.zeros((2, 4), dtype=np.int64)
+    logits, _, cache = tiny_model.forward(idx)
+    with pytest.raises(ValueError, match=r"dlogits must have the logits' shape \(2, 4, 7\)"):
+        tiny_model.backward(cache, np.ones((2, 3, 7), dtype=logits.dtype))
+    other = np.float32 if logits.dtype == np.float64 else np.float64
+    with pytest.raises(ValueError, match="the model's dtype"):
+        tiny_model.backward(cache, np.ones(logits.shape, dtype=other))
+
+
 # --------------------------------------------------------------------------------------
 # sampling
 # --------------------------------------------------------------------------------------

@@ -85,8 +85,9 @@ class Checkpoint:
     tinylatent_version: str
 
     def model(self, device: str = "cpu") -> GPT:
-        """A :class:`~tinylatent.gpt.GPT` with these parameters, on ``device``."""
-        return GPT(self.model_config, {name: to_device(value, device) for name, value in self.params.items()})
+        """A :class:`~tinylatent.gpt.GPT` with a copy of these parameters, on ``device``
+        (training it changes neither this checkpoint nor another model made from it)."""
+        return GPT(self.model_config, {name: to_device(np.array(value), device) for name, value in self.params.items()})
 
     def generator(self) -> np.random.Generator:
         """A fresh ``numpy.random.Generator`` in the saved state."""

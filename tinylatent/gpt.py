@@ -281,8 +281,12 @@ class GPT:
                 f"{self.config.context_length} are allowed"
             )
         backend.check_token_ids(host, self.config.vocab_size, what=what)
-        if backend.device_of(idx) == self.device:
-            return idx
+        return self._on_device(idx, host)
+
+    def _on_device(self, given, host):
+        """``given`` if it is already an array on the model's device, else ``host`` moved there."""
+        if hasattr(given, "shape") and backend.device_of(given) == self.device:
+            return given
         return backend.to_device(host, self.device)
 
     def _check_targets(self, targets, idx_shape):
@@ -290,9 +294,7 @@ class GPT:
         if tuple(host.shape) != tuple(idx_shape):
             raise ValueError(f"targets must have the shape of idx, {tuple(idx_shape)}; got {host.shape}")
         backend.check_token_ids(host, self.config.vocab_size, what="targets")
-        if backend.device_of(targets) == self.device:
-            return targets
-        return backend.to_device(host, self.device)
+        return self._on_device(targets, host)
 
     # ---- forward and backward ---------------------------------------------------------
 
@@ -330,6 +332,13 @@ class GPT:
             if cache.loss is None:
                 raise ValueError("backward needs a forward with targets (or an explicit dlogits)")
             dlogits = cross_entropy_backward(1.0, cache.loss)
+        else:
+            expected = tuple(cache.lm_head[2][:-1]) + (cfg.vocab_size,)       # lm_head cache: (x_rows, weight, x.shape)
+            if tuple(dlogits.shape) != tuple(expected) or dlogits.dtype != np.dtype(cfg.dtype):
+                raise ValueError(f"dlogits must have the logits' shape {tuple(expected)} and the model's dtype "
+                                 f"{cfg.dtype}; got shape {tuple(dlogits.shape)}, dtype {dlogits.dtype}")
+            if backend.device_of(dlogits) != self.device:
+                raise ValueError(f"dlogits must be on the model's device ({self.device})")
         grads = {}
         dx, dhead_weight = lm_head_backward(dlogits, cache.lm_head)
         dx, dln_f_weight, dln_f_bias = layernorm_backward(dx, cache.ln_f, out=dx)  # dx is ours: reuse it
@@ -434,7 +443,11 @@ class GPT:
         p, cfg = self.params, self.config
         idx_new = self._check_idx(idx_new)
         start = kv_cache.length
-        T_new = idx_new.shape[1]
+        B_new, T_new = idx_new.shape
+        cached_batch = kv_cache.keys[0].shape[0]
+        if B_new != cached_batch:
+            raise ValueError(f"idx_new holds {B_new} sequences but the cache was made for {cached_batch}; "
+                             f"use new_kv_cache({B_new})")
         if start + T_new > cfg.context_length:
             raise ValueError(f"the cache holds {start} positions; {T_new} more exceed "
                              f"context_length = {cfg.context_length}")
