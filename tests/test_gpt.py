@@ -225,6 +225,7 @@ def test_config_round_trips_through_a_dict():
     (dict(context_length=2.5), "context_length must be a positive integer"),
     (dict(dtype="float16"), "dtype must be one of float32, float64"),
     (dict(init_std=0.0), "init_std"),
+    (dict(init_std=True), "init_std"),
     (dict(bias="no"), "bias must be True or False"),
 ])
 def test_config_rejects_bad_values(overrides, message):

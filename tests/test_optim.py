@@ -215,9 +215,25 @@ def test_adamw_on_a_gpu_launches_the_same_passes_for_any_number_of_parameters():
         assert passes(2) == passes(20) == 2 + 13
 
 
+@pytest.mark.parametrize("dtype, lr", [("float32", 1e-39), ("float32", 1e-45), ("float64", 1e-310)])
+def test_a_vanishing_learning_rate_moves_nothing_and_makes_no_nan(dtype, lr):
+    """1 / step_size overflows the dtype here: the moments update, the parameters do not."""
+    params = {"w": np.array([[0.0, 1.0], [-2.0, 3.0]], dtype=dtype), "b": np.zeros(2, dtype=dtype)}
+    grads = {"w": np.array([[0.0, 1.0], [0.0, -1.0]], dtype=dtype), "b": np.array([0.0, 2.0], dtype=dtype)}
+    before = {name: p.copy() for name, p in params.items()}
+    optimizer = AdamW(weight_decay=0.0)
+    optimizer.step(params, grads, lr=lr)
+    for name in params:
+        assert np.array_equal(params[name], before[name]), name
+        assert np.all(np.isfinite(optimizer.m[name])) and np.all(np.isfinite(optimizer.v[name]))
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(betas=(1.0, 0.95)), "betas"),
     (dict(eps=0.0), "eps"),
+    (dict(eps="x"), "eps"),
+    (dict(betas=5), "betas"),
+    (dict(weight_decay=None), "weight_decay"),
     (dict(weight_decay=-0.1), "weight_decay"),
 ])
 def test_adamw_rejects_bad_hyperparameters(kwargs, message):

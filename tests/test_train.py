@@ -216,9 +216,11 @@ def test_keyboard_interrupt_saves_a_checkpoint_and_the_resumed_run_matches(tmp_p
 
 
 def test_ctrl_c_during_the_optimiser_update_is_held_until_the_step_is_whole(tmp_path, monkeypatch):
-    """A real SIGINT in the middle of AdamW.step: the update finishes, then the run stops and saves it."""
+    """A real SIGINT in the middle of AdamW.step: the update finishes, and so do the step's
+    metrics, its validation (step 3 is due one) and its log line; then the run stops and
+    saves it. The checkpoint, the log and the resumed run all agree with a straight run."""
     language = tiny_language()
-    config = tiny_run(steps=8, checkpoint_interval=100)
+    config = tiny_run(steps=8, checkpoint_interval=100, eval_interval=3)
     train(language, tiny_model(language), config, tmp_path / "straight", progress=False)
 
     original_step = AdamW.step
@@ -235,10 +237,20 @@ def test_ctrl_c_during_the_optimiser_update_is_held_until_the_step_is_whole(tmp_
         with pytest.raises(KeyboardInterrupt):
             train(language, tiny_model(language), config, tmp_path / "interrupted", progress=False)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
-    assert load_checkpoint(tmp_path / "interrupted" / CHECKPOINT_FILENAME).step == 3
+    saved = load_checkpoint(tmp_path / "interrupted" / CHECKPOINT_FILENAME)
+    straight_log = read_log(tmp_path / "straight")
+    assert saved.step == 3
+    assert [r["step"] for r in read_log(tmp_path / "interrupted")] == [0, 1, 2, 3]
+    assert saved.metrics["train_loss"] == straight_log[3]["loss"]
+    assert saved.metrics["val_loss"] == straight_log[3]["val_loss"]
     train(language, tiny_model(language), config, tmp_path / "interrupted", resume=True, progress=False)
     assert_same_state(load_checkpoint(tmp_path / "straight" / CHECKPOINT_FILENAME),
                       load_checkpoint(tmp_path / "interrupted" / CHECKPOINT_FILENAME))
+
+    def without_timing(log):
+        return [{key: value for key, value in r.items() if key != "tokens_per_s"} for r in log]
+
+    assert without_timing(read_log(tmp_path / "interrupted")) == without_timing(straight_log)
 
 
 def test_a_fresh_run_will_not_overwrite_an_existing_checkpoint(tmp_path):
@@ -330,6 +342,7 @@ def test_train_config_round_trips_and_resolves():
     ("min_lr", 1.0, r"min_lr must be a number in \[0, max_lr\]"),
     ("warmup_steps", 5000, r"warmup_steps must be an integer in \[0, steps\)"),
     ("betas", (0.9, 1.0), "betas must be two numbers"),
+    ("betas", 5, "betas must be two numbers"),
     ("grad_clip", 0.0, "grad_clip must be a positive number"),
     ("data", "file", "data must be one of stream, corpus"),
     ("device", "tpu", "device must be one of cpu, gpu"),
@@ -341,6 +354,21 @@ def test_train_config_round_trips_and_resolves():
 def test_bad_train_config_values_are_named(field, value, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**{field: value})
+
+
+def test_numpy_numbers_in_the_configs_train_and_checkpoint_as_python_numbers(tmp_path):
+    """np.int64 / np.float32 settings (from an array of sweeps, say) are stored as the
+    Python numbers they hold: the JSON in a checkpoint refuses NumPy scalars."""
+    language = tiny_language()
+    model = GPTConfig(vocab_size=np.int64(language.vocab_size), context_length=np.int64(16), n_layer=1,
+                      n_head=np.int32(2), d_model=np.int64(32), init_std=np.float32(0.02))
+    config = tiny_run(steps=np.int64(3), max_lr=np.float32(1e-2), betas=(np.float64(0.9), 0.95),
+                      checkpoint_interval=np.int64(2))
+    for value in [*vars(model).values(), *vars(config).values(), *config.betas]:
+        assert not isinstance(value, np.generic), value
+    train(language, model, config, tmp_path, progress=False)
+    saved = load_checkpoint(tmp_path / CHECKPOINT_FILENAME)
+    assert saved.step == 3 and saved.model_config == model and saved.train_config["max_lr"] == float(np.float32(1e-2))
 
 
 def test_a_model_for_another_vocabulary_is_refused(tmp_path):

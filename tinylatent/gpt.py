@@ -52,6 +52,19 @@ DTYPES = ("float32", "float64")
 # configuration
 # --------------------------------------------------------------------------------------
 
+def as_python_scalars(config):
+    """Replace a dataclass's NumPy scalar fields (``np.int64(32)``, ``np.float32(0.1)``) by
+    the Python numbers they hold, in place: configs go into JSON checkpoints, and the
+    ``json`` module refuses NumPy scalars. Tuples are converted entry by entry."""
+    for field in fields(config):
+        value = getattr(config, field.name)
+        if isinstance(value, np.generic):
+            setattr(config, field.name, value.item())
+        elif isinstance(value, tuple):
+            setattr(config, field.name, tuple(v.item() if isinstance(v, np.generic) else v for v in value))
+    return config
+
+
 @dataclass
 class GPTConfig:
     """The shape of a GPT. The defaults are the paper's model (THEORY.md §7).
@@ -70,6 +83,7 @@ class GPTConfig:
     init_std: float = 0.02      # GPT-2's initialisation; residual projections get 0.02/sqrt(2*n_layer)
 
     def __post_init__(self) -> None:
+        as_python_scalars(self)
         self.validate()
 
     # ---- checks -----------------------------------------------------------------------
@@ -90,7 +104,8 @@ class GPTConfig:
         for name in ("bias", "tie_embeddings"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise ValueError(f"GPTConfig.{name} must be True or False; got {getattr(self, name)!r}")
-        if not (isinstance(self.init_std, (int, float)) and math.isfinite(self.init_std) and self.init_std > 0):
+        if not (isinstance(self.init_std, (int, float)) and not isinstance(self.init_std, bool)
+                and math.isfinite(self.init_std) and self.init_std > 0):
             raise ValueError(f"GPTConfig.init_std must be a positive finite number; got {self.init_std!r}")
         return self
 

@@ -60,6 +60,11 @@ class _AllAtOnce(NamedTuple):
     scratch: object               # (P,) work buffer
 
 
+def _is_real(value) -> bool:
+    """A real number (Python or NumPy), not a bool or a string."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
 class AdamW:
     """Adam with decoupled weight decay (Loshchilov & Hutter 2019), as ``torch.optim.AdamW``.
 
@@ -81,12 +86,13 @@ class AdamW:
 
     def __init__(self, weight_decay: float = 0.1, betas: tuple = (0.9, 0.95), eps: float = 1e-8):
         # nanoGPT / the paper: weight_decay 0.1, betas (0.9, 0.95); PyTorch's eps 1e-8
-        beta1, beta2 = (float(b) for b in betas)
-        if not (0.0 <= beta1 < 1.0 and 0.0 <= beta2 < 1.0):
-            raise ValueError(f"betas must both lie in [0, 1); got {tuple(betas)}")
-        if not (math.isfinite(eps) and eps > 0.0):
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2
+                and all(_is_real(b) and 0.0 <= b < 1.0 for b in betas)):
+            raise ValueError(f"betas must be two numbers in [0, 1); got {betas!r}")
+        beta1, beta2 = float(betas[0]), float(betas[1])
+        if not (_is_real(eps) and math.isfinite(eps) and eps > 0.0):
             raise ValueError(f"eps must be a positive number; got {eps!r}")
-        if not (math.isfinite(weight_decay) and weight_decay >= 0.0):
+        if not (_is_real(weight_decay) and math.isfinite(weight_decay) and weight_decay >= 0.0):
             raise ValueError(f"weight_decay must be a non-negative number; got {weight_decay!r}")
         self.weight_decay = float(weight_decay)
         self.beta1, self.beta2 = beta1, beta2
@@ -147,7 +153,11 @@ class AdamW:
         t = self.step_count
         step_size = float(lr) / (1.0 - self.beta1 ** t)              # lr with the first moment's bias correction
         inv_sqrt_correction2 = 1.0 / math.sqrt(1.0 - self.beta2 ** t)  # the second moment's, under the root
-        moves = step_size != 0.0                                      # lr = 0 (a schedule's end) updates the moments only
+        # lr = 0 (a schedule's end) updates the moments only; so does a step so small that
+        # 1 / step_size overflows the parameters' dtype (its update, at most about
+        # step_size / sqrt(1 - beta2), would be lost to rounding anyway, and inf * 0 is NaN)
+        largest = min(float(np.finfo(param.dtype).max) for param in params.values())
+        moves = step_size != 0.0 and max(inv_sqrt_correction2, self.eps) / step_size < largest
         scalars = _StepScalars(
             beta1=self.beta1, beta2=self.beta2, moves=moves,
             denominator_scale=inv_sqrt_correction2 / step_size if moves else 0.0,

@@ -61,9 +61,10 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
+from tinylatent._io import atomic_write
 from tinylatent.backend import check_device, to_device, to_host, xp_of
 from tinylatent.checkpoint import CHECKPOINT_FILENAME, load_checkpoint, save_checkpoint
-from tinylatent.gpt import GPT, GPTConfig
+from tinylatent.gpt import GPT, GPTConfig, as_python_scalars
 from tinylatent.language import Language, sample_corpus, sample_windows
 from tinylatent.optim import AdamW, clip_grad_norm, lr_at
 from tinylatent.oracle import Oracle
@@ -117,7 +118,9 @@ class TrainConfig:
     short_context: int = 8                 # tokens of each short window: the first positions they add examples to
 
     def __post_init__(self) -> None:
-        self.betas = tuple(self.betas)  # JSON gives back a list
+        if isinstance(self.betas, list):   # JSON gives back a list
+            self.betas = tuple(self.betas)
+        as_python_scalars(self)
         self.validate()
 
     def validate(self) -> "TrainConfig":
@@ -147,7 +150,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.min_lr must be a number in [0, max_lr] = [0, {self.max_lr}]; got {self.min_lr!r}")
         if not _is_number(self.weight_decay) or self.weight_decay < 0:
             raise ValueError(f"TrainConfig.weight_decay must be a non-negative number; got {self.weight_decay!r}")
-        if len(self.betas) != 2 or not all(_is_number(b) and 0 <= b < 1 for b in self.betas):
+        if not isinstance(self.betas, tuple) or len(self.betas) != 2 \
+                or not all(_is_number(b) and 0 <= b < 1 for b in self.betas):
             raise ValueError(f"TrainConfig.betas must be two numbers in [0, 1); got {self.betas!r}")
         if not _is_number(self.grad_clip) or self.grad_clip <= 0:
             raise ValueError(f"TrainConfig.grad_clip must be a positive number; got {self.grad_clip!r}")
@@ -458,11 +462,9 @@ class JsonLog:
                     continue
                 if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= keep_through_step:
                     kept.append(line)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.handle = open(path, "w")
-        for line in kept:
-            self.handle.write(line + "\n")
-        self.handle.flush()
+        # the kept lines replace the file atomically, so a crash here loses none of them
+        atomic_write(path, lambda handle: handle.writelines(line + "\n" for line in kept))
+        self.handle = open(path, "a")
 
     def write(self, record: dict) -> None:
         clean = {key: (None if isinstance(value, float) and not math.isfinite(value) else value)
@@ -646,22 +648,25 @@ def train(language: Language, model_config: GPTConfig, train_config: TrainConfig
                     f"{grad_norm} (lr {lr:.3g}); nothing was saved after it, {kept}; "
                     f"train again with a lower learning rate (now max_lr={config.max_lr:g})"
                 )
+            # A step is done when its update, its metrics and its log line (and validation, when
+            # due) are: a Ctrl-C in the middle waits for all of them, so the checkpoint it saves
+            # and the log agree, and the resumed run's log has no gap.
             with keyboard_interrupt_deferred():
                 optimizer.step(model.params, grads, lr)
                 step += 1
                 rng_state_at_step_boundary = data_rng.bit_generator.state
-            step_seconds = time.perf_counter() - started
-            train_seconds += step_seconds
-            tokens_per_s = config.tokens_per_step / step_seconds
-            metrics["train_loss"] = train_loss
-
-            record = {"step": step, "loss": train_loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens_per_s}
-            val_loss = None
-            if step % config.eval_interval == 0 or step == config.steps:
-                val_loss = evaluate()
-                evaluated_at = step
-                record.update(val_loss=val_loss, bayes_val_loss=bayes_loss)
-            log.write(record)
+                step_seconds = time.perf_counter() - started
+                train_seconds += step_seconds
+                tokens_per_s = config.tokens_per_step / step_seconds
+                metrics["train_loss"] = train_loss
+                record = {"step": step, "loss": train_loss, "lr": lr, "grad_norm": grad_norm,
+                          "tokens_per_s": tokens_per_s}
+                val_loss = None
+                if step % config.eval_interval == 0 or step == config.steps:
+                    val_loss = evaluate()
+                    evaluated_at = step
+                    record.update(val_loss=val_loss, bayes_val_loss=bayes_loss)
+                log.write(record)
             bar.step(train_loss, tokens_per_s, val_loss)
             if val_loss is not None:
                 tokens_done = (step - (resumed_from or 0)) * config.tokens_per_step
