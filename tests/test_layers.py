@@ -154,9 +154,10 @@ def block_params(rng, C, bias, dtype=np.float64):
 # finite-difference checks, layer by layer
 # --------------------------------------------------------------------------------------
 
-def test_embedding_backward_accumulates_repeated_token_ids():
+@pytest.mark.parametrize("C", [4, 8], ids=["V>C scatter", "V<=C one-hot matmul"])
+def test_embedding_backward_accumulates_repeated_token_ids(C):
     rng = np.random.default_rng(0)
-    V, C, context_length = 5, 4, 6
+    V, context_length = 5, 6
     idx = np.array([[1, 1, 2, 1], [0, 1, 3, 3]])  # token 1 four times, 3 twice, 4 never
     inputs = {"wte": rng.standard_normal((V, C)), "wpe": rng.standard_normal((context_length, C))}
     grads = check_gradients(
@@ -333,9 +334,16 @@ def test_attention_rows_sum_to_one_and_the_future_is_exactly_zero(seed, B, T, NH
     future = np.triu(np.ones((T, T), dtype=bool), k=1)
     assert np.all(att[..., future] == 0.0)
     assert np.all(np.isfinite(out))
-    # the masked entries pass back exactly zero gradient too
-    dqkv = attention_backward(rng.standard_normal(out.shape), cache)
+    # the masked entries pass back exactly zero gradient too: a gradient on the outputs
+    # before position t0 reaches no query, key or value at t0 or later
+    t0 = int(rng.integers(0, T))
+    dout = rng.standard_normal(out.shape)
+    dout[:, t0:] = 0.0
+    dqkv = attention_backward(dout, cache)
     assert np.all(np.isfinite(dqkv))
+    assert np.all(dqkv[:, t0:] == 0.0)
+    if t0 > 0:
+        assert np.any(dqkv[:, :t0] != 0.0)
 
 
 @FEW
