@@ -241,6 +241,32 @@ def test_adamw_rejects_bad_hyperparameters(kwargs, message):
         AdamW(**kwargs)
 
 
+def _saved_state():
+    optimizer = AdamW()
+    params = {"w": np.ones((2, 2)), "b": np.zeros(2)}
+    optimizer.step(params, {name: np.full_like(p, 0.5) for name, p in params.items()}, lr=1e-2)
+    return optimizer.state_dict()
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: ["not", "a", "dict"], "must be a dict with 'step', 'm' and 'v'"),
+    (lambda s: {**s, "step": -1}, "'step' must be a non-negative integer"),
+    (lambda s: {**s, "step": 1.5}, "'step' must be a non-negative integer"),
+    (lambda s: {**s, "m": [1, 2]}, "must map parameter names to arrays"),
+    (lambda s: {**s, "v": {"w": s["v"]["w"]}}, "moments for different parameters"),
+    (lambda s: {**s, "m": {**s["m"], "w": np.ones(3)}}, "moments of 'w' must be float arrays of one shape"),
+    (lambda s: {**s, "m": {**s["m"], "b": np.array(["x", "y"])}}, "moments of 'b'"),
+    (lambda s: {**s, "betas": (0.9, 1.5)}, "betas"),
+    (lambda s: {**s, "eps": "tiny"}, "eps"),
+])
+def test_adamw_refuses_a_state_that_is_not_one(edit, message):
+    state = edit(_saved_state())
+    optimizer = AdamW()
+    with pytest.raises(ValueError, match=message):
+        optimizer.load_state_dict(state)
+    assert optimizer.step_count == 0 and optimizer.m == {}          # nothing was half restored
+
+
 def test_adamw_rejects_mismatched_gradients():
     params = {"w": np.ones((2, 2))}
     with pytest.raises(ValueError, match="exactly the keys"):

@@ -13,7 +13,7 @@ import signal
 import numpy as np
 import pytest
 
-from tinylatent.checkpoint import CHECKPOINT_FILENAME, load_checkpoint
+from tinylatent.checkpoint import CHECKPOINT_FILENAME, load_checkpoint, save_checkpoint
 from tinylatent.gpt import GPT, GPTConfig
 from tinylatent.language import paper_language, random_language, sample_corpus, sample_windows
 from tinylatent.optim import AdamW
@@ -258,6 +258,18 @@ def test_a_fresh_run_will_not_overwrite_an_existing_checkpoint(tmp_path):
     train(language, tiny_model(language), tiny_run(steps=3), tmp_path, progress=False)
     with pytest.raises(ValueError, match="already exists"):
         train(language, tiny_model(language), tiny_run(steps=3), tmp_path, progress=False)
+
+
+def test_resume_refuses_an_optimizer_state_from_another_step(tmp_path):
+    language = tiny_language()
+    train(language, tiny_model(language), tiny_run(steps=4), tmp_path, progress=False)
+    saved = load_checkpoint(tmp_path / CHECKPOINT_FILENAME)
+    save_checkpoint(tmp_path / CHECKPOINT_FILENAME, params=saved.params,
+                    optimizer_state={**saved.optimizer_state, "step": 3}, step=saved.step,
+                    model_config=saved.model_config, train_config=saved.train_config, language=saved.language,
+                    rng_state=saved.rng_state, metrics=saved.metrics)
+    with pytest.raises(ValueError, match="at step 4 but its optimizer state at step 3"):
+        train(language, tiny_model(language), tiny_run(steps=8), tmp_path, resume=True, progress=False)
 
 
 def test_resume_refuses_a_different_run(tmp_path):

@@ -227,18 +227,35 @@ class AdamW:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore :meth:`state_dict`'s output; moments move to the parameters' device at the next step."""
+        """Restore :meth:`state_dict`'s output; moments move to the parameters' device at the next step.
+
+        Raises ``ValueError`` saying what is wrong for a state that is not one: missing
+        keys, a step that is not a non-negative integer, moments that are not numeric
+        arrays or whose names or shapes differ, or hyperparameters AdamW would refuse.
+        """
+        if not isinstance(state, dict):
+            raise ValueError(f"optimizer state must be a dict with 'step', 'm' and 'v'; got {type(state).__name__}")
         missing = {"step", "m", "v"} - set(state)
         if missing:
             raise ValueError(f"optimizer state is missing {sorted(missing)}")
+        step = state["step"]
+        if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, np.integer)) or step < 0:
+            raise ValueError(f"optimizer state 'step' must be a non-negative integer; got {step!r}")
+        if not (isinstance(state["m"], dict) and isinstance(state["v"], dict)):
+            raise ValueError("optimizer state 'm' and 'v' must map parameter names to arrays")
         if set(state["m"]) != set(state["v"]):
             raise ValueError("optimizer state has first and second moments for different parameters")
-        self.step_count = int(state["step"])
-        self.weight_decay = float(state.get("weight_decay", self.weight_decay))
-        self.beta1, self.beta2 = (float(b) for b in state.get("betas", (self.beta1, self.beta2)))
-        self.eps = float(state.get("eps", self.eps))
-        self.m = {name: np.array(value) for name, value in state["m"].items()}
-        self.v = {name: np.array(value) for name, value in state["v"].items()}
+        m = {name: np.array(value) for name, value in state["m"].items()}
+        v = {name: np.array(value) for name, value in state["v"].items()}
+        for name in m:
+            if m[name].dtype.kind != "f" or v[name].dtype.kind != "f" or m[name].shape != v[name].shape:
+                raise ValueError(f"optimizer state: the moments of {name!r} must be float arrays of one shape; "
+                                 f"got {m[name].dtype} {m[name].shape} and {v[name].dtype} {v[name].shape}")
+        checked = AdamW(state.get("weight_decay", self.weight_decay), state.get("betas", (self.beta1, self.beta2)),
+                        state.get("eps", self.eps))            # the constructor's checks, with their messages
+        self.step_count = int(step)
+        self.weight_decay, self.beta1, self.beta2, self.eps = checked.weight_decay, checked.beta1, checked.beta2, checked.eps
+        self.m, self.v = m, v
         self._all_at_once = None
 
 

@@ -588,6 +588,9 @@ def train(language: Language, model_config: GPTConfig, train_config: TrainConfig
         optimizer = AdamW(config.weight_decay, config.betas)
         optimizer.load_state_dict(checkpoint.optimizer_state)
         step = checkpoint.step
+        if optimizer.step_count != step:
+            raise ValueError(f"the checkpoint is at step {step} but its optimizer state at step "
+                             f"{optimizer.step_count}: the file was not written by one training run")
         data_rng = checkpoint.generator()
         metrics = dict(checkpoint.metrics)
         resumed_from = step
