@@ -1,6 +1,8 @@
 """Atomic writes (``tinylatent._io``): nothing a user made is lost or changed but the content."""
 import os
 import stat
+import threading
+from pathlib import Path
 
 import pytest
 
@@ -53,3 +55,23 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
         atomic_write(path, fail)
     assert path.read_text() == "precious"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
+
+
+def test_a_folder_is_refused_by_its_own_name(tmp_path):
+    (tmp_path / "runs").mkdir()
+    for path in (tmp_path / "runs", f"{tmp_path}/new/"):
+        with pytest.raises(IsADirectoryError) as error:
+            write_text(path, "x")
+        assert error.value.filename == str(Path(path))       # not the temporary file's name
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_fifo_is_written_to_not_replaced(tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(open(fifo).read()))
+    reader.start()
+    write_text(fifo, "through the pipe")
+    reader.join(timeout=10)
+    assert received == ["through the pipe"] and stat.S_ISFIFO(os.stat(fifo).st_mode)

@@ -1,6 +1,7 @@
 """Atomic file writes: a crash mid-write never destroys the file that was there."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -41,9 +42,18 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], mode: str
     flushed and fsynced before the rename, and is removed if ``write`` raises; the folder
     is fsynced after the rename. The file keeps the permissions of the one it replaces
     (a new one gets the umask's), and a symbolic link is written through: its target is
-    replaced, the link stays. Returns the path written, as given.
+    replaced, the link stays. Something that exists but is not a file (a FIFO, a device
+    such as ``/dev/stdout``) cannot be replaced and is written to directly; a directory
+    (or a path ending in a separator) raises ``IsADirectoryError`` naming it. Returns the
+    path written, as given.
     """
     given = Path(path)
+    if given.is_dir() or str(path).endswith(("/", os.sep)):
+        raise IsADirectoryError(errno.EISDIR, "is a directory; give a file name", str(given))
+    if given.exists() and not given.is_file():       # a FIFO, /dev/stdout, ...: nothing to rename over
+        with open(given, mode) as handle:
+            write(handle)
+        return given
     target = Path(os.path.realpath(given))   # through symbolic links, as open(path, "w") would
     target.parent.mkdir(parents=True, exist_ok=True)
     permissions = _mode_for(target)
