@@ -95,6 +95,8 @@ def test_text_round_trip():
         language.encode("abz")
     with pytest.raises(ValueError, match="token ids"):
         language.decode([0, 19])
+    with pytest.raises(ValueError, match="integer token ids"):      # 1.9 is not read as 1 ('a')
+        language.decode([1.9])
 
 
 def test_json_round_trip(tmp_path):
@@ -140,6 +142,23 @@ def test_stationary_intentions_with_rows_a_few_ulps_off_one():
         np.testing.assert_allclose(mu @ language.transition, mu, atol=1e-12)
 
 
+def test_stationary_intentions_of_a_nearly_reducible_irreducible_chain():
+    """Irreducibility is read from the support of T (entries > 0), not from a tolerance: with
+    off-diagonal entries 1e-13 the chain is still irreducible and μ = (2/3, 1/3) whatever the
+    start, where an SVD rank decision would return ``initial``."""
+    for a in (1e-3, 1e-11, 1e-13, 1e-200):
+        transition = np.array([[1 - a, a], [2 * a, 1 - 2 * a]])
+        language = Language(initial=[0.5, 0.5], transition=transition, first_letter=np.ones((2, 2)) / 2,
+                            letter_transition=np.ones((2, 2, 2)) / 2, length_probs=fixed_length(2))
+        np.testing.assert_allclose(language.stationary_intentions(), [2 / 3, 1 / 3], rtol=1e-14)
+    # three states, a slow cycle 0 → 1 → 2 → 0: μ ∝ 1 / (rate of leaving each state)
+    rates = np.array([1e-14, 3e-14, 2e-13])
+    transition = np.diag(1 - rates) + np.roll(np.diag(rates), 1, axis=1)
+    language = Language(initial=[1.0, 0.0, 0.0], transition=transition, first_letter=np.ones((3, 2)) / 2,
+                        letter_transition=np.ones((3, 2, 2)) / 2, length_probs=fixed_length(2))
+    np.testing.assert_allclose(language.stationary_intentions(), (1 / rates) / (1 / rates).sum(), rtol=1e-13)
+
+
 def _valid_fields():
     return dict(initial=[0.5, 0.5], transition=[[0.5, 0.5], [0.5, 0.5]], first_letter=[[1.0, 0.0], [0.0, 1.0]],
                 letter_transition=np.ones((2, 2, 2)) / 2, length_probs=[0.0, 1.0])
@@ -175,6 +194,29 @@ def test_bad_constructor_arguments():
         sample_corpus(paper_language(0.0), 3, seed=-1)
     with pytest.raises(ValueError, match="window_length"):
         sample_windows(paper_language(0.0), 3, 0, seed=0)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda language: sample_intentions(language, 3, 0, first=1.5), r"first intention must be an integer in 0\.\.5; got 1\.5"),
+    (lambda language: sample_intentions(language, 3, 0, first=True), "first intention must be an integer"),
+    (lambda language: sample_corpus(language, 3, 0, first_intention=-1), "first intention must be an integer in 0..5"),
+    (lambda language: sample_windows(language, 2, 5, 0, burn_in_messages=-3), "burn_in_messages must be an integer ≥ 0; got -3"),
+    (lambda language: sample_windows(language, 2, 5, 0, burn_in_messages=2.5), "burn_in_messages must be an integer"),
+    (lambda language: sample_messages(language, [1.5], 0), "integer ids"),
+    (lambda language: sample_messages(language, [6], 0), r"0\.\.5; got 6"),
+    (lambda language: random_language(2, 4, letters_per_intention=1.5), "letters_per_intention must be an integer"),
+    (lambda language: random_language(2, 4, message_length=(1.5, 3)), "pair .* of integers"),
+    (lambda language: random_language(2, 4, message_length=(1, 2, 3)), "pair .* of integers"),
+])
+def test_bad_sampling_arguments_are_value_errors_not_truncated(call, message):
+    with pytest.raises(ValueError, match=message):
+        call(paper_language(0.02))
+
+
+def test_a_language_file_must_name_its_letters():
+    """An empty alphabet in a file is refused, not replaced by the default letters."""
+    with pytest.raises(ValueError, match="'alphabet' must be a non-empty string"):
+        Language.from_dict({**paper_language(0.0).to_dict(), "alphabet": ""})
 
 
 def test_bad_files_are_value_errors(tmp_path):

@@ -5,7 +5,8 @@ Every inequality is asserted with a stated absolute tolerance for float64 roundi
 bounds are computed from quantities other than the measured value (per-example
 ambiguities, the prior), so no test passes by construction. Independent checks:
 brute-force enumeration of hidden paths (tests/brute_force.py) for the continuation
-distributions and the ICL posterior, exact expectations by enumerating every message of
+distributions and the ICL posterior, the language-level ε of the sparsity bound from every
+message of the language, exact expectations by enumerating every message of
 a tiny language for chain-of-thought, and an enumeration of all messages for the
 unambiguity decision.
 """
@@ -18,7 +19,7 @@ from hypothesis import Phase, given, settings, strategies as st
 import brute_force
 from tinylatent import theorems as th
 from tinylatent.language import (
-    mixture_language, paper_language, preset, random_language, sample_corpus, sample_messages,
+    Language, fixed_length, mixture_language, paper_language, preset, random_language, sample_corpus, sample_messages,
 )
 from tinylatent.oracle import Oracle
 
@@ -109,19 +110,53 @@ def test_fit_decay_recovers_a_geometric_curve_and_skips_zeros():
 
 @given(languages(max_length=2), st.integers(0, 2**16), st.booleans())
 def test_sparsity_identity_and_bound(language, seed, stationary_prior):
+    """Claim 1 against sums over hidden paths. The bound's ε is the language's own ε, the
+    largest 1 − q(θ | x) over *every* message x and every θ that can write it, found by
+    enumerating all messages and paths (not the oracle's ε(x) of this batch, which would
+    make ``measured ≥ bound`` follow from the identity alone); and with an ε below a
+    message's own ε(x) the check must fail for that message, so it is not vacuous."""
     intentions, messages = sampled_messages(language, 4, seed)
     prior = None if stationary_prior else np.full(language.n_intentions, 1.0 / language.n_intentions)
+    prior_vector = language.stationary_intentions() if prior is None else prior
     result = th.sparsity(language, messages, intentions, prior=prior)
     np.testing.assert_allclose(result.identity_residual, 0.0, atol=1e-10)       # log-space, Bayes' rule
     np.testing.assert_allclose(result.peak_share, 1.0 - result.ambiguity, atol=TOL)
-    assert np.all(result.measured >= result.bound - TOL)                       # q(θ*,x) ≥ (1 − ε) q(x)
-    assert np.all(result.holds)
-    # independent: the joint and the marginal by summing hidden paths
-    prior_vector = language.stationary_intentions() if prior is None else prior
+    # independent: the joint, the marginal and ε(x) by summing hidden paths
+    brute_ambiguity = np.empty(len(messages))
     for b, (message, theta) in enumerate(zip(messages, intentions)):
         joint = brute_joint_at(language, message, 0, prior_vector)
         np.testing.assert_allclose(np.exp(result.log_joint[b]), joint[theta], rtol=1e-10)
         np.testing.assert_allclose(np.exp(result.log_marginal[b]), joint.sum(), rtol=1e-10)
+        brute_ambiguity[b] = (joint.sum() - joint[theta]) / joint.sum()
+    np.testing.assert_allclose(result.ambiguity, brute_ambiguity, rtol=1e-9, atol=1e-12)
+    # the dominance bound with the language-level ε from an enumeration of every message
+    language_epsilon = 0.0
+    for message in all_messages(language):
+        joint = brute_joint_at(language, message, 0, prior_vector)
+        for theta in np.flatnonzero(joint > 0):
+            language_epsilon = max(language_epsilon, np.delete(joint, theta).sum() / joint.sum())
+    assert np.all(brute_ambiguity <= language_epsilon + TOL)
+    bounded = th.sparsity(language, messages, intentions, prior=prior, epsilon=language_epsilon)
+    assert np.all(bounded.measured >= bounded.bound - TOL)                     # q(θ*,x) ≥ (1 − ε) q(x)
+    assert np.all(bounded.holds)
+    # and it can fail: ε set below a message's own ε(x) puts the bound above q(θ*, x)
+    worst = int(np.argmax(brute_ambiguity))
+    if brute_ambiguity[worst] > 1e-3:
+        too_small = th.sparsity(language, messages, intentions, prior=prior, epsilon=brute_ambiguity[worst] / 2)
+        assert not too_small.holds[worst]
+
+
+def test_sparsity_refuses_bad_input():
+    language = paper_language(0.02, noisy_first_letter=True)
+    x = language.encode("abca")
+    with pytest.raises(ValueError, match=r"intention 7 is outside 0\.\.5"):
+        th.sparsity(language, x[None], [7])
+    with pytest.raises(ValueError, match="one intention per sequence"):
+        th.sparsity(language, [x, x], [0])
+    with pytest.raises(ValueError, match=r"epsilon .* \[0, 1\]"):
+        th.sparsity(language, x[None], [0], epsilon=1.5)
+    with pytest.raises(ValueError, match="one message"):
+        th.sparsity(language, language.encode("ab\ncd")[None], [0])
 
 
 # ----------------------------------------------------------------------------------------
@@ -363,6 +398,31 @@ def test_unambiguous_icl_error_is_exactly_zero(language, seed):
     assert np.all(result.holds)
 
 
+def shared_prefix_language():
+    """Unambiguous, yet its queries are not: θ0 writes only "abc", θ1 only "abd" (T = I)."""
+    letter_transition = np.full((2, 4, 4), 0.25)
+    letter_transition[:, 0] = [0.0, 1.0, 0.0, 0.0]                       # a → b under both
+    letter_transition[0, 1] = [0.0, 0.0, 1.0, 0.0]                       # b → c under θ0
+    letter_transition[1, 1] = [0.0, 0.0, 0.0, 1.0]                       # b → d under θ1
+    return Language(initial=[0.5, 0.5], transition=np.eye(2), first_letter=[[1.0, 0, 0, 0], [1.0, 0, 0, 0]],
+                    letter_transition=letter_transition, length_probs=fixed_length(3), name="shared-prefix")
+
+
+@pytest.mark.parametrize("query_letters", [1, 2])
+def test_unambiguous_icl_one_example_suffices_even_when_the_query_is_ambiguous(query_letters):
+    """Claim 5 is about whole messages: the query "a" (or "ab") is shared by both intentions,
+    so the query alone leaves the error at 1/2, while one example fixes θ* exactly."""
+    language = shared_prefix_language()
+    assert th.is_unambiguous(language)
+    tasks = th.sample_icl_tasks(language, 6, 1, query_letters=query_letters, seed=0)
+    result = th.icl_unambiguous(language, tasks)
+    assert result.language_is_unambiguous
+    np.testing.assert_allclose(result.error_query_only, 0.5, rtol=1e-12)    # no bound claimed for it
+    assert np.all(result.error_one_example == 0.0) and np.all(result.error_one_example_and_query == 0.0)
+    assert np.all(result.measured == 0.0) and result.bound == 0.0
+    assert np.all(result.holds)
+
+
 def test_faithful_paper_mixture_is_unambiguous_at_every_noise_level():
     """THEORY.md §8: the first letter stays in θ's block, so whole messages never overlap."""
     for eta in (0.0, 0.02, 0.04):
@@ -469,6 +529,68 @@ def test_responses_to_a_prompt_form_a_distribution(language, seed):
     np.testing.assert_allclose(result.edited_response_given_intention,
                                result.per_intention_response[:, (prompt_intentions[0] + 1) % language.n_intentions],
                                rtol=IDENTITY_RTOL, atol=1e-300)
+
+
+# ----------------------------------------------------------------------------------------
+# Bad input: a ValueError that says what was wrong, never a wrapped index or a broadcast
+# ----------------------------------------------------------------------------------------
+
+def _bad_input_cases():
+    language = paper_language(0.02, noisy_first_letter=True)
+    mixture = preset("paper-mixture", 0.02)
+    x, message = language.encode("abca"), language.encode("abc\n")
+    tasks = th.sample_icl_tasks(mixture, 2, 2, seed=0)
+    return [
+        ("negative intention", lambda: th.understanding_continuations(language, [x], [-1], 1), r"intention -1 is outside 0\.\.5"),
+        ("float intention", lambda: th.understanding_next_token(language, x[None], [1.0]), "integer intention ids"),
+        ("one intention, two prompts", lambda: th.bayes_intention_error(language, [x, x], [0]), r"one intention per sequence: shape \(2,\)"),
+        ("known_intention, two prompts", lambda: th.known_intention_next_token(language, [x, x], [0]), "one intention per sequence"),
+        ("final_state known 1.7", lambda: th.final_state(language, [x], known_intention=1.7), "integer intention ids"),
+        ("prior with phase unknown", lambda: th.understanding_next_token(language, x[None], [0], phase="unknown", prior=np.eye(6)[3]),
+         "phase='start' only"),
+        ("unknown phase name", lambda: th.understanding_next_token(language, x[None], [0], phase="middle"), "phase must be"),
+        ("prior of the wrong size", lambda: th.bayes_intention_error(language, [x], [0], prior=[0.5, 0.5]), r"K = 6 intentions"),
+        ("prior not summing to 1", lambda: th.bayes_intention_error(language, [x], [0], prior=np.full(6, 1 / 6) + 1e-6), "sum to 1"),
+        ("one 1-D prompt", lambda: th.understanding_next_token(language, x, [0]), r"pass one sequence x as \[x\]"),
+        ("float token ids", lambda: th.log_likelihoods(language, [np.array([1.0, 2.0])]), "integer token ids"),
+        ("token id out of range", lambda: th.final_state(language, [np.array([1, 99])]), "outside the vocabulary"),
+        ("responses fewer than prompts", lambda: th.instruction_tuning(language, [message, message], [0, 1], [message]),
+         "one response per prompt"),
+        ("prompt intentions too few", lambda: th.instruction_tuning(language, [message, message], [0], [message, message]),
+         "one intention per sequence"),
+        ("ICL task intention out of range", lambda: th.icl_posterior_concentration(mixture, tasks._replace(intentions=np.array([0, 6])), 1),
+         "intention 6 is outside"),
+        ("ICL task with too few examples", lambda: th.icl_posterior_concentration(
+            mixture, tasks._replace(examples=[tasks.examples[0], tasks.examples[1][:1]]), 2), "task 1 has only 1 example"),
+        ("ICL query holding a delimiter", lambda: th.icl_unambiguous(
+            mixture, tasks._replace(queries=[message, tasks.queries[1]])), "first letters of one message"),
+        ("ICL prior of the wrong size", lambda: th.sample_icl_tasks(mixture, 2, 1, prior=[1.0, 0.0]), "K = 6 intentions"),
+        ("CoT prior not a distribution", lambda: th.chain_of_thought(language, 2, 4, prior=np.full(6, 0.5)), "sum to 1"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(len(_bad_input_cases())))
+def test_bad_input_is_a_value_error_that_says_what_is_allowed(case):
+    label, call, message = _bad_input_cases()[case]
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_chain_of_thought_posteriors_checks_the_documents():
+    """Without its last delimiter a document's next_posterior would skip the step ·T and answer
+    for θ_{m−1} instead of θ_m; a document of another number of messages answers for another θ."""
+    language = random_language(3, 4, message_length=2, transition="random", seed=1)
+    document = language.encode("ab\ncd\n")
+    direct, step = th.chain_of_thought_posteriors(language, [document], [3], 2)        # the valid case runs
+    assert direct.shape == step.shape == (1, 3)
+    with pytest.raises(ValueError, match=r"m = 2 whole messages .* ending with the delimiter"):
+        th.chain_of_thought_posteriors(language, [document[:-1]], [3], 2)
+    with pytest.raises(ValueError, match="m = 3 whole messages"):
+        th.chain_of_thought_posteriors(language, [document], [3], 3)
+    with pytest.raises(ValueError, match=r"first_message_lengths\[0\] must be the length of x_0"):
+        th.chain_of_thought_posteriors(language, [document], [2], 2)
+    with pytest.raises(ValueError, match="one per document"):
+        th.chain_of_thought_posteriors(language, [document, document], [3], 2)
 
 
 # ----------------------------------------------------------------------------------------

@@ -201,9 +201,19 @@ class Language:
         μ = lim_N (1/N) Σ_{j<N} initial · T^j (the Cesàro limit, which exists for every
         finite chain). It is ``initial`` projected onto the eigenvalue-1 space of T:
         with R spanning the right null space of (T − I) and W its left null space,
-        μ = initial · R (Wᵀ R)⁻¹ Wᵀ. For an irreducible T this is the unique stationary
-        distribution; for T = I (a mixture language) it is ``initial`` itself.
+        μ = initial · R (Wᵀ R)⁻¹ Wᵀ. For T = I (a mixture language) it is ``initial`` itself.
+
+        For an irreducible T (every intention reaches every other one through entries > 0:
+        decided on the support of T, exactly, not with a tolerance) μ is the unique
+        stationary distribution whatever ``initial`` is, and we compute it by state
+        reduction (:func:`_stationary_of_irreducible`), which stays exact when T is nearly
+        reducible: off-diagonal entries of 1e-13 make T − I look singular twice over to the
+        SVD below, which would return ``initial``. The projection is used for reducible T
+        only; there its rank decision (``NULL_SPACE_TOLERANCE``) is the limit: closed classes
+        joined by entries < 1e-12 are read as separate.
         """
+        if _is_irreducible(self.transition):
+            return _stationary_of_irreducible(self.transition)
         eye = np.eye(self.n_intentions, dtype=np.float64)
         transition = self.transition / self.transition.sum(axis=1, keepdims=True)  # exact rows: (T − I)·1 ≈ 1e-16
         right = _null_space(transition - eye)  # T r = r
@@ -239,10 +249,8 @@ class Language:
             raise ValueError(f"character {exc.args[0]!r} is not in the vocabulary; allowed: {allowed}") from None
 
     def decode(self, token_ids) -> str:
-        """The text of a sequence of token ids."""
-        ids = np.asarray(token_ids)
-        if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
-            raise ValueError(f"token ids must lie in [0, {self.vocab_size}); got {int(ids.min())}..{int(ids.max())}")
+        """The text of a sequence of token ids (integers in [0, V + 1); 1.9 is refused, not read as 1)."""
+        ids = self.check_tokens(token_ids, "the token ids to decode")
         vocabulary = self.vocabulary
         return "".join(vocabulary[int(i)] for i in ids.ravel())
 
@@ -290,8 +298,10 @@ class Language:
         missing = [key for key in required if key not in data]
         if missing:
             raise ValueError(f"the language is missing the field(s) {', '.join(missing)}")
-        if not isinstance(data["alphabet"], str):
-            raise ValueError("the field 'alphabet' must be a string of single-character letters")
+        if not isinstance(data["alphabet"], str) or not data["alphabet"]:
+            raise ValueError("the field 'alphabet' must be a non-empty string of the V letters, one character each; got "
+                             f"{data['alphabet']!r} (a file names its letters: the default alphabet applies only to "
+                             "a Language built in code without one)")
         arrays = {}
         for key in ["initial", "transition", "first_letter", "letter_transition", "length_probs"]:
             try:
@@ -332,6 +342,43 @@ def _null_space(matrix: np.ndarray) -> np.ndarray:
     _, singular_values, vt = np.linalg.svd(matrix)
     rank = int((singular_values > NULL_SPACE_TOLERANCE).sum())
     return vt[rank:].conj().T
+
+
+def _is_irreducible(transition: np.ndarray) -> bool:
+    """True when every state reaches every other through entries > 0 (the support graph is strongly connected)."""
+    reach = (np.asarray(transition) > 0.0) | np.eye(transition.shape[0], dtype=bool)
+    while True:
+        grown = (reach.astype(np.int64) @ reach.astype(np.int64)) > 0      # paths of twice the length
+        if np.array_equal(grown, reach):
+            return bool(reach.all())
+        reach = grown
+
+
+def _stationary_of_irreducible(transition: np.ndarray) -> np.ndarray:
+    """The stationary distribution of an irreducible chain, by GTH state reduction.
+
+    Grassmann, Taksar & Heyman (1985): remove states K−1, …, 1 one at a time, each time
+    folding the removed state's paths into the chain on the states left (the censored chain);
+    then build μ back up, μ_k ∝ Σ_{i<k} μ_i P[i, k]. The probability of leaving state k is
+    summed from its off-diagonal entries instead of computed as 1 − P[k, k], so there is no
+    subtraction anywhere and entries of 1e-13 keep their full relative accuracy.
+    """
+    p = np.array(transition, dtype=np.float64)
+    n = p.shape[0]
+    for k in range(n - 1, 0, -1):
+        leave = p[k, :k].sum()                         # > 0: k reaches a lower state (irreducible)
+        p[:k, k] /= leave
+        p[:k, :k] += np.outer(p[:k, k], p[k, :k])      # i → k → j, folded into i → j
+    weights = np.zeros(n, dtype=np.float64)
+    weights[0] = 1.0
+    for k in range(1, n):
+        weights[k] = weights[:k] @ p[:k, k]
+    return weights / weights.sum()
+
+
+def _is_integer(value) -> bool:
+    """True for an int or NumPy integer (not a bool, not a float such as 1.5 or 2.0)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 def _default_alphabet(n_letters: int) -> tuple:
@@ -495,9 +542,10 @@ def random_language(
         raise ValueError(f"concentration must be > 0; got {concentration}")
     if not (math.isfinite(eta) and eta >= 0.0):
         raise ValueError(f"the noise level eta must be ≥ 0; got {eta}")
-    block = n_letters if letters_per_intention is None else int(letters_per_intention)
-    if not 1 <= block <= n_letters:
-        raise ValueError(f"letters_per_intention must be in 1..{n_letters}; got {letters_per_intention}")
+    block = n_letters if letters_per_intention is None else letters_per_intention
+    if not _is_integer(block) or not 1 <= block <= n_letters:
+        raise ValueError(f"letters_per_intention must be an integer in 1..{n_letters} (or None); got {letters_per_intention!r}")
+    block = int(block)
 
     def own_letters(k: int) -> np.ndarray:
         return (k * block + np.arange(block)) % n_letters if block < n_letters else np.arange(n_letters)
@@ -530,6 +578,8 @@ def random_language(
     initial = rng.dirichlet(np.full(n_intentions, max(concentration, 1.0)))
 
     if isinstance(message_length, (tuple, list)):
+        if len(message_length) != 2 or not all(_is_integer(v) for v in message_length):
+            raise ValueError(f"message_length must be an integer or a pair (low, high) of integers; got {message_length!r}")
         low, high = (int(v) for v in message_length)
         if not 1 <= low <= high:
             raise ValueError(f"message_length (low, high) needs 1 ≤ low ≤ high; got {message_length}")
@@ -624,8 +674,8 @@ def sample_intentions(language: Language, n_messages: int, rng: SeedLike, first:
     if first is None:
         current = int(_draw(language.initial[None, :], uniforms[:1])[0])
     else:
-        if not 0 <= first < language.n_intentions:
-            raise ValueError(f"intention must be in 0..{language.n_intentions - 1}; got {first}")
+        if not _is_integer(first) or not 0 <= first < language.n_intentions:
+            raise ValueError(f"the first intention must be an integer in 0..{language.n_intentions - 1}; got {first!r}")
         current = int(first)
     intentions[0] = current
     # A Markov chain is sequential; this loop does one searchsorted per message.
@@ -668,9 +718,13 @@ def _flatten_messages(tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 def sample_messages(language: Language, intentions, rng: SeedLike) -> list:
     """One message per given intention: a list of int64 arrays, letters then the delimiter."""
     rng = as_generator(rng)
-    intentions = np.asarray(intentions, dtype=np.int64).ravel()
+    intentions = np.asarray(intentions)
+    if intentions.size and (intentions.dtype == np.bool_ or not np.issubdtype(intentions.dtype, np.integer)):
+        raise ValueError(f"intentions must be integer ids in 0..{language.n_intentions - 1}; got dtype {intentions.dtype}")
+    intentions = intentions.astype(np.int64).ravel()
     if intentions.size and (intentions.min() < 0 or intentions.max() >= language.n_intentions):
-        raise ValueError(f"intentions must be in 0..{language.n_intentions - 1}")
+        raise ValueError(f"intentions must be in 0..{language.n_intentions - 1}; got "
+                         f"{int(intentions.min()) if intentions.min() < 0 else int(intentions.max())}")
     tokens, lengths = _sample_message_matrix(language, intentions, rng)
     return [tokens[j, :lengths[j] + 1].copy() for j in range(tokens.shape[0])]
 
@@ -700,7 +754,9 @@ def sample_windows(language: Language, n_windows: int, window_length: int, seed:
         raise ValueError(f"window_length must be a positive integer; got {window_length}")
     if int(n_windows) != n_windows or n_windows < 1:
         raise ValueError(f"n_windows must be a positive integer; got {n_windows}")
-    n_windows, window_length = int(n_windows), int(window_length)
+    if not _is_integer(burn_in_messages) or burn_in_messages < 0:
+        raise ValueError(f"burn_in_messages must be an integer ≥ 0; got {burn_in_messages!r}")
+    n_windows, window_length, burn_in_messages = int(n_windows), int(window_length), int(burn_in_messages)
     shortest_message = int(language.length_probs.nonzero()[0].min()) + 1  # tokens, delimiter included
     start_region_messages = max(20, n_windows)
     n_messages = burn_in_messages + start_region_messages + window_length // shortest_message + 2

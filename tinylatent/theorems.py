@@ -37,7 +37,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from tinylatent.language import DELIMITER_ID, Language, SeedLike, as_generator, sample_messages
+from tinylatent.language import DELIMITER_ID, STOCHASTIC_ATOL, Language, SeedLike, as_generator, sample_messages
 from tinylatent.oracle import Oracle
 
 ROUNDING_TOLERANCE = 1e-12  # absolute slack that ``holds`` allows for float64 rounding of probabilities
@@ -95,10 +95,98 @@ def _one_hot(index: int, size: int) -> np.ndarray:
 
 
 def _prior_or_stationary(language: Language, prior) -> np.ndarray:
-    """π: the given prior, or the language's stationary intentions μ (a message read from a boundary)."""
+    """π: the given prior (checked), or the language's stationary intentions μ (a message read from a boundary)."""
     if prior is not None:
-        return np.asarray(prior, dtype=np.float64)
+        return _check_prior(language, prior)
     return language.stationary_intentions()
+
+
+def _prior_or_initial(language: Language, prior) -> np.ndarray:
+    """π: the given prior (checked), or the language's ``initial`` (the first message of a document)."""
+    return language.initial if prior is None else _check_prior(language, prior)
+
+
+# ----------------------------------------------------------------------------------------
+# Checking what a caller passes: one place, so every claim refuses bad input the same way
+# (a wrapped negative index or a broadcast intention would give a wrong answer, not an error)
+# ----------------------------------------------------------------------------------------
+
+def _check_prior(language: Language, prior, what: str = "prior") -> np.ndarray:
+    """A (K,) float64 distribution over the intentions, held to the rule ``Language`` holds ``initial`` to."""
+    n_intentions = language.n_intentions
+    try:
+        values = np.asarray(prior, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be {n_intentions} numbers, a distribution over the intentions") from None
+    if values.shape != (n_intentions,):
+        raise ValueError(f"{what} must be a distribution over the K = {n_intentions} intentions, shape "
+                         f"({n_intentions},); got shape {values.shape}")
+    if not np.all(np.isfinite(values)) or np.any(values < 0.0):
+        raise ValueError(f"{what} must be finite and non-negative; got {values}")
+    if abs(values.sum() - 1.0) > STOCHASTIC_ATOL:
+        raise ValueError(f"{what} must sum to 1 (within {STOCHASTIC_ATOL:g}); it sums to {values.sum():.12g}")
+    return values
+
+
+def _check_intentions(language: Language, intentions, n_sequences: int, what: str) -> np.ndarray:
+    """(B,) int64: exactly one intention id per sequence, each an integer in 0..K−1."""
+    n_intentions = language.n_intentions
+    values = np.asarray(intentions)
+    if values.ndim != 1 or values.shape[0] != n_sequences:
+        raise ValueError(f"{what} must hold one intention per sequence: shape ({n_sequences},) for the "
+                         f"{n_sequences} given; got shape {values.shape}")
+    if values.size and (values.dtype == np.bool_ or not np.issubdtype(values.dtype, np.integer)):
+        raise ValueError(f"{what} must be integer intention ids in 0..{n_intentions - 1}; got dtype {values.dtype}")
+    if values.size and (values.min() < 0 or values.max() >= n_intentions):
+        bad = int(values.min()) if values.min() < 0 else int(values.max())
+        raise ValueError(f"{what}: intention {bad} is outside 0..{n_intentions - 1} "
+                         f"(the language has K = {n_intentions} intentions; negative ids do not wrap)")
+    return values.astype(np.int64, copy=False)
+
+
+def _check_sequences(language: Language, sequences, what: str):
+    """A (B, T) int64 array, or a list of B one-dimensional int64 arrays, every token id checked.
+
+    Refused: a single 1-D array (one prompt must be passed as ``[x]`` or ``x[None]``, not
+    read as B one-token prompts), empty sequences, non-integer or out-of-vocabulary ids.
+    """
+    if isinstance(sequences, np.ndarray):
+        if sequences.ndim != 2:
+            raise ValueError(f"{what} must be a (B, T) array or a list of B token arrays; got an array of shape "
+                             f"{sequences.shape} (pass one sequence x as [x] or x[None])")
+        if sequences.shape[1] == 0:
+            raise ValueError(f"{what}: each sequence needs at least one token; got shape {sequences.shape}")
+        return language.check_tokens(sequences, what)
+    checked = []
+    for b, sequence in enumerate(sequences):
+        sequence = np.asarray(sequence)
+        if sequence.ndim != 1 or sequence.size == 0:
+            raise ValueError(f"{what}[{b}] must be a non-empty one-dimensional array of token ids; got shape {sequence.shape}")
+        checked.append(language.check_tokens(sequence, f"{what}[{b}]"))
+    return checked
+
+
+def _require_messages(sequences, what: str, end: str) -> None:
+    """Each checked sequence is one message or its beginning: at least one letter, no delimiter
+    before the last token, and at the end a delimiter as ``end`` says: ``"none"`` (a message
+    prefix, letters only), ``"optional"`` or ``"required"`` (a whole message)."""
+    allowed = {"none": "the first letters of one message (at least one letter, no delimiter)",
+               "optional": "one message (at least one letter, then optionally the delimiter; no delimiter before the end)",
+               "required": "one whole message (at least one letter, then the delimiter; no delimiter before it)"}[end]
+    for b, tokens in enumerate(sequences):
+        is_delimiter = np.asarray(tokens) == DELIMITER_ID
+        ends_message = bool(is_delimiter[-1])
+        good_end = {"none": not ends_message, "optional": True, "required": ends_message}[end]
+        if is_delimiter[:-1].any() or is_delimiter.size - ends_message < 1 or not good_end:
+            raise ValueError(f"{what}[{b}] must be {allowed}; got token ids {np.asarray(tokens).tolist()}")
+
+
+def _check_phase(phase: str, prior) -> None:
+    if phase not in ("start", "unknown"):
+        raise ValueError(f"phase must be 'start' or 'unknown'; got {phase!r}")
+    if phase != "start" and prior is not None:
+        raise ValueError("a prior over the first intention applies to phase='start' only: a window of unknown "
+                         "phase starts from the stationary state; pass prior=None")
 
 
 def by_length(sequences):
@@ -148,19 +236,29 @@ def final_state(language: Language, sequences, prior=None, known_intention=None,
         known_intention: (B,) or one θ for ``known_intention_predictive``.
         phase: ``"start"`` (each sequence begins a message) or ``"unknown"``.
     """
+    _check_phase(phase, prior)
+    sequences = _check_sequences(language, sequences, "sequences")
+    n = _n_sequences(sequences)
+    if known_intention is not None:
+        if np.ndim(known_intention) == 0:
+            known_intention = np.full(n, known_intention, dtype=np.asarray(known_intention).dtype)
+        known_intention = _check_intentions(language, known_intention, n, "known_intention")
+    prior = _prior_or_stationary(language, prior) if phase == "start" else None
+    return _final_state(language, sequences, prior, known_intention, phase, oracle)
+
+
+def _final_state(language: Language, sequences, prior, known, phase: str, oracle: Optional[Oracle]) -> FinalState:
+    """:func:`final_state` on checked input (prior a (K,) array for phase "start", known (B,) or None)."""
     oracle = Oracle(language) if oracle is None else oracle
     n = _n_sequences(sequences)
     n_intentions, vocab = language.n_intentions, language.vocab_size
-    if phase == "start":
-        prior = _prior_or_stationary(language, prior)
-    known = None if known_intention is None else np.broadcast_to(np.asarray(known_intention, dtype=np.int64), (n,))
     log_marginal = np.empty(n, dtype=np.float64)
     posterior = np.empty((n, n_intentions), dtype=np.float64)
     predictive = np.empty((n, vocab), dtype=np.float64)
     known_predictive = None if known is None else np.empty((n, vocab), dtype=np.float64)
     last_is_delimiter = np.empty(n, dtype=bool)
     for rows, tokens in by_length(sequences):
-        result = oracle.filter(tokens, phase=phase, prior=prior if phase == "start" else None,
+        result = oracle.filter(tokens, phase=phase, prior=prior,
                                known_intention=None if known is None else known[rows])
         log_marginal[rows] = result.log_marginal
         posterior[rows] = result.posterior[:, -1]
@@ -178,6 +276,11 @@ def log_likelihoods(language: Language, sequences, oracle: Optional[Oracle] = No
     One forward filter per θ with the one-hot prior on θ_1 (phase "start"); the filter
     follows the outer chain T for any later message in x. −inf where θ cannot write x.
     """
+    return _log_likelihoods(language, _check_sequences(language, sequences, "sequences"), oracle)
+
+
+def _log_likelihoods(language: Language, sequences, oracle: Optional[Oracle] = None) -> np.ndarray:
+    """:func:`log_likelihoods` on checked sequences."""
     oracle = Oracle(language) if oracle is None else oracle
     n_intentions = language.n_intentions
     out = np.empty((_n_sequences(sequences), n_intentions), dtype=np.float64)
@@ -267,15 +370,19 @@ def sparsity(language: Language, messages, true_intentions, prior=None, epsilon:
         messages: (B, T) array or list of B token arrays, each a message (delimiter optional).
         true_intentions: (B,) θ*.
         prior: π = q(θ) of a message; default the language's stationary intentions μ.
-        epsilon: the language's ambiguity ε ≥ every ε(x); default the batch's largest ε(x).
+        epsilon: the language's ambiguity ε ≥ every ε(x), in [0, 1]; default the batch's largest ε(x).
     """
+    messages = _check_sequences(language, messages, "messages")
+    _require_messages(messages, "messages", end="optional")
+    true_intentions = _check_intentions(language, true_intentions, _n_sequences(messages), "true_intentions")
+    if epsilon is not None and not (np.isfinite(epsilon) and 0.0 <= epsilon <= 1.0):
+        raise ValueError(f"epsilon is an ambiguity, a probability in [0, 1]; got {epsilon}")
     oracle = Oracle(language)
     prior = _prior_or_stationary(language, prior)
-    true_intentions = np.asarray(true_intentions, dtype=np.int64)
     rows = np.arange(true_intentions.shape[0])
-    state = final_state(language, messages, prior=prior, oracle=oracle)
+    state = _final_state(language, messages, prior, None, "start", oracle)
     with np.errstate(divide="ignore"):
-        log_joint = np.log(prior[true_intentions]) + log_likelihoods(language, messages, oracle)[rows, true_intentions]
+        log_joint = np.log(prior[true_intentions]) + _log_likelihoods(language, messages, oracle)[rows, true_intentions]
         log_posterior_true = np.log(state.posterior[rows, true_intentions])
     ambiguity = posterior_error(state.posterior, true_intentions)
     epsilon = float(ambiguity.max()) if epsilon is None else float(epsilon)
@@ -360,7 +467,9 @@ def understanding_next_token(language: Language, prompts, next_intentions, phase
         next_intentions: (B,) θ*, the true intention of the message holding token T + 1.
         phase: "start" (prompts begin a message; prior π) or "unknown" (windows of the stream).
     """
-    next_intentions = np.asarray(next_intentions, dtype=np.int64)
+    _check_phase(phase, prior)
+    prompts = _check_sequences(language, prompts, "prompts")
+    next_intentions = _check_intentions(language, next_intentions, _n_sequences(prompts), "next_intentions")
     state = final_state(language, prompts, prior=prior, known_intention=next_intentions, phase=phase)
     ambiguity = posterior_error(state.next_posterior, next_intentions)
     return _understanding_result(state.predictive, state.known_intention_predictive, ambiguity)
@@ -422,19 +531,18 @@ def understanding_continuations(language: Language, message_prefixes, true_inten
     if n_continuations > MAX_CONTINUATIONS:
         raise ValueError(f"{vocab}^{n_tokens} = {n_continuations} continuations is too many to enumerate "
                          f"(at most {MAX_CONTINUATIONS}); use fewer tokens")
-    prefixes = [np.asarray(x, dtype=np.int64) for x in message_prefixes]
-    if any(x.size == 0 or np.any(x == DELIMITER_ID) for x in prefixes):
-        raise ValueError("each prompt must be the first letters of one message: at least one letter, no delimiter")
+    prefixes = list(_check_sequences(language, message_prefixes, "message_prefixes"))
+    _require_messages(prefixes, "message_prefixes", end="none")
+    true_intentions = _check_intentions(language, true_intentions, len(prefixes), "true_intentions")
     prior = _prior_or_stationary(language, prior)
-    true_intentions = np.asarray(true_intentions, dtype=np.int64)
     oracle = Oracle(language)
     continuations = all_continuations(vocab, n_tokens)                                      # (N, k)
     batch = len(prefixes)
     extended = [np.concatenate([prefixes[b], y]) for b in range(batch) for y in continuations]  # B·N rows, prompt-major
-    prompt_state = final_state(language, prefixes, prior=prior, oracle=oracle)
-    extended_log_marginal = final_state(language, extended, prior=prior, oracle=oracle).log_marginal.reshape(batch, -1)
-    prompt_log_likelihood = log_likelihoods(language, prefixes, oracle)                      # (B, K)
-    extended_log_likelihood = log_likelihoods(language, extended, oracle).reshape(batch, n_continuations, n_intentions)
+    prompt_state = _final_state(language, prefixes, prior, None, "start", oracle)
+    extended_log_marginal = _final_state(language, extended, prior, None, "start", oracle).log_marginal.reshape(batch, -1)
+    prompt_log_likelihood = _log_likelihoods(language, prefixes, oracle)                     # (B, K)
+    extended_log_likelihood = _log_likelihoods(language, extended, oracle).reshape(batch, n_continuations, n_intentions)
     possible = np.isfinite(prompt_log_likelihood)[:, None, :]
     with np.errstate(invalid="ignore"):
         conditional = np.where(possible, np.exp(extended_log_likelihood - np.where(possible, prompt_log_likelihood[:, None, :], 0.0)), 0.0)
@@ -512,17 +620,22 @@ def bayes_intention_error(language: Language, prompts, true_intentions, prior=No
     """(B,) 1 − q(θ_T = θ* | x), θ_T the intention of the message holding the prompt's last token.
 
     Prompts begin at a message boundary; prior q(θ_1) default μ. Works for any outer chain.
+    ``true_intentions`` holds one θ* per prompt (it is not broadcast).
     """
-    state = final_state(language, prompts, prior=prior)
-    return posterior_error(state.posterior, np.asarray(true_intentions, dtype=np.int64))
+    prompts = _check_sequences(language, prompts, "prompts")
+    true_intentions = _check_intentions(language, true_intentions, _n_sequences(prompts), "true_intentions")
+    state = _final_state(language, prompts, _prior_or_stationary(language, prior), None, "start", None)
+    return posterior_error(state.posterior, true_intentions)
 
 
 def known_intention_next_token(language: Language, queries, intentions) -> np.ndarray:
     """(B, V + 1) q(x_{T+1} | query, θ* ): the next token of a message begun by the query, θ* known.
 
     This is the ICL target: by the Markov property it equals q(x_{T+1} | prompt, θ_{T+1} = θ*)
-    for any examples before the query, in any language of this kind.
+    for any examples before the query, in any language of this kind. ``intentions``: (B,), one per query.
     """
+    queries = _check_sequences(language, queries, "queries")
+    intentions = _check_intentions(language, intentions, _n_sequences(queries), "intentions")
     return final_state(language, queries, known_intention=intentions).known_intention_predictive
 
 
@@ -576,6 +689,27 @@ def _require_mixture(language: Language, what: str) -> None:
                          f"document); {language.name} has another chain: build one with mixture_language()")
 
 
+def _check_tasks(language: Language, tasks: ICLTasks, n_examples: int) -> np.ndarray:
+    """θ* of each task, (B,) int64, after checking the tasks: one intention, example list and
+    query per task; at least ``n_examples`` whole example messages in every task; each query
+    the first letters of one message."""
+    n_tasks = len(tasks.queries)
+    if n_tasks == 0:
+        raise ValueError("tasks must hold at least one task")
+    if len(tasks.examples) != n_tasks:
+        raise ValueError(f"tasks must have one example list per query; got {len(tasks.examples)} lists for {n_tasks} queries")
+    truth = _check_intentions(language, tasks.intentions, n_tasks, "tasks.intentions")
+    short = [b for b, examples in enumerate(tasks.examples) if len(examples) < n_examples]
+    if short:
+        raise ValueError(f"n_examples = {n_examples}, but task {short[0]} has only {len(tasks.examples[short[0]])} "
+                         f"example(s); every task needs at least n_examples")
+    _require_messages(_check_sequences(language, tasks.queries, "tasks.queries"), "tasks.queries", end="none")
+    if n_examples:
+        examples = _check_sequences(language, tasks.example_messages(n_examples), "tasks.example_messages")
+        _require_messages(examples, "tasks.example_messages", end="required")
+    return truth
+
+
 def _odds_factors(posterior, true_intentions) -> np.ndarray:
     """ε / (1 − ε) = Σ_{θ ≠ θ*} q_u(θ | x) / q_u(θ* | x): (N, K), (N,) -> (N,).
 
@@ -617,22 +751,22 @@ def icl_posterior_concentration(language: Language, tasks: ICLTasks, n_examples:
         raise ValueError(f"n_examples must be an integer in 0..{tasks.max_examples}; got {n_examples}")
     n_examples = int(n_examples)
     n_intentions = language.n_intentions
-    prior = language.initial if prior is None else np.asarray(prior, dtype=np.float64)
-    truth = np.asarray(tasks.intentions, dtype=np.int64)
+    truth = _check_tasks(language, tasks, n_examples)
+    prior = _prior_or_initial(language, prior)
     batch = truth.shape[0]
     uniform = np.full(n_intentions, 1.0 / n_intentions)
     oracle = Oracle(language)
 
-    query_posterior = final_state(language, tasks.queries, prior=uniform, oracle=oracle).posterior
+    query_posterior = _final_state(language, tasks.queries, uniform, None, "start", oracle).posterior
     query_ambiguity = posterior_error(query_posterior, truth)
     query_odds = _odds_factors(query_posterior, truth)
     if n_examples:
         example_truth = np.repeat(truth, n_examples)
-        example_posterior = final_state(language, tasks.example_messages(n_examples), prior=uniform, oracle=oracle).posterior
+        example_posterior = _final_state(language, tasks.example_messages(n_examples), uniform, None, "start", oracle).posterior
         example_ambiguity = posterior_error(example_posterior, example_truth).reshape(batch, n_examples)
         example_odds = _odds_factors(example_posterior, example_truth).reshape(batch, n_examples)
-        error_examples = posterior_error(final_state(language, tasks.example_prompts(n_examples), prior=prior,
-                                                     oracle=oracle).next_posterior, truth)
+        error_examples = posterior_error(_final_state(language, tasks.example_prompts(n_examples), prior, None, "start",
+                                                      oracle).next_posterior, truth)
     else:
         example_ambiguity = example_odds = np.zeros((batch, 0), dtype=np.float64)
         error_examples = posterior_error(np.tile(prior, (batch, 1)), truth)
@@ -643,9 +777,10 @@ def icl_posterior_concentration(language: Language, tasks: ICLTasks, n_examples:
         bound = np.nan_to_num(bound_examples * query_odds, nan=0.0, posinf=np.inf)
 
     prompts = tasks.prompts(n_examples)
-    state = final_state(language, prompts, prior=prior, oracle=oracle)
+    state = _final_state(language, prompts, prior, None, "start", oracle)
     error = posterior_error(state.posterior, truth)
-    target = known_intention_next_token(language, tasks.queries, truth)
+    target = _final_state(language, tasks.queries, language.stationary_intentions(), truth, "start",
+                          oracle).known_intention_predictive                    # known_intention_next_token
     tv = total_variation(state.predictive, target)
     kl = kl_divergence(target, state.predictive)
     bound_kl = kl_bound(error)
@@ -692,11 +827,14 @@ class UnambiguousICLResult(NamedTuple):
     """Claim 5 (THEORY.md §4): in an unambiguous mixture language one example fixes θ*.
 
     language_is_unambiguous: bool, from :func:`is_unambiguous` (exact, on supports).
-    error_query_only: (B,) 1 − q(θ* | query).
+    error_query_only: (B,) 1 − q(θ* | query). Reported, but no bound is claimed for it:
+        unambiguity is about whole messages, and a query is the beginning of one, which
+        two intentions can share (θ0 writes "abc", θ1 writes "abd": the query "a" or "ab"
+        leaves the error at 1/2 under a uniform prior, in an unambiguous language).
     error_one_example: (B,) 1 − q(θ* | x_1), the intention after one example.
     error_one_example_and_query: (B,) 1 − q(θ* | x_1, query).
     kl_one_example: (B,) KL(q(·|query, θ*) ‖ q(·|x_1, query)).
-    measured: (B,) the largest of the three errors.
+    measured: (B,) the larger of the two errors after one example (with and without the query).
     bound: 0.0 when the language is unambiguous (else 1.0: no claim).
     holds: (B,) bool, measured ≤ bound, compared exactly (no tolerance): the errors are sums
         of posterior entries that are exactly 0.
@@ -716,15 +854,22 @@ def icl_unambiguous(language: Language, tasks: ICLTasks, prior=None) -> Unambigu
     """Claim 5: for an unambiguous language ε(x) = 0, so every factor of claim 4 is 0.
 
     A message x with q(x | θ*) > 0 has q(x | θ) = 0 for all θ ≠ θ*, hence q(θ* | x) = 1
-    under any prior with π(θ*) > 0: one example (or the query alone, when its letters
-    already rule out every other θ) gives the error 0, exactly.
+    under any prior with π(θ*) > 0: one example gives the error 0, exactly, and a query
+    after it keeps it 0 (the posterior is already one-hot on θ*).
+
+    The query alone is *not* covered: it is a message prefix, not a whole message, and
+    unambiguity says nothing about prefixes. Its error is 0 only when its letters already
+    rule out every other θ (as in the paper's faithful language, where the first letter
+    does); in general it is not (the shared-prefix example in
+    :class:`UnambiguousICLResult`). So ``error_query_only`` is reported without a bound,
+    and THEORY.md §4's "even the query alone" over-claims (docs/theory.md §5).
     """
     _require_mixture(language, "one-example ICL")
     if tasks.max_examples < 1:
         raise ValueError("the tasks need at least one example")
     result = icl_posterior_concentration(language, tasks, 1, prior=prior)
     query_only = bayes_intention_error(language, tasks.queries, tasks.intentions, prior=prior)
-    measured = np.maximum(np.maximum(query_only, result.error_examples), result.error)
+    measured = np.maximum(result.error_examples, result.error)      # the query alone is not bounded (see above)
     unambiguous = is_unambiguous(language)
     bound = 0.0 if unambiguous else 1.0
     return UnambiguousICLResult(
@@ -757,16 +902,35 @@ def chain_of_thought_posteriors(language: Language, documents, first_message_len
         direct[b]       = q(θ_m | x_0)           = q(θ_0 | x_0) · T^m,
         step_by_step[b] = q(θ_m | x_0 … x_{m−1}) = q(θ_{m−1} | x_0 … x_{m−1}) · T.
     ``documents`` start at a message boundary (θ_0 ~ prior, default ``language.initial``)
-    and end with x_{m−1}'s delimiter; x_0 is the first ``first_message_lengths[b]`` tokens.
+    and hold exactly m whole messages, so they end with x_{m−1}'s delimiter; x_0 is the
+    first ``first_message_lengths[b]`` tokens, its letters and its delimiter. All of this
+    is checked: without the last delimiter the filter's ``next_posterior`` would skip the
+    step ·T and give q(θ_{m−1} | ·), the wrong intention, without a word.
     """
     if int(n_steps) != n_steps or n_steps < 1:
         raise ValueError(f"n_steps must be a positive integer; got {n_steps}")
-    prior = language.initial if prior is None else np.asarray(prior, dtype=np.float64)
+    n_steps = int(n_steps)
+    documents = list(_check_sequences(language, documents, "documents"))
+    first_message_lengths = np.asarray(first_message_lengths)
+    if first_message_lengths.shape != (len(documents),) or (
+            first_message_lengths.size and not np.issubdtype(first_message_lengths.dtype, np.integer)):
+        raise ValueError(f"first_message_lengths must be {len(documents)} integers, one per document; "
+                         f"got shape {first_message_lengths.shape}, dtype {first_message_lengths.dtype}")
+    for b, document in enumerate(documents):
+        delimiters = np.flatnonzero(document == DELIMITER_ID)
+        if document[-1] != DELIMITER_ID or delimiters.size != n_steps or np.any(np.diff(np.concatenate([[-1], delimiters])) < 2):
+            raise ValueError(f"documents[{b}] must be m = {n_steps} whole messages x_0 … x_{{m−1}}, each at least one "
+                             f"letter then the delimiter, ending with the delimiter; it has {delimiters.size} "
+                             f"delimiter(s) and ends with token id {int(document[-1])}")
+        if first_message_lengths[b] != delimiters[0] + 1:
+            raise ValueError(f"first_message_lengths[{b}] must be the length of x_0 with its delimiter, "
+                             f"{int(delimiters[0]) + 1}; got {first_message_lengths[b]}")
+    prior = _prior_or_initial(language, prior)
     oracle = Oracle(language)
-    first_messages = [np.asarray(doc)[:length] for doc, length in zip(documents, first_message_lengths)]
-    after_first = final_state(language, first_messages, prior=prior, oracle=oracle).posterior        # q(θ_0 | x_0)
-    direct = after_first @ np.linalg.matrix_power(language.transition, int(n_steps))
-    step_by_step = final_state(language, documents, prior=prior, oracle=oracle).next_posterior
+    first_messages = [document[:length] for document, length in zip(documents, first_message_lengths)]
+    after_first = _final_state(language, first_messages, prior, None, "start", oracle).posterior      # q(θ_0 | x_0)
+    direct = after_first @ np.linalg.matrix_power(language.transition, n_steps)
+    step_by_step = _final_state(language, documents, prior, None, "start", oracle).next_posterior
     return direct, step_by_step
 
 
@@ -838,7 +1002,7 @@ def chain_of_thought(language: Language, n_steps: int, n_chains: int, seed: Seed
     if int(n_steps) != n_steps or n_steps < 1:
         raise ValueError(f"n_steps must be a positive integer; got {n_steps}")
     n_chains, n_steps = int(n_chains), int(n_steps)
-    prior = language.initial if prior is None else np.asarray(prior, dtype=np.float64)
+    prior = _prior_or_initial(language, prior)
     chains = np.empty((n_chains, n_steps + 1), dtype=np.int64)                # θ_0 … θ_m
     chains[:, 0] = _draw_rows(np.broadcast_to(prior, (n_chains, prior.shape[0])), rng.random(n_chains))
     for step in range(1, n_steps + 1):
@@ -925,27 +1089,29 @@ def instruction_tuning(language: Language, prompts, prompt_intentions, responses
         edited_transition: an edited outer chain T' (K × K), or None.
         prior: q(θ_x) for the Bayes version; default the stationary intentions μ.
     """
-    prompt_intentions = np.asarray(prompt_intentions, dtype=np.int64)
-    batch = prompt_intentions.shape[0]
+    prompts = list(_check_sequences(language, prompts, "prompts"))
+    responses = list(_check_sequences(language, responses, "responses"))
+    _require_messages(prompts, "prompts", end="required")
+    _require_messages(responses, "responses", end="required")
+    batch = len(prompts)
+    if len(responses) != batch:
+        raise ValueError(f"give one response per prompt; got {batch} prompts and {len(responses)} responses")
+    prompt_intentions = _check_intentions(language, prompt_intentions, batch, "prompt_intentions")
     rows = np.arange(batch)
-    prompts = [np.asarray(x, dtype=np.int64) for x in prompts]
-    responses = [np.asarray(y, dtype=np.int64) for y in responses]
-    if any(x.size < 2 or x[-1] != DELIMITER_ID or np.any(x[:-1] == DELIMITER_ID) for x in list(prompts) + list(responses)):
-        raise ValueError("prompts and responses must each be one whole message: letters, then the delimiter")
     prior = _prior_or_stationary(language, prior)
     oracle = Oracle(language)
     dialogues = [np.concatenate([x, y]) for x, y in zip(prompts, responses)]
-    per_intention = np.exp(log_likelihoods(language, responses, oracle))                    # q(y | θ), (B, K)
+    per_intention = np.exp(_log_likelihoods(language, responses, oracle))                    # q(y | θ), (B, K)
 
     def given_intention(lang, lang_oracle):
         with np.errstate(invalid="ignore"):
-            log_ratio = log_likelihoods(lang, dialogues, lang_oracle) - log_likelihoods(lang, prompts, lang_oracle)
+            log_ratio = _log_likelihoods(lang, dialogues, lang_oracle) - _log_likelihoods(lang, prompts, lang_oracle)
         return np.exp(log_ratio[rows, prompt_intentions])
 
     response = given_intention(language, oracle)
     mixture = np.einsum("bk,bk->b", language.transition[prompt_intentions], per_intention)
-    prompt_state = final_state(language, prompts, prior=prior, oracle=oracle)
-    bayes = np.exp(final_state(language, dialogues, prior=prior, oracle=oracle).log_marginal - prompt_state.log_marginal)
+    prompt_state = _final_state(language, prompts, prior, None, "start", oracle)
+    bayes = np.exp(_final_state(language, dialogues, prior, None, "start", oracle).log_marginal - prompt_state.log_marginal)
     bayes_mixture = np.einsum("bk,bk->b", prompt_state.next_posterior, per_intention)
     gaps = [_relative_gap(response, mixture), _relative_gap(bayes, bayes_mixture)]
     edited_response = edited_mixture = change = None
@@ -954,7 +1120,7 @@ def instruction_tuning(language: Language, prompts, prompt_intentions, responses
         edited_oracle = Oracle(edited)
         edited_response = given_intention(edited, edited_oracle)
         edited_mixture = np.einsum("bk,bk->b", edited.transition[prompt_intentions], per_intention)
-        change = np.abs(np.exp(log_likelihoods(edited, responses, edited_oracle)) - per_intention).max(axis=1)
+        change = np.abs(np.exp(_log_likelihoods(edited, responses, edited_oracle)) - per_intention).max(axis=1)
         gaps.append(_relative_gap(edited_response, edited_mixture))
     measured = np.max(np.stack(gaps), axis=0)
     return InstructionTuningResult(
