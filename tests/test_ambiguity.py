@@ -65,3 +65,74 @@ def test_bad_arguments():
         measure_ambiguity(paper_language(0.02), exact=True)
     with pytest.raises(ValueError, match="n_messages"):
         measure_ambiguity(paper_language(0.02), n_messages=1, exact=False)
+
+
+def enumerated_statistics(language):
+    """fraction_ambiguous and mean_posterior_error by enumerating every message, in log space and
+    without the oracle: log q(x | θ) = log q(length) + log s_θ[x_1] + Σ log A_θ[x_i, x_{i+1}]."""
+    import itertools
+    from scipy.special import logsumexp
+    prior = language.stationary_intentions()
+    with np.errstate(divide="ignore"):
+        log_prior, log_s, log_a = np.log(prior), np.log(language.first_letter), np.log(language.letter_transition)
+    fraction = mean_error = 0.0
+    for length in np.nonzero(language.length_probs)[0]:
+        for letters in itertools.product(range(language.n_letters), repeat=int(length)):
+            log_joint = log_prior + np.log(language.length_probs[length]) + log_s[:, letters[0]]
+            for a, b in zip(letters[:-1], letters[1:]):
+                log_joint = log_joint + log_a[:, a, b]
+            log_marginal = logsumexp(log_joint)
+            if log_marginal == -np.inf:
+                continue
+            writers = np.isfinite(log_joint)
+            fraction += np.exp(log_marginal) * (writers.sum() >= 2)
+            posterior = np.exp(log_joint - log_marginal)
+            for true in np.flatnonzero(writers):  # Σ_θ* q(θ*, x) Σ_{θ≠θ*} q(θ | x)
+                mean_error += np.exp(log_joint[true]) * np.delete(posterior, true).sum()
+    return fraction, mean_error
+
+
+def test_tiny_ambiguities_count_exact_and_sampled():
+    """θ0 writes only a, b; θ1 writes c with 1 − 2η and a, b with η each. A message of θ0 (half of
+    all) can also come from θ1, with ε = η^n / (½^n + η^n) ≈ 6e-17 for η = 1e-3, n = 6: below what
+    1 − q(θ* | x) resolves. A message with a c only θ1 writes. So fraction_ambiguous = ½ + ½ (2η)^n."""
+    from tinylatent.language import Language, fixed_length
+    eta, n = 1e-3, 6
+    theta0 = np.array([0.5, 0.5, 0.0])
+    theta1 = np.array([eta, eta, 1 - 2 * eta])
+    language = Language(initial=[0.5, 0.5], transition=np.full((2, 2), 0.5),
+                        first_letter=np.stack([theta0, theta1]),
+                        letter_transition=np.stack([np.tile(theta0, (3, 1)), np.tile(theta1, (3, 1))]),
+                        length_probs=fixed_length(n))
+    fraction = 0.5 + 0.5 * (2 * eta) ** n
+    epsilon_theta0 = eta ** n / (0.5 ** n + eta ** n)
+    # E[ε] = Σ_x Σ_θ* q(θ*, x) (1 − q(θ* | x)) = Σ_{x in {a,b}^n} 2 q(θ0, x) q(θ1, x) / q(x), 2^n equal terms
+    mean_error = 2 ** n * 2 * (0.5 * 0.5 ** n) * (0.5 * eta ** n) / (0.5 * 0.5 ** n + 0.5 * eta ** n)
+    assert epsilon_theta0 < 1e-16
+    exact = measure_ambiguity(language, exact=True)
+    assert exact.fraction_ambiguous.value == pytest.approx(fraction, rel=1e-12)
+    assert exact.mean_posterior_error.value == pytest.approx(mean_error, rel=1e-9)
+    np.testing.assert_allclose(enumerated_statistics(language), [fraction, mean_error], rtol=1e-9)
+    sampled = measure_ambiguity(language, n_messages=4000, seed=3, exact=False)
+    assert sampled.fraction_ambiguous.low <= fraction <= sampled.fraction_ambiguous.high, sampled.fraction_ambiguous
+
+
+@pytest.mark.parametrize("eta", [1e-4, 1e-6])
+def test_exact_statistics_match_an_independent_enumeration_with_tiny_noise(eta):
+    """The paper's construction at K = 2, V = 4: every row of A_θ points into θ's own two letters,
+    then η noise on every row and on the first letter. Every message can come from either
+    intention, so the true fraction is 1, although ε(x) ≈ (2η)^6 < 1e-16 for a message inside a block."""
+    from tinylatent.language import Language, add_noise, fixed_length
+    letter_transition, first_letter = np.zeros((2, 4, 4)), np.zeros((2, 4))
+    letter_transition[0, :, 0:2] = first_letter[0, 0:2] = 0.5
+    letter_transition[1, :, 2:4] = first_letter[1, 2:4] = 0.5
+    letter_transition, first_letter = add_noise(letter_transition, first_letter, eta, True)
+    language = Language(initial=[0.5, 0.5], transition=np.eye(2), first_letter=first_letter,
+                        letter_transition=letter_transition, length_probs=fixed_length(6))
+    report = measure_ambiguity(language, exact=True)
+    fraction, mean_error = enumerated_statistics(language)
+    assert fraction == pytest.approx(1.0, abs=1e-12)
+    assert report.fraction_ambiguous.value == pytest.approx(1.0, abs=1e-12)
+    assert report.mean_posterior_error.value == pytest.approx(mean_error, rel=1e-9)
+    sampled = measure_ambiguity(language, n_messages=2000, seed=0, exact=False)
+    assert sampled.fraction_ambiguous.value == 1.0

@@ -225,3 +225,149 @@ def test_bad_options_are_value_errors():
         oracle.filter([1, 2], known_intention=6)
     with pytest.raises(ValueError, match="prior"):
         oracle.filter([1, 2], prior=[1.0, 0.0])
+
+
+# -- underflow: a posterior below float64's range must not make a possible prompt impossible --------
+
+def mixture_reference(language, tokens):
+    """For a mixture language (T = I, one intention per document), by direct sums of logs, no filter:
+
+    cumulative[θ, t] = log q(x_{≤t} | θ) and next_token[θ, t, v] = log q(x_{t+1} = v | x_{≤t}, θ).
+    """
+    assert np.array_equal(language.transition, np.eye(language.n_intentions))
+    hazard = language.stop_probs()
+    with np.errstate(divide="ignore"):
+        log_s, log_a = np.log(language.first_letter), np.log(language.letter_transition)
+
+    def log_step(theta, n, previous, token):  # log q(token | θ, n letters so far, previous letter)
+        h = hazard[n] if n < len(hazard) else 1.0
+        with np.errstate(divide="ignore"):
+            if n == 0:
+                return -np.inf if token == 0 else log_s[theta, token - 1]
+            return np.log(h) if token == 0 else np.log(1.0 - h) + log_a[theta, previous, token - 1]
+
+    length, vocab = len(tokens), language.vocab_size
+    cumulative = np.zeros((language.n_intentions, length))
+    next_token = np.zeros((language.n_intentions, length, vocab))
+    for theta in range(language.n_intentions):
+        total, n, previous = 0.0, 0, None
+        for t, token in enumerate(int(x) for x in tokens):
+            total += log_step(theta, n, previous, token)
+            n, previous = (0, None) if token == 0 else (n + 1, token - 1)
+            cumulative[theta, t] = total
+            next_token[theta, t] = [log_step(theta, n, previous, v) for v in range(vocab)]
+    return cumulative, next_token
+
+
+def two_chain_language(message_length):
+    """θ0 writes a→a always; θ1 writes a→a or a→b, ½ each. After m letters 'a' the posterior
+    odds of θ1 are 2^−m: below float64's range (~1e-308) after ~1025 letters."""
+    from tinylatent.language import fixed_length
+    letter_transition = np.array([[[1.0, 0.0], [0.5, 0.5]], [[0.5, 0.5], [0.5, 0.5]]])
+    return Language(initial=[0.5, 0.5], transition=np.eye(2), first_letter=[[1.0, 0.0], [1.0, 0.0]],
+                    letter_transition=letter_transition, length_probs=fixed_length(message_length))
+
+
+@pytest.mark.parametrize("message_length, text", [
+    (1200, "a" * 1199 + "b"),                    # one long message; 'b' only θ1 can write
+    (25, ("a" * 25 + "\n") * 50 + "ab"),          # 50 short messages of a mixture, then 'b'
+], ids=["one-long-message", "fifty-messages"])
+def test_a_posterior_below_float64_range_keeps_a_possible_prompt_possible(message_length, text):
+    language = two_chain_language(message_length)
+    tokens = language.encode(text)
+    result = Oracle(language).filter(tokens, phase="start", known_intention=1)
+    cumulative, next_token = mixture_reference(language, tokens)
+    log_joint = np.log(language.initial)[:, None] + cumulative                    # log q(θ, x_{≤t}), (K, T)
+    log_prefix = np.logaddexp(log_joint[0], log_joint[1])                         # log q(x_{≤t})
+    assert result.first_impossible[0] == -1 and result.possible[0]
+    np.testing.assert_allclose(result.log_marginal[0], log_prefix[-1], rtol=1e-12)
+    np.testing.assert_allclose(result.token_log_probs[0], np.diff(log_prefix, prepend=0.0), rtol=1e-10, atol=LOG_ATOL)
+    posterior = np.exp(log_joint - log_prefix).T                                   # (T, K)
+    assert posterior[-2, 1] < 1e-300 and posterior[-1, 1] == 1.0                  # the case this is about
+    np.testing.assert_allclose(result.posterior[0], posterior, rtol=1e-10, atol=1e-300)
+    predictive = np.einsum("tk,ktv->tv", posterior, np.exp(next_token))
+    np.testing.assert_allclose(result.predictive[0], predictive, rtol=1e-10, atol=1e-300)
+    np.testing.assert_allclose(result.known_intention_predictive[0], np.exp(next_token[1]), rtol=1e-12, atol=1e-300)
+
+
+def test_unknown_phase_keeps_a_possible_prompt_possible_past_float64_range():
+    """1200 letters and no delimiter in 1200-letter messages: the window must start right after a
+    delimiter (n = 0), so q(x) = Σ_θ μ(θ) q(x | θ) / (E[length] + 1), and only θ1 can write 'b'."""
+    language = two_chain_language(1200)
+    tokens = language.encode("a" * 1199 + "b")
+    result = Oracle(language).filter(tokens, phase="unknown", known_intention=1)
+    mu = language.stationary_intentions()
+    expected = np.log(mu[1]) - np.log(1201.0) + 1199 * np.log(0.5)   # s_1[a] = 1, then 1199 steps of ½
+    assert result.first_impossible[0] == -1
+    np.testing.assert_allclose(result.log_marginal[0], expected, rtol=1e-12)
+    np.testing.assert_allclose(result.posterior[0, -1], [0.0, 1.0], atol=1e-300)
+    np.testing.assert_allclose(result.known_intention_predictive[0, -1], [1.0, 0.0, 0.0])  # the message is full
+
+
+def test_near_underflow_rows_are_redone_alone_and_true_zeros_stay_impossible():
+    """A batch mixing a near-underflow row, truly impossible rows and an ordinary row: each row
+    is what it is alone, and an impossible prompt is reported at its first impossible token."""
+    language = two_chain_language(1200)
+    oracle = Oracle(language)
+    texts = ["a" * 1199 + "b",          # possible (θ1 only), posterior of θ1 ~ 2^-1198 before 'b'
+             "a" * 1150 + "\n\n" + "a" * 48,  # a message of 1150 letters (start phase: impossible
+                                               # at 1150); two delimiters in a row (either phase: at 1151)
+             "a" * 1199 + "a",          # possible under both; θ1's posterior ends ~2^-1199
+             "b" + "a" * 1199]          # a message cannot open with 'b': impossible at 0
+    batch = np.stack([language.encode(text) for text in texts])
+    for phase in ("start", "unknown"):
+        result = oracle.filter(batch, phase=phase)
+        if phase == "start":
+            assert list(result.first_impossible) == [-1, 1150, -1, 0]
+        else:  # a window may start inside a message: 'b' first is possible after n ≥ 1 hidden letters,
+            # but then its message is full before the window ends (1200 letters at most)
+            assert list(result.first_impossible) == [-1, 1151, -1, 1199]
+        assert not np.any(np.isnan(result.posterior)) and not np.any(np.isnan(result.predictive))
+        for b in range(len(texts)):
+            alone = oracle.filter(batch[b], phase=phase)
+            np.testing.assert_array_equal(result.token_log_probs[b], alone.token_log_probs[0])
+            np.testing.assert_allclose(result.posterior[b], alone.posterior[0], rtol=1e-13, atol=1e-300)
+    # a long truly impossible prompt: θ0 only writes 'a', θ1 had posterior ~2^-1100 when the message was cut short
+    too_early = oracle.filter(language.encode("a" * 1100 + "\n"), phase="start")
+    assert too_early.first_impossible[0] == 1100 and too_early.log_marginal[0] == -np.inf
+
+
+def test_message_ambiguity_is_accurate_when_tiny():
+    """ε = Σ_{θ≠θ*} q(θ | x), not 1 − q(θ* | x), which is 0 for ε < 1.1e-16 (η = 0.005, noisy first letter)."""
+    from tinylatent.language import sample_messages
+    language = paper_language(0.005, noisy_first_letter=True)
+    mixture = mixture_language(language, prior=np.full(6, 1 / 6))
+    messages = np.stack(sample_messages(language, np.zeros(20, dtype=np.int64), np.random.default_rng(1)))
+    epsilon = Oracle(language).message_ambiguity(messages, 0, prior=np.full(6, 1 / 6))
+    expected = np.empty(len(messages))
+    for m, message in enumerate(messages):
+        cumulative, _ = mixture_reference(mixture, message)
+        log_joint = np.log(1 / 6) + cumulative[:, -1]
+        expected[m] = np.exp(np.logaddexp.reduce(log_joint[1:]) - np.logaddexp.reduce(log_joint))
+    assert expected.min() < 1e-16 and expected.min() > 0.0
+    np.testing.assert_allclose(epsilon, expected, rtol=1e-9)
+
+
+def test_prior_and_intentions_are_checked():
+    oracle = Oracle(paper_language(0.02))
+    prompt = paper_language(0.02).encode("abca")
+    slightly_off = np.full(6, 1 / 6)
+    slightly_off[0] += 5e-6
+    with pytest.raises(ValueError, match=r"sum to 1 within 1e-09.*1\.000005"):
+        oracle.filter(prompt, prior=slightly_off)
+    within = np.full(6, 1 / 6)
+    within[0] += 5e-10
+    assert np.isfinite(oracle.filter(prompt, prior=within).log_marginal[0])
+    with pytest.raises(ValueError, match="finite and non-negative"):
+        oracle.filter(prompt, prior=[np.nan] + [0.2] * 5)
+    for bad in (1.7, np.array([0.0, 1.0]), True):
+        with pytest.raises(ValueError, match=r"known_intention must be integer intention ids in \[0, 6\)"):
+            oracle.filter(np.stack([prompt, prompt]), known_intention=bad)
+    with pytest.raises(ValueError, match="one per sequence"):
+        oracle.filter(np.stack([prompt, prompt]), known_intention=[0, 1, 2])
+    with pytest.raises(ValueError, match=r"true_intentions must be in \[0, 6\); got -1"):
+        oracle.message_ambiguity(prompt, -1)
+    with pytest.raises(ValueError, match="true_intentions must be integer"):
+        oracle.message_ambiguity(prompt, 0.5)
+    ok = oracle.filter(np.stack([prompt, prompt]), known_intention=np.array([0, 5], dtype=np.int32))
+    assert ok.known_intention_predictive.shape == (2, 4, 19)

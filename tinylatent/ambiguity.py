@@ -10,7 +10,14 @@ intentions μ, the prior of a message picked from the stream):
 * ``mean_posterior_error``: E[ε(x)], with the exact posterior given the whole message
   (first letter included) and the prior μ.
 * ``fraction_ambiguous``: q(ε(x) > 0), the share of messages that more than one
-  intention could have written.
+  intention could have written. It is decided on supports: x is ambiguous iff at least
+  two intentions θ with μ(θ) > 0 have q(x | θ) > 0 (a finite log q(x | θ)). Testing the
+  float ε(x) > 0 instead would call x unambiguous whenever ε(x) rounds to 0, which
+  happens for long messages and small noise (ε < 1e-308 here, < 1.1e-16 as 1 − q(θ* | x)).
+
+ε(x) itself is computed without cancellation, as Σ_{θ ≠ θ*} q(θ | x) with
+q(θ | x) = exp(log μ(θ) + log q(x | θ) − log Σ_θ' μ(θ') q(x | θ')), from the K
+log-likelihoods log q(x | θ) of the oracle started with θ for sure.
 
 Each is estimated by sampling messages, with a 95% confidence interval, or computed
 exactly by enumerating every message when the message space is small.
@@ -27,6 +34,7 @@ import numpy as np
 from tinylatent.backend import array_module, to_device, to_host
 from tinylatent.language import DELIMITER_ID, Language, SeedLike, _draw, as_generator, fixed_length, sample_messages
 from tinylatent.oracle import Oracle
+from tinylatent.theorems import posterior_error
 
 Z_95 = 1.959963984540054  # the 97.5% quantile of the standard normal
 MAX_ENUMERATED_MESSAGES = 200_000
@@ -110,6 +118,38 @@ def map_intentions(language: Language, letters: np.ndarray) -> np.ndarray:
     return np.argmax(transition_log_likelihoods(language, letters), axis=0)
 
 
+def message_log_likelihoods(oracle: Oracle, messages: np.ndarray, device: str = "cpu") -> np.ndarray:
+    """log q(x | θ) for every intention θ: (K, M) for M whole messages ``messages`` (M, n + 1), delimiter last.
+
+    One forward filter per θ with the prior one-hot on θ (only one intention is ever
+    possible in it, so nothing can underflow); −inf where θ cannot write x.
+    """
+    on_device = to_device(messages, device)
+    n_intentions = oracle.language.n_intentions
+    return np.stack([to_host(oracle.filter(on_device, prior=np.eye(n_intentions)[k], predictive=False).log_marginal)
+                     for k in range(n_intentions)])
+
+
+def posterior_from_log_likelihoods(log_likelihood: np.ndarray, prior: np.ndarray):
+    """q(θ | x), log q(x) and whether x is ambiguous, from log q(x | θ) (K, M) and the prior μ (K,).
+
+    Returns:
+        posterior: (K, M) q(θ | x) = exp(log μ(θ) + log q(x | θ) − log q(x)) (NaN where q(x) = 0).
+        log_marginal: (M,) log q(x) = log Σ_θ μ(θ) q(x | θ) (max-shifted; −inf where impossible).
+        ambiguous: (M,) bool, at least two θ with μ(θ) > 0 and q(x | θ) > 0 (decided on supports).
+    """
+    with np.errstate(divide="ignore"):
+        log_joint = np.log(prior)[:, None] + log_likelihood                           # log q(θ, x), (K, M)
+    shift = log_joint.max(axis=0)
+    shift = np.where(np.isfinite(shift), shift, 0.0)
+    with np.errstate(divide="ignore"):
+        log_marginal = np.log(np.exp(log_joint - shift).sum(axis=0)) + shift
+    with np.errstate(invalid="ignore"):
+        posterior = np.exp(log_joint - log_marginal)
+    ambiguous = np.isfinite(log_joint).sum(axis=0) >= 2
+    return posterior, log_marginal, ambiguous
+
+
 def measure_ambiguity(language: Language, n_messages: int = 20_000, seed: SeedLike = 0,
                       message_length: Optional[int] = None, exact: Optional[bool] = None,
                       device: str = "cpu") -> AmbiguityReport:
@@ -146,16 +186,19 @@ def _sampled(language: Language, n_messages: int, rng: np.random.Generator, mess
     lengths = np.array([len(m) for m in messages])
     map_wrong = np.zeros(n_messages, dtype=bool)
     epsilon = np.zeros(n_messages, dtype=np.float64)
+    ambiguous = np.zeros(n_messages, dtype=bool)
     for length in np.unique(lengths):  # equal-length messages form one batch
         rows = np.nonzero(lengths == length)[0]
         batch = np.stack([messages[j] for j in rows])                              # (M, n + 1), delimiter last
         letters = batch[:, :-1] - 1
         map_wrong[rows] = map_intentions(language, letters) != true_intentions[rows]
-        epsilon[rows] = to_host(oracle.message_ambiguity(to_device(batch, device), true_intentions[rows], prior=prior))
+        posterior, _, ambiguous[rows] = posterior_from_log_likelihoods(
+            message_log_likelihoods(oracle, batch, device), prior)
+        epsilon[rows] = posterior_error(posterior.T, true_intentions[rows])        # Σ_{θ ≠ θ*} q(θ | x)
     return AmbiguityReport(
         map_error=wilson_interval(int(map_wrong.sum()), n_messages),
         mean_posterior_error=mean_interval(epsilon),
-        fraction_ambiguous=wilson_interval(int((epsilon > 0.0).sum()), n_messages),
+        fraction_ambiguous=wilson_interval(int(ambiguous.sum()), n_messages),
         method="sampled",
         n_messages=n_messages,
         message_length=message_length,
@@ -171,20 +214,21 @@ def _exact(language: Language, message_length, device) -> AmbiguityReport:
         letters = np.array(list(itertools.product(range(language.n_letters), repeat=int(length))), dtype=np.int64)
         tokens = np.concatenate([letters + 1, np.full((len(letters), 1), DELIMITER_ID)], axis=1)
         # q(θ, x) = μ(θ) q(x | θ), with q(x | θ) from the oracle started with θ for sure
-        on_device = to_device(tokens, device)
-        log_given = np.stack([to_host(oracle.filter(on_device, prior=np.eye(language.n_intentions)[k],
-                                                    predictive=False).log_marginal)
-                              for k in range(language.n_intentions)])            # (K, M)
-        joint = prior[:, None] * np.exp(log_given)                                 # (K, M)
-        marginal = joint.sum(axis=0)                                               # q(x), (M,)
-        possible = marginal > 0.0
-        joint, marginal, letters = joint[:, possible], marginal[possible], letters[possible]
+        posterior, log_marginal, ambiguous = posterior_from_log_likelihoods(
+            message_log_likelihoods(oracle, tokens, device), prior)                # (K, M), (M,), (M,)
+        possible = log_marginal > -np.inf
+        posterior, log_marginal, ambiguous = posterior[:, possible], log_marginal[possible], ambiguous[possible]
+        letters = letters[possible]
         n_possible += int(possible.sum())
-        posterior = joint / marginal                                               # q(θ | x)
+        marginal = np.exp(log_marginal)                                            # q(x), (M,)
+        joint = posterior * marginal                                               # q(θ, x), (K, M)
         map_guess = map_intentions(language, letters)                              # (M,)
         map_error += float(joint.sum() - joint[map_guess, np.arange(len(map_guess))].sum())
-        mean_error += float((joint * (1.0 - posterior)).sum())
-        fraction += float(joint[posterior < 1.0].sum())
+        # E[ε] = Σ_x Σ_θ* q(θ*, x) ε(x; θ*), with ε(x; θ*) = Σ_{θ ≠ θ*} q(θ | x): a sum, no 1 − q(θ* | x)
+        others = np.ones((language.n_intentions,) * 2) - np.eye(language.n_intentions)
+        mean_error += float((joint * (others @ posterior)).sum())
+        # q(ε(x) > 0): the probability of the messages two or more intentions can write
+        fraction += float(marginal[ambiguous].sum())
     return AmbiguityReport(
         map_error=Estimate(map_error, map_error, map_error),
         mean_posterior_error=Estimate(mean_error, mean_error, mean_error),

@@ -33,6 +33,17 @@ Two starts:
 
 All numbers are float64 and batched over sequences: the only Python loop is over time.
 
+**Underflow.** The normalised recursion is exact only while every positive entry of the
+filter stays a normal float64 number. When one intention explains the prompt far better
+than another (a likelihood ratio beyond ~1e308, e.g. a long message), the smaller
+posterior would round to 0, and a later token that only that intention can write would
+wrongly read as impossible. So the fast pass also marks every sequence whose filter
+holds a positive entry p below a floor f, chosen so that p ≥ f times any one-step factor
+of the language stays ≥ 1e-300 (see ``UNDERFLOW_MARGIN``); only those sequences are run
+again by the same recursion in log space, where log q(θ | x_{≤t}), log q(x_t | x_{<t})
+and log q(x) never underflow. (Reported probabilities, the posteriors and predictives,
+are float64 numbers: a true value below ~5e-324 reads as 0; their logs do not.)
+
 The backend follows the tokens: NumPy arrays give NumPy results, CuPy arrays give CuPy
 results (the float recursion runs on the GPU; the integer bookkeeping of the prompt,
 checked on the host before any indexing, is done there and moved once).
@@ -47,6 +58,38 @@ from tinylatent.backend import to_host, xp_of
 from tinylatent.language import DELIMITER_ID, Language
 
 PHASES = ("start", "unknown")
+# A filtered probability p with p · (smallest positive one-step factor) ≥ UNDERFLOW_MARGIN
+# multiplies into a normal float64 number (≥ 2.2e-308, full relative precision), so the
+# normalised recursion cannot round it to 0. Sequences whose filter goes below that floor
+# are re-run in log space.
+UNDERFLOW_MARGIN = 1e-300
+# How far a prior over intentions may sum from 1 (the tolerance Language uses for its rows).
+PRIOR_SUM_ATOL = 1e-9
+
+
+def _smallest_positive(*arrays) -> float:
+    """The smallest positive entry of the arrays (1.0 if none is positive)."""
+    smallest = 1.0
+    for array in arrays:
+        array = np.asarray(array, dtype=np.float64)
+        positive = array[array > 0.0]
+        if positive.size:
+            smallest = min(smallest, float(positive.min()))
+    return smallest
+
+
+def _logsumexp(xp, values, axis):
+    """log Σ exp(values) along ``axis`` (max-shifted; −inf where every term is −inf)."""
+    shift = values.max(axis=axis, keepdims=True)
+    shift = xp.where(xp.isfinite(shift), shift, 0.0)
+    with np.errstate(divide="ignore"):
+        return (xp.log(xp.exp(values - shift).sum(axis=axis, keepdims=True)) + shift).squeeze(axis)
+
+
+def _log(xp, values):
+    """log of probabilities, log 0 = −inf without a warning."""
+    with np.errstate(divide="ignore"):
+        return xp.log(values)
 
 
 class FilterResult(NamedTuple):
@@ -134,6 +177,19 @@ class Oracle:
         self.letter_length_factor = np.concatenate([[1.0], self.go_on[1:]])            # (L + 3,)
         # both in one table, for one gather: [letter factors | delimiter factors h[n]]
         self.length_factor_by_kind = np.concatenate([self.letter_length_factor, self.stop])  # (2 (L + 3),)
+        # Underflow floors (module docstring): a filtered probability at or above the floor,
+        # times the smallest positive factor of one step, stays ≥ UNDERFLOW_MARGIN.
+        #   phase "start": q(x_t | x_{<t}, θ) = pair likelihood × length factor; a message that
+        #   opens mixes by T first.
+        self.known_phase_floor = UNDERFLOW_MARGIN / (
+            _smallest_positive(self.pair_likelihood) * _smallest_positive(self.length_factor_by_kind)
+            * _smallest_positive(self.transition))
+        #   phase "unknown": (1 − h[n]) A_θ[ℓ, c] (or s_θ A_θ^n[c] for token 1), T[θ, θ'] s_θ'[c], h[n]
+        #   (the product of all the smallest factors: a floor lower than each step needs).
+        self.unknown_phase_floor = UNDERFLOW_MARGIN / (
+            _smallest_positive(self.go_on[: max_length + 1]) * _smallest_positive(self.stop[: max_length + 1])
+            * _smallest_positive(self.letter_transition, self.stationary_next_letter)
+            * _smallest_positive(self.transition) * _smallest_positive(self.first_letter))
         self._device_copies = {}
 
     _TABLES = ("stop", "go_on", "transition", "first_letter", "letter_transition", "stationary_state",
@@ -170,18 +226,41 @@ class Oracle:
             bad = int(host_tokens.min()) if host_tokens.min() < 0 else int(host_tokens.max())
             raise ValueError(f"prompt: token id {bad} is outside the vocabulary [0, {self.language.vocab_size})")
         tokens = host_tokens.astype(np.int64, copy=False)  # validated on the host, before any indexing
-        n_intentions = self.language.n_intentions
         if prior is not None:
             if phase != "start":
                 raise ValueError("a prior over the first intention applies to phase='start' only")
-            prior = np.asarray(prior, dtype=np.float64)
-            if prior.shape != (n_intentions,) or np.any(prior < 0) or not np.isclose(prior.sum(), 1.0):
-                raise ValueError(f"prior must be a distribution over the {n_intentions} intentions")
+            prior = self._check_prior(prior)
         if known_intention is not None:
-            known_intention = np.broadcast_to(to_host(known_intention), (tokens.shape[0],)).astype(np.int64)
-            if known_intention.min() < 0 or known_intention.max() >= n_intentions:
-                raise ValueError(f"known_intention must be in 0..{n_intentions - 1}")
+            known_intention = self._check_intentions(known_intention, tokens.shape[0], "known_intention")
         return xp, tokens, prior, known_intention
+
+    def _check_prior(self, prior) -> np.ndarray:
+        """A distribution over the K intentions: shape (K,), finite, ≥ 0, summing to 1 within 1e-9."""
+        n_intentions = self.language.n_intentions
+        prior = np.asarray(to_host(prior), dtype=np.float64)
+        if prior.shape != (n_intentions,):
+            raise ValueError(f"prior must be a distribution over the {n_intentions} intentions, shape "
+                             f"({n_intentions},); got shape {prior.shape}")
+        if not np.all(np.isfinite(prior)) or np.any(prior < 0.0):
+            raise ValueError(f"prior must be finite and non-negative; got {prior}")
+        if abs(prior.sum() - 1.0) > PRIOR_SUM_ATOL:
+            raise ValueError(f"prior must sum to 1 within {PRIOR_SUM_ATOL:g} (it is not renormalised); "
+                             f"it sums to {prior.sum():.12g}")
+        return prior
+
+    def _check_intentions(self, intentions, batch: int, name: str) -> np.ndarray:
+        """One intention id per sequence (or one for all): integers in [0, K), as a (B,) int64 array."""
+        n_intentions = self.language.n_intentions
+        values = np.asarray(to_host(intentions))
+        if values.dtype == bool or not np.issubdtype(values.dtype, np.integer):
+            raise ValueError(f"{name} must be integer intention ids in [0, {n_intentions}); got dtype {values.dtype}")
+        if values.ndim > 1 or (values.ndim == 1 and values.shape[0] != batch):
+            raise ValueError(f"{name} must be one intention or one per sequence ({batch}); got shape {values.shape}")
+        values = np.broadcast_to(values, (batch,)).astype(np.int64)
+        if values.min() < 0 or values.max() >= n_intentions:
+            bad = int(values.min()) if values.min() < 0 else int(values.max())
+            raise ValueError(f"{name} must be in [0, {n_intentions}); got {bad}")
+        return values
 
     def filter(self, tokens, phase: str = "start", prior=None, predictive: bool = True,
                known_intention=None) -> FilterResult:
@@ -191,11 +270,12 @@ class Oracle:
             tokens: (B, T) or (T,) token ids.
             phase: ``"start"`` (each sequence starts a message) or ``"unknown"`` (a window
                 from anywhere in the stream, started from the stationary distribution).
-            prior: q(θ_1) for the first message, phase "start" only; default the
+            prior: q(θ_1) for the first message, phase "start" only: K non-negative numbers
+                summing to 1 within 1e-9 (used as given, not renormalised); default the
                 language's ``initial``.
             predictive: also return q(x_{t+1} | x_{≤t}) at every position.
-            known_intention: an intention (or one per sequence) for the known-intention
-                predictive q(x_{t+1} | x_{≤t}, θ).
+            known_intention: an integer intention in [0, K) (or one per sequence) for the
+                known-intention predictive q(x_{t+1} | x_{≤t}, θ).
         """
         xp, tokens, prior, known_intention = self._check(tokens, prior, known_intention, phase)
         if phase == "start":
@@ -222,19 +302,26 @@ class Oracle:
         opens_message = previous == DELIMITER_ID                                        # (T, B)
         # n_before[t, b]: letters of the current message before token t (0 = token t opens one)
         positions = np.arange(length, dtype=np.int32)[:, None]
-        last_delimiter = np.maximum.accumulate(np.where(is_delimiter, positions, -1), axis=0)
-        n_before = positions - 1 - np.concatenate([np.full((1, batch), -1, np.int32), last_delimiter[:-1]])
-        np.minimum(n_before, self.max_length + 1, out=n_before)  # past L letters every token is impossible anyway
+        any_delimiter = is_delimiter.any(axis=1)                                        # (T,) host flags
+        if any_delimiter.any():
+            last_delimiter = np.maximum.accumulate(np.where(is_delimiter, positions, -1), axis=0)
+            n_before = positions - 1 - np.concatenate([np.full((1, batch), -1, np.int32), last_delimiter[:-1]])
+            np.minimum(n_before, self.max_length + 1, out=n_before)  # past L letters every token is impossible anyway
+        else:  # one message throughout: n_before[t] = t, the same for every sequence
+            n_before = np.broadcast_to(np.minimum(positions, self.max_length + 1), (length, batch))
         # likelihood[t, b, θ] = q(x_t | x_{<t}, θ), θ the intention of token t's message:
         #   a letter opening a message: s_θ[c]; a letter inside one: (1 − h[n]) A_θ[ℓ, c];
         #   a delimiter: h[n] (the same for every θ; 0 right after another delimiter).
         likelihood = xp.take(tables.pair_likelihood, xp.asarray(previous * vocab + token), axis=0)  # (T, B, K)
-        length_factor = self.length_factor_by_kind[n_before + is_delimiter * self.stop.shape[0]]  # (T, B)
+        if any_delimiter.any():
+            length_factor = self.length_factor_by_kind[n_before + is_delimiter * self.stop.shape[0]]  # (T, B)
+        else:  # letters only: the factor depends on t alone
+            length_factor = np.broadcast_to(self.letter_length_factor[n_before[:, :1]], (length, batch))
         partial = np.nonzero(length_factor != 1.0)                                      # sparse: message ends
         if len(partial[0]):
             rows_t, rows_b = xp.asarray(partial[0]), xp.asarray(partial[1])
             likelihood[rows_t, rows_b] *= xp.asarray(length_factor[partial])[:, None]
-        any_opens, any_delimiter = opens_message.any(axis=1), is_delimiter.any(axis=1)  # (T,) host flags
+        any_opens = opens_message.any(axis=1)                                           # (T,) host flags
         opens_on_device, delimiter_on_device = xp.asarray(opens_message), xp.asarray(is_delimiter)
 
         prior = xp.asarray(prior, dtype=xp.float64)
@@ -251,9 +338,21 @@ class Oracle:
                 filtered = xp.divide(joint, token_probs[t][:, None], out=posterior[t])  # q(θ | x_{≤t})
                 if any_delimiter[t]:  # a message ended: its intention moves on by T
                     upcoming = xp.where(delimiter_on_device[t][:, None], filtered @ tables.transition, upcoming)
+        token_log_probs = _log(xp, token_probs)                                        # (T, B); NaN after a 0
+        # Sequences whose filter went below the underflow floor: run them again in log space.
+        at_risk = self._below_floor(xp, posterior, self.known_phase_floor)
+        if _smallest_positive(to_host(prior)) < self.known_phase_floor:
+            at_risk[:] = True
+        rows = np.flatnonzero(to_host(at_risk))
+        if rows.size:
+            rows_on_device = xp.asarray(rows)
+            log_posterior, row_token_log_probs = self._log_filter_known_phase(
+                xp, likelihood[:, rows_on_device], opens_message[:, rows], is_delimiter[:, rows], prior)
+            posterior[:, rows_on_device] = xp.exp(log_posterior)
+            token_log_probs[:, rows_on_device] = row_token_log_probs
         outputs = _Outputs(xp, batch, length, n_intentions, vocab, want_predictive, known_intention is not None,
                            want_posterior=False)
-        outputs.record_all_tokens(token_probs)
+        outputs.record_all_tokens(token_log_probs)
         first_impossible = to_host(outputs.first_impossible)
         if (first_impossible >= 0).any():
             # A row that became impossible at token f keeps its posterior after token f − 1
@@ -268,6 +367,51 @@ class Oracle:
             self._known_phase_predictives(xp, outputs, tokens, np.maximum(tokens - 1, 0), is_delimiter.T,
                                           n_before.T.astype(np.int64), want_predictive, known_intention)
         return outputs.result()
+
+    @staticmethod
+    def _below_floor(xp, probabilities, floor):
+        """(B,) bool: does sequence b hold an entry 0 < p < floor anywhere in ``probabilities`` (T, B, K)?
+
+        A cheap count over the whole array first (entries below the floor vs exact zeros);
+        the per-sequence test only when the counts differ.
+        """
+        batch = probabilities.shape[1]
+        below = probabilities < floor                                                   # NaN (after a 0): False
+        if int(xp.count_nonzero(below)) == int(xp.count_nonzero(probabilities == 0.0)):
+            return np.zeros(batch, dtype=bool)
+        return to_host((below & (probabilities > 0.0)).any(axis=(0, 2)))
+
+    def _log_filter_known_phase(self, xp, likelihood, opens_message, is_delimiter, prior):
+        """The phase-known recursion in log space, for the few sequences near underflow.
+
+        With λ_t(θ) = q(x_t | x_{<t}, θ) (``likelihood``, time-major (T, R, K)) and
+        a_t(θ) = log q(θ | x_{≤t}):
+
+            log q(x_t | x_{<t}) = log Σ_θ exp(c_t(θ) + log λ_t(θ)),   a_t = c_t + log λ_t − log q(x_t | x_{<t})
+
+        where c_t = a_{t−1} inside a message and, when token t opens one, c_t(θ') =
+        log Σ_θ exp(a_s(θ) + log T[θ, θ']) with s the delimiter before it (a_0 = log prior).
+        Returns (log posterior (T, R, K), log q(x_t | x_{<t}) (T, R)); NaN after an impossible token.
+        """
+        tables = self._tables(xp)
+        length, n_rows, _ = likelihood.shape
+        log_likelihood, log_transition = _log(xp, likelihood), _log(xp, tables.transition)
+        log_filtered = xp.tile(_log(xp, xp.asarray(prior, dtype=xp.float64)), (n_rows, 1))   # (R, K)
+        log_upcoming = log_filtered
+        log_posterior = xp.empty_like(log_likelihood)
+        token_log_probs = xp.empty((length, n_rows), dtype=xp.float64)
+        opens, ends = xp.asarray(opens_message), xp.asarray(is_delimiter)
+        any_opens, any_ends = opens_message.any(axis=1), is_delimiter.any(axis=1)
+        with np.errstate(invalid="ignore"):  # −inf − (−inf) in a sequence that became impossible
+            for t in range(length):
+                log_current = xp.where(opens[t][:, None], log_upcoming, log_filtered) if any_opens[t] else log_filtered
+                log_joint = log_current + log_likelihood[t]                             # log q(θ, x_t | x_{<t})
+                token_log_probs[t] = _logsumexp(xp, log_joint, axis=1)
+                log_filtered = log_posterior[t] = log_joint - token_log_probs[t][:, None]
+                if any_ends[t]:
+                    mixed = _logsumexp(xp, log_filtered[:, :, None] + log_transition[None], axis=1)
+                    log_upcoming = xp.where(ends[t][:, None], mixed, log_upcoming)
+        return log_posterior, token_log_probs
 
     def _known_phase_predictives(self, xp, outputs, tokens, letter, is_delimiter, n_before,
                                  want_predictive, known_intention) -> None:
@@ -304,57 +448,109 @@ class Oracle:
 
     # -- phase unknown: the hidden state is (θ, n) ------------------------------------------
     def _filter_unknown_phase(self, xp, tokens, want_predictive, known_intention) -> FilterResult:
-        tables = self._tables(xp)
+        """The (θ, n) filter: a normalised pass for every sequence, then a log-space pass for
+        the sequences whose filter went below the underflow floor (module docstring)."""
         batch, length = tokens.shape
         n_intentions, vocab = self.language.n_intentions, self.language.vocab_size
+        outputs = _Outputs(xp, batch, length, n_intentions, vocab, want_predictive, known_intention is not None)
+        at_risk = to_host(self._unknown_phase_pass(xp, xp.asarray(tokens), known_intention, outputs, log_space=False))
+        if _smallest_positive(self.stationary_state) < self.unknown_phase_floor:
+            at_risk[:] = True
+        rows = np.flatnonzero(at_risk)
+        if rows.size:
+            again = _Outputs(xp, rows.size, length, n_intentions, vocab, want_predictive, known_intention is not None)
+            self._unknown_phase_pass(xp, xp.asarray(tokens[rows]),
+                                     None if known_intention is None else known_intention[rows], again, log_space=True)
+            outputs.replace_rows(xp.asarray(rows), again)
+        return outputs.result()
+
+    def _unknown_phase_pass(self, xp, tokens, known_intention, outputs, log_space: bool):
+        """One pass of the (θ, n) recursion over every token, filling ``outputs``.
+
+        α_t(θ, n) = q(θ, n | x_{≤t}) is kept normalised (``log_space=False``) or as log α_t
+        (``log_space=True``: sums become log-sum-exps, products sums, so nothing underflows).
+        Returns (B,) bool, the sequences whose α went below ``unknown_phase_floor`` (all
+        False in log space).
+        """
+        tables = self._tables(xp)
+        batch, length = tokens.shape
         n_states = self.max_length + 1
         rows = xp.arange(batch)
         stop, go_on = tables.stop[:n_states], tables.go_on[:n_states]            # (L + 1,)
-        tokens = xp.asarray(tokens)
         theta = None if known_intention is None else xp.asarray(known_intention)
         # alpha[b, θ, n] = q(θ, n | x_{≤t}); n = 0 means "token t ended a message of θ".
         alpha = xp.tile(tables.stationary_state, (batch, 1, 1))
+        if log_space:
+            log_alpha = _log(xp, alpha)
+            log_stop, log_go_on, log_transition = _log(xp, stop), _log(xp, go_on), _log(xp, tables.transition)
+            log_first_letter, log_letter_transition = _log(xp, tables.first_letter), _log(xp, tables.letter_transition)
+            log_stationary_next_letter = _log(xp, tables.stationary_next_letter)
+        at_risk = xp.zeros(batch, dtype=bool)
         previous_letter = None                                                  # unknown before token 1
-        outputs = _Outputs(xp, batch, length, n_intentions, vocab, want_predictive, known_intention is not None)
         for t in range(length):
             token = tokens[:, t]
             is_delimiter = token == DELIMITER_ID
             letter = xp.maximum(token - 1, 0)
-            if previous_letter is None:
-                letter_prob = tables.stationary_next_letter[:, :, letter].transpose(2, 0, 1)   # (B, K, L + 1)
-            else:
-                letter_prob = tables.letter_transition[:, previous_letter, letter].T[:, :, None]  # (B, K, 1)
-            # letter c in the same message: (θ, n) -> (θ, n + 1)
-            same_message = xp.zeros_like(alpha)
-            same_message[:, :, 1:] = (alpha * go_on * letter_prob)[:, :, :-1]
-            # letter c opening a new message: (θ, 0) -> (θ', 1)
-            same_message[:, :, 1] += (alpha[:, :, 0] @ tables.transition) * tables.first_letter[:, letter].T
-            # the delimiter: (θ, n ≥ 1) -> (θ, 0)
-            ends = xp.zeros_like(alpha)
-            ends[:, :, 0] = (alpha * stop).sum(axis=2)
-            joint = xp.where(is_delimiter[:, None, None], ends, same_message)
-            token_prob = joint.sum(axis=(1, 2))
-            ok = outputs.record_token(t, token_prob)
-            alpha = xp.where(ok[:, None, None], joint / xp.where(ok, token_prob, 1.0)[:, None, None], alpha)
+            if not log_space:
+                if previous_letter is None:
+                    letter_prob = tables.stationary_next_letter[:, :, letter].transpose(2, 0, 1)   # (B, K, L + 1)
+                else:
+                    letter_prob = tables.letter_transition[:, previous_letter, letter].T[:, :, None]  # (B, K, 1)
+                # letter c in the same message: (θ, n) -> (θ, n + 1)
+                same_message = xp.zeros_like(alpha)
+                same_message[:, :, 1:] = (alpha * go_on * letter_prob)[:, :, :-1]
+                # letter c opening a new message: (θ, 0) -> (θ', 1)
+                same_message[:, :, 1] += (alpha[:, :, 0] @ tables.transition) * tables.first_letter[:, letter].T
+                # the delimiter: (θ, n ≥ 1) -> (θ, 0)
+                ends = xp.zeros_like(alpha)
+                ends[:, :, 0] = (alpha * stop).sum(axis=2)
+                joint = xp.where(is_delimiter[:, None, None], ends, same_message)
+                token_prob = joint.sum(axis=(1, 2))
+                ok = outputs.record_token(t, _log(xp, token_prob))
+                alpha = xp.where(ok[:, None, None], joint / xp.where(ok, token_prob, 1.0)[:, None, None], alpha)
+                at_risk |= ((alpha < self.unknown_phase_floor) & (alpha > 0.0)).any(axis=(1, 2))
+            else:  # the same three moves on log α
+                if previous_letter is None:
+                    log_letter_prob = log_stationary_next_letter[:, :, letter].transpose(2, 0, 1)
+                else:
+                    log_letter_prob = log_letter_transition[:, previous_letter, letter].T[:, :, None]
+                same_message = xp.full_like(log_alpha, -xp.inf)
+                same_message[:, :, 1:] = (log_alpha + log_go_on + log_letter_prob)[:, :, :-1]
+                opening = (_logsumexp(xp, log_alpha[:, :, 0, None] + log_transition[None], axis=1)
+                           + log_first_letter[:, letter].T)                                     # (B, K)
+                same_message[:, :, 1] = xp.logaddexp(same_message[:, :, 1], opening)
+                ends = xp.full_like(log_alpha, -xp.inf)
+                ends[:, :, 0] = _logsumexp(xp, log_alpha + log_stop, axis=2)
+                log_joint = xp.where(is_delimiter[:, None, None], ends, same_message)
+                token_log_prob = _logsumexp(xp, log_joint.reshape(batch, -1), axis=1)
+                ok = outputs.record_token(t, token_log_prob)
+                with np.errstate(invalid="ignore"):
+                    log_alpha = xp.where(ok[:, None, None], log_joint - token_log_prob[:, None, None], log_alpha)
+                alpha = xp.exp(log_alpha)                                     # for the outputs (probabilities)
             if previous_letter is None:
                 previous_letter = xp.where(ok & ~is_delimiter, letter, 0)
             else:
                 previous_letter = xp.where(ok & ~is_delimiter, letter, previous_letter)
             outputs.posterior[:, t] = alpha.sum(axis=2)
-            if not (want_predictive or known_intention is not None):
+            if outputs.predictive is None and outputs.known is None:
                 continue
             at_boundary = alpha[:, :, 1:].sum(axis=(1, 2)) == 0.0                 # (B,) token t was a delimiter
             next_rows = tables.letter_transition[:, previous_letter, :]           # (K, B, V)
             upcoming = alpha[:, :, 0] @ tables.transition                         # (B, K)
-            if want_predictive:
+            if outputs.predictive is not None:
                 continue_mass = (alpha * go_on).sum(axis=2)                       # (B, K)
                 outputs.predictive[:, t, DELIMITER_ID] = (alpha * stop).sum(axis=(1, 2))
                 outputs.predictive[:, t, 1:] = (xp.einsum("bk,kbv->bv", continue_mass, next_rows)
                                                 + upcoming @ tables.first_letter)
-            if known_intention is not None:
+            if outputs.known is not None:
                 # q(n | x_{≤t}, θ): the phase given the intention; where θ has posterior 0 the
                 # conditional is undefined and we use the phase marginal q(n | x_{≤t}).
-                phase_given_theta = alpha[rows, theta, :]                         # (B, L + 1)
+                if log_space:  # rescaled before exp, so a tiny q(θ | x_{≤t}) keeps its phase
+                    given = log_alpha[rows, theta, :]                             # (B, L + 1)
+                    shift = given.max(axis=1, keepdims=True)
+                    phase_given_theta = xp.exp(given - xp.where(xp.isfinite(shift), shift, 0.0))
+                else:
+                    phase_given_theta = alpha[rows, theta, :]                     # (B, L + 1)
                 phase_marginal = alpha.sum(axis=1)
                 mass = phase_given_theta.sum(axis=1, keepdims=True)
                 phase = xp.where(mass > 0.0, phase_given_theta, phase_marginal)
@@ -363,7 +559,7 @@ class Oracle:
                 letters = (phase @ go_on)[:, None] * own_rows
                 outputs.known[:, t, DELIMITER_ID] = xp.where(at_boundary, 0.0, phase @ stop)
                 outputs.known[:, t, 1:] = xp.where(at_boundary[:, None], tables.first_letter[theta], letters)
-        return outputs.result()
+        return at_risk
 
     # -- conveniences --------------------------------------------------------------------
     def log_marginal(self, tokens, phase: str = "start", prior=None) -> np.ndarray:
@@ -386,18 +582,25 @@ class Oracle:
     def message_ambiguity(self, messages, true_intentions, prior=None) -> np.ndarray:
         """ε(x) = 1 − q(θ* | x) for whole messages read from their start (THEORY.md §2).
 
+        Computed as Σ_{θ ≠ θ*} q(θ | x), not as 1 − q(θ* | x): the subtraction would round
+        every ε below ~1.1e-16 to 0. The filter's posteriors keep full relative precision
+        down to ~1e-308 (module docstring), so ε does too; below that it reads 0 although
+        the message may still be ambiguous (decide that on supports, as
+        :func:`tinylatent.ambiguity.measure_ambiguity` does).
+
         Args:
             messages: (B, T) token ids, each row one message (its delimiter may be included).
-            true_intentions: (B,) θ*, the intention each message was written under.
+            true_intentions: θ*, the intention each message was written under: an integer in
+                [0, K), or one per message.
             prior: q(θ) of a message; default the language's stationary intentions μ.
         """
         prior = self.language.stationary_intentions() if prior is None else prior
         result = self.filter(messages, phase="start", prior=prior, predictive=False)
         xp = xp_of(result.posterior)
-        batch = result.posterior.shape[0]
-        true_intentions = xp.asarray(np.broadcast_to(to_host(true_intentions).astype(np.int64), (batch,)))
-        ambiguity = 1.0 - result.posterior[xp.arange(batch), -1, true_intentions]
-        return xp.clip(ambiguity, 0.0, 1.0)
+        last = result.posterior[:, -1]                                                   # q(θ | x), (B, K)
+        true_intentions = xp.asarray(self._check_intentions(true_intentions, last.shape[0], "true_intentions"))
+        is_true = xp.arange(last.shape[1])[None, :] == true_intentions[:, None]
+        return xp.minimum(xp.where(is_true, 0.0, last).sum(axis=1), 1.0)                 # ≤ 1 up to rounding
 
 
 class _Outputs:
@@ -411,29 +614,37 @@ class _Outputs:
         self.known = xp.zeros((batch, length, vocab), dtype=xp.float64) if want_known else None
         self.first_impossible = xp.full(batch, -1, dtype=xp.int64)
 
-    def record_token(self, t, token_prob):
+    def record_token(self, t, token_log_prob):
         """Store log q(x_t | x_{<t}); return which sequences are still possible after token t."""
         xp = self.xp
         still_possible = self.first_impossible < 0
-        ok = (token_prob > 0.0) & still_possible
-        self.first_impossible = xp.where((token_prob <= 0.0) & still_possible, t, self.first_impossible)
-        with np.errstate(divide="ignore"):
-            self.token_log_probs[:, t] = xp.where(ok, xp.log(xp.where(ok, token_prob, 1.0)), -xp.inf)
+        possible = token_log_prob > -xp.inf
+        ok = possible & still_possible
+        self.first_impossible = xp.where(~possible & still_possible, t, self.first_impossible)
+        self.token_log_probs[:, t] = xp.where(ok, token_log_prob, -xp.inf)
         return ok
 
-    def record_all_tokens(self, token_probs) -> None:
-        """Store every log q(x_t | x_{<t}) at once from time-major (T, B) probabilities; −inf from the first zero on."""
+    def record_all_tokens(self, token_log_probs) -> None:
+        """Store every log q(x_t | x_{<t}) at once from time-major (T, B) logs; −inf from the first −inf on."""
         xp = self.xp
-        impossible = token_probs <= 0.0                                                 # NaN after a zero: False
+        if bool(token_log_probs.min() > -xp.inf):                                      # NaN compares False
+            self.first_impossible = xp.full(token_log_probs.shape[1], -1, dtype=xp.int64)
+            self.token_log_probs = token_log_probs.T                                   # (B, T), a view
+            return
+        impossible = token_log_probs == -xp.inf                                         # NaN after a −inf: False
         any_impossible = impossible.any(axis=0)
         self.first_impossible = xp.where(any_impossible, impossible.argmax(axis=0), -1)
-        if not bool(any_impossible.any()):
-            self.token_log_probs = xp.log(token_probs).T                               # (B, T), a view
-            return
-        first_bad = xp.where(any_impossible, self.first_impossible, token_probs.shape[0])
-        after = xp.arange(token_probs.shape[0])[:, None] >= first_bad[None, :]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            self.token_log_probs = xp.where(after, -xp.inf, xp.log(xp.where(after, 1.0, token_probs))).T
+        first_bad = xp.where(any_impossible, self.first_impossible, token_log_probs.shape[0])
+        after = xp.arange(token_log_probs.shape[0])[:, None] >= first_bad[None, :]
+        self.token_log_probs = xp.where(after, -xp.inf, token_log_probs).T
+
+    def replace_rows(self, rows, other: "_Outputs") -> None:
+        """Overwrite the sequences ``rows`` with ``other``'s (a pass over those sequences alone)."""
+        self.token_log_probs[rows] = other.token_log_probs
+        self.first_impossible[rows] = other.first_impossible
+        for name in ("posterior", "predictive", "known"):
+            if getattr(self, name) is not None:
+                getattr(self, name)[rows] = getattr(other, name)
 
     def result(self) -> FilterResult:
         return FilterResult(
