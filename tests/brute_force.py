@@ -1,7 +1,7 @@
 """Brute-force enumeration of a language's hidden paths: the oracle's independent check.
 
 Nothing here shares code with :mod:`tinylatent.oracle`. It walks the generative story
-of THEORY.md §1 token by token and sums the probability of every hidden path
+of docs/claims.md §1 token by token and sums the probability of every hidden path
 (the intention of each message, and for a window of unknown phase, the whole hidden
 prefix of the message the window starts in). Exponential in the prompt; tiny sizes only.
 """

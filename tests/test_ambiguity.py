@@ -44,11 +44,11 @@ def test_sampled_estimates_cover_the_exact_values(seed, eta):
 
 
 def test_paper_language_map_error_near_the_reference_values():
-    """THEORY.md §2: an independent re-simulation gave 0.062 at η = 0.02 and 0.157 at η = 0.04."""
+    """docs/claims.md §2: an independent re-simulation gave 0.062 at η = 0.02 and 0.157 at η = 0.04."""
     for eta, reference in [(0.02, 0.062), (0.04, 0.157)]:
         report = measure_ambiguity(paper_language(eta), n_messages=20_000, seed=0)
         assert report.map_error.low - 0.005 <= reference <= report.map_error.high + 0.005, report.map_error
-        # and the first letter reveals θ in the faithful language: ε(x) = 0 for every message (THEORY.md §8)
+        # and the first letter reveals θ in the faithful language: ε(x) = 0 for every message (docs/claims.md §8)
         assert report.mean_posterior_error.value == 0.0
     noisy = measure_ambiguity(paper_language(0.02, noisy_first_letter=True), n_messages=5000, seed=0)
     assert noisy.mean_posterior_error.value > 0.01 and noisy.fraction_ambiguous.value > 0.9

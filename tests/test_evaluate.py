@@ -4,7 +4,7 @@
   total equals the ambiguity part;
 * a uniform model scores KL(t ‖ uniform) = log(V + 1) − H(t), and its cross-entropy is log(V + 1);
 * for any model the three parts add up (total = ambiguity + approximation);
-* the oracle's facts of THEORY.md §8: a leading delimiter makes the unknown-phase reader agree
+* the oracle's facts of docs/claims.md §8: a leading delimiter makes the unknown-phase reader agree
   with the known-phase one, and then the first letter names θ* in the paper's language.
 """
 from __future__ import annotations
@@ -91,7 +91,7 @@ def test_the_oracle_as_a_model_scores_zero_approximation(language_name, leading_
         assert np.all(split.approximation == 0.0)               # log q − log q, term by term
         np.testing.assert_allclose(split.total, split.ambiguity, rtol=1e-12, atol=1e-15)
     assert max(split.ambiguity.max() for split in splits) > 0.01   # what q scores is not trivially 0
-    # The ambiguity part of the known-intention target obeys THEORY.md §3 and §4.
+    # The ambiguity part of the known-intention target obeys docs/claims.md §3 and §4.
     for row in understanding.rows + icl.rows:
         assert np.all(row.known_intention.ambiguity <= row.kl_bound + th.ROUNDING_TOLERANCE)
 
@@ -125,7 +125,7 @@ def test_a_uniform_model_scores_log_v_minus_the_entropy(paper_tasks):
     np.testing.assert_allclose(convergence(uniform, PAPER, windows).model_cross_entropy, math.log(VOCAB), rtol=1e-15)
 
 
-# -- the oracle's facts of THEORY.md §8 -------------------------------------------------------
+# -- the oracle's facts of docs/claims.md §8 -------------------------------------------------------
 
 def test_a_leading_delimiter_tells_the_reader_where_the_message_begins():
     prompts = sample_understanding_prompts(PAPER, 30, seed=8)

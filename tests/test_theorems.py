@@ -306,7 +306,7 @@ def test_icl_posterior_error_is_below_the_product_bound(case):
 
 def test_icl_prior_factor_must_include_the_true_intention():
     """Hypothesis found it: with max over θ ≠ θ* only, the m = 0 bound fails
-    (π = (2/3, 1/6, 1/6), θ* = 0: 1 − π(θ*) = 1/3 > 1/4). THEORY.md's max_θ keeps it valid."""
+    (π = (2/3, 1/6, 1/6), θ* = 0: 1 − π(θ*) = 1/3 > 1/4). docs/claims.md's max_θ keeps it valid."""
     base = random_language(3, 1, message_length=1, seed=0)
     language = mixture_language(base, prior=np.array([4.0, 1.0, 1.0]) / 6.0)
     tasks = th.ICLTasks(np.zeros(1, dtype=np.int64), [[language.encode("a\n")]], [language.encode("a")])
@@ -424,7 +424,7 @@ def test_unambiguous_icl_one_example_suffices_even_when_the_query_is_ambiguous(q
 
 
 def test_faithful_paper_mixture_is_unambiguous_at_every_noise_level():
-    """THEORY.md §8: the first letter stays in θ's block, so whole messages never overlap."""
+    """docs/claims.md §8: the first letter stays in θ's block, so whole messages never overlap."""
     for eta in (0.0, 0.02, 0.04):
         assert th.is_unambiguous(preset("paper-mixture", eta))
         result = th.icl_unambiguous(preset("paper-mixture", eta), th.sample_icl_tasks(preset("paper-mixture", eta), 20, 1, seed=1))
@@ -594,7 +594,7 @@ def test_chain_of_thought_posteriors_checks_the_documents():
 
 
 # ----------------------------------------------------------------------------------------
-# THEORY.md §8: what the exact reader sees in the paper's own language
+# docs/claims.md §8: what the exact reader sees in the paper's own language
 # ----------------------------------------------------------------------------------------
 
 def test_faithful_paper_language_reveals_the_intention_with_the_first_letter():
