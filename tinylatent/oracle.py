@@ -580,7 +580,7 @@ class Oracle:
                            known_intention=intention).known_intention_predictive
 
     def message_ambiguity(self, messages, true_intentions, prior=None) -> np.ndarray:
-        """ε(x) = 1 − q(θ* | x) for whole messages read from their start (claims.md §2).
+        """ε(x) = 1 − q(θ* | x) for whole messages read from their start (docs/claims.md §2).
 
         Computed as Σ_{θ ≠ θ*} q(θ | x), not as 1 − q(θ* | x): the subtraction would round
         every ε below ~1.1e-16 to 0. The filter's posteriors keep full relative precision

@@ -862,7 +862,7 @@ def icl_unambiguous(language: Language, tasks: ICLTasks, prior=None) -> Unambigu
     rule out every other θ (as in the paper's faithful language, where the first letter
     does); in general it is not (the shared-prefix example in
     :class:`UnambiguousICLResult`). So ``error_query_only`` is reported without a bound,
-    and THEORY.md §4's "even the query alone" over-claims (docs/theory.md §5).
+    and docs/claims.md §4's "even the query alone" over-claims (docs/theory.md §5).
     """
     _require_mixture(language, "one-example ICL")
     if tasks.max_examples < 1:
