@@ -12,11 +12,10 @@ reported).
 
     OPENBLAS_NUM_THREADS=1 python benchmarks/bench_generate.py [--config paper] [--batch 1]
         [--contexts 8,16,32,64,96] [--new-tokens 16] [--repeats 3] [--threads N]
-        [--clock cpu|wall] [--device cpu|gpu] [--json PATH]
+        [--clock cpu|wall] [--device cpu|gpu] [--json PATH [--force]]
 """
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -27,9 +26,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 
-from bench_train import CONFIGS, blas_threads, set_blas_threads, synchroniser  # noqa: E402
+import _bench  # noqa: E402
+from _bench import blas_threads, set_blas_threads  # noqa: E402
+from bench_train import CONFIGS, synchroniser  # noqa: E402
 from tinylatent import backend  # noqa: E402
 from tinylatent._io import write_json  # noqa: E402
+from tinylatent.cli import int_in  # noqa: E402
+
+PROGRAM = "bench_generate.py"
 from tinylatent.gpt import GPT  # noqa: E402
 
 
@@ -43,18 +47,18 @@ def time_generate(model: GPT, prompt, n_new: int, use_cache: bool, sync, clock):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = _bench.parser(PROGRAM, __doc__.splitlines()[0])
     parser.add_argument("--config", choices=sorted(CONFIGS), default="paper")
-    parser.add_argument("--batch", type=int, default=1, help="sequences sampled together")
+    parser.add_argument("--batch", type=int_in(1, 1_024), default=1, help="sequences sampled together")
     parser.add_argument("--contexts", default="8,16,32,64,96", help="prompt lengths L, comma-separated")
-    parser.add_argument("--new-tokens", type=int, default=16, help="n: tokens whose cost is averaged")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--new-tokens", type=int_in(1, 1_024), default=16, help="n: tokens whose cost is averaged")
+    parser.add_argument("--repeats", type=int_in(1, 1_000), default=3)
     parser.add_argument("--device", choices=backend.DEVICES, default="cpu")
-    parser.add_argument("--threads", type=int, help="BLAS threads (default: as the environment sets)")
+    _bench.add_threads_argument(parser, "BLAS threads (default: as the environment sets)")
     parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
                         help="cpu: this process's CPU time (steady on a shared machine, for one thread); "
                              "wall: the wall clock (default cpu; wall on a GPU)")
-    parser.add_argument("--json", metavar="PATH", help="write the figures as JSON")
+    _bench.add_json_arguments(parser)
     args = parser.parse_args(argv)
     config = CONFIGS[args.config][0]
     try:
@@ -64,13 +68,12 @@ def main(argv=None) -> int:
     if not contexts or min(contexts) < 1 or max(contexts) + args.new_tokens + 1 > config.context_length:
         parser.error(f"every prompt length L needs 1 <= L and L + new tokens + 1 <= context_length "
                      f"= {config.context_length}")
-    if args.batch < 1 or args.new_tokens < 1 or args.repeats < 1:
-        parser.error("--batch, --new-tokens and --repeats must be at least 1")
-    try:
-        backend.array_module(args.device)
-    except ValueError as error:
-        print(f"bench_generate: {error}", file=sys.stderr)
-        return 2
+    return _bench.run(PROGRAM, lambda: run(args, config, contexts))
+
+
+def run(args, config, contexts: list) -> int:
+    _bench.check_json(args)
+    backend.array_module(args.device)  # a missing GPU: one line, before anything is timed
     limits = set_blas_threads(args.threads) if args.threads else None  # noqa: F841 (kept alive)
     sync = synchroniser(args.device)
     clock_name = "wall" if args.device == "gpu" else args.clock

@@ -13,11 +13,12 @@ Our oracle gains from the structure: the letters are observed, so only the inten
 hidden (a 6-vector per sequence instead of 108 states), and the filter is vectorised over
 the batch (one Python step per time step, not per sequence).
 
-    python benchmarks/bench_oracle.py [--sequences 1000] [--length 128] [--eta 0.02] [--json PATH]
+    python benchmarks/bench_oracle.py [--sequences 1000] [--length 128] [--eta 0.02] [--json PATH [--force]]
+
+A bad option is one line on stderr and exit status 2; the --json path is checked before the run.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import sys
@@ -26,8 +27,11 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import _bench  # noqa: E402
 from tinylatent._io import write_json  # noqa: E402
+from tinylatent.cli import int_in  # noqa: E402
 from tinylatent.language import fixed_length, mixture_language, paper_language, sample_messages  # noqa: E402
 from tinylatent.oracle import Oracle  # noqa: E402
 
@@ -60,18 +64,27 @@ def hmmlearn_model(language):
     return model
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sequences", type=int, default=1000)
-    parser.add_argument("--length", type=int, default=128, help="letters per sequence")
-    parser.add_argument("--eta", type=float, default=0.02, help="noise of the paper's letter chains")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", metavar="PATH", help="write the figures as JSON")
-    args = parser.parse_args(argv)
-    if args.sequences < 1 or args.length < 2 or args.repeats < 1 or args.eta < 0:
-        parser.error("--sequences ≥ 1, --length ≥ 2, --repeats ≥ 1 and --eta ≥ 0 are required")
+PROGRAM = "bench_oracle.py"
+MAX_TOKENS = 20_000_000  # sequences × length: the oracle's arrays for more would not fit a small machine
 
+
+def main(argv=None) -> int:
+    parser = _bench.parser(PROGRAM, __doc__.splitlines()[0])
+    parser.add_argument("--sequences", type=int_in(1, MAX_TOKENS // 2), default=1000)
+    parser.add_argument("--length", type=int_in(2, MAX_TOKENS // 2), default=128, help="letters per sequence")
+    parser.add_argument("--eta", type=_bench.non_negative_float, default=0.02, help="noise of the paper's letter chains")
+    parser.add_argument("--repeats", type=int_in(1, 1_000), default=3)
+    parser.add_argument("--seed", type=int_in(0, 2**32 - 1), default=0)
+    _bench.add_json_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.sequences * args.length > MAX_TOKENS:
+        parser.error(f"--sequences × --length must be at most {MAX_TOKENS:,} letters; "
+                     f"got {args.sequences:,} × {args.length:,}")
+    return _bench.run(PROGRAM, lambda: run(args))
+
+
+def run(args) -> int:
+    _bench.check_json(args)
     base = paper_language(args.eta)
     language = mixture_language(dataclasses.replace(base, length_probs=fixed_length(args.length)),
                                 prior=np.full(base.n_intentions, 1.0 / base.n_intentions))
@@ -88,7 +101,7 @@ def main(argv=None) -> int:
     rows.append(("tinylatent + next-token predictive", seconds_pred))
 
     figures = {"sequences": args.sequences, "length": args.length, "eta": args.eta, "tokens": int(n_tokens),
-               "threads": os.environ.get("OMP_NUM_THREADS", "default"), "rows": {}}
+               "threads": _bench.blas_threads(), "rows": {}}
     try:
         import hmmlearn  # noqa: F401
         have_hmmlearn = True

@@ -43,7 +43,6 @@ OMP_NUM_THREADS, else reported as "default".
 """
 from __future__ import annotations
 
-import argparse
 import gc
 import os
 import platform
@@ -54,11 +53,16 @@ import time
 import tracemalloc
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 
+import _bench  # noqa: E402
+from _bench import blas_threads, set_blas_threads  # noqa: E402,F401 (bench_generate imports them from here too)
+
 from tinylatent import backend, gpt, layers  # noqa: E402
 from tinylatent._io import write_json  # noqa: E402
+from tinylatent.cli import int_in  # noqa: E402
 from tinylatent.gpt import GPT, GPTConfig  # noqa: E402
 from tinylatent.optim import AdamW  # noqa: E402
 
@@ -80,31 +84,6 @@ CONFIGS = {
 # --------------------------------------------------------------------------------------
 # the machine: threads, synchronisation, matmul peak
 # --------------------------------------------------------------------------------------
-
-def set_blas_threads(n: int):
-    """Limit BLAS to ``n`` threads for the rest of the run (a threadpoolctl handle, kept alive)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        raise SystemExit("--threads needs threadpoolctl (`pip install threadpoolctl`); "
-                         "or set OPENBLAS_NUM_THREADS before starting Python") from None
-    return threadpool_limits(limits=n, user_api="blas")
-
-
-def blas_threads() -> str:
-    """NumPy's BLAS thread count as a string: threadpoolctl's reading, else the environment's."""
-    try:
-        from threadpoolctl import threadpool_info
-        counts = sorted({str(pool["num_threads"]) for pool in threadpool_info() if pool["user_api"] == "blas"})
-        if counts:
-            return ",".join(counts)
-    except ImportError:
-        pass
-    for variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
-        if os.environ.get(variable):
-            return os.environ[variable]
-    return "default"
-
 
 def synchroniser(device: str):
     """A function that waits until the device has finished its queued work (a no-op on the CPU)."""
@@ -530,27 +509,29 @@ def print_config(name: str, r: dict, peak: dict) -> None:
               f"= {r['peak_over_activations']:.2f}×")
 
 
+PROGRAM = "bench_train.py"
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = _bench.parser(PROGRAM, __doc__.splitlines()[0])
     parser.add_argument("--configs", default="small,medium,paper", help="comma-separated: " + ",".join(CONFIGS))
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per model")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    parser.add_argument("--steps", type=int_in(1, 10_000), default=5, help="timed steps per model")
+    parser.add_argument("--warmup", type=int_in(0, 10_000), default=1, help="untimed steps first")
     parser.add_argument("--vs", choices=["torch"], help="also time PyTorch eager on the same weights")
     parser.add_argument("--device", choices=backend.DEVICES, default="cpu")
-    parser.add_argument("--threads", type=int, help="BLAS and PyTorch threads (default: as the environment sets)")
-    parser.add_argument("--json", metavar="PATH", help="write the figures as JSON")
+    _bench.add_threads_argument(parser, "BLAS and PyTorch threads (default: as the environment sets)")
+    _bench.add_json_arguments(parser)
     args = parser.parse_args(argv)
     names = [n for n in args.configs.split(",") if n]
     unknown = [n for n in names if n not in CONFIGS]
     if unknown or not names:
         parser.error(f"--configs takes a comma-separated list of {', '.join(CONFIGS)}; got {args.configs!r}")
-    if args.steps < 1 or args.warmup < 0:
-        parser.error("--steps must be at least 1 and --warmup at least 0")
-    try:
-        backend.array_module(args.device)
-    except ValueError as error:
-        print(f"bench_train: {error}", file=sys.stderr)
-        return 2
+    return _bench.run(PROGRAM, lambda: run(args, names))
+
+
+def run(args, names: list) -> int:
+    _bench.check_json(args)
+    backend.array_module(args.device)  # a missing GPU: one line, before anything is timed
     limits = set_blas_threads(args.threads) if args.threads else None  # noqa: F841 (kept alive)
     threads = blas_threads()
     sync = synchroniser(args.device)

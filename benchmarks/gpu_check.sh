@@ -35,7 +35,7 @@ timeout 300 python -m pytest -q -x -p no:cacheprovider tests 2>&1 | tail -n 5 | 
 
 echo "== training step on the GPU: the paper's 21M configuration, ours against PyTorch eager =="
 timeout 240 python benchmarks/bench_train.py --device gpu --configs paper,medium --vs torch --steps 10 \
-    --json "$out/bench_train_gpu.json" 2>&1 | tee "$out/bench_train_gpu.log" || status=1
+    --json "$out/bench_train_gpu.json" --force 2>&1 | tee "$out/bench_train_gpu.log" || status=1
 python - "$out/bench_train_gpu.json" <<'PY' || status=1
 import json, sys
 figures = json.load(open(sys.argv[1]))

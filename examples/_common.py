@@ -31,6 +31,7 @@ except ModuleNotFoundError:  # run from a checkout without `pip install -e .`
 
 from tinylatent._io import write_json  # noqa: E402
 from tinylatent.checkpoint import CHECKPOINT_FILENAME  # noqa: E402
+from tinylatent.cli import check_output_file, check_output_folder, error_text  # noqa: E402
 from tinylatent.evaluate import predictor_log_probs  # noqa: E402
 from tinylatent.gpt import GPTConfig  # noqa: E402
 from tinylatent.language import DELIMITER_ID, Language  # noqa: E402
@@ -140,7 +141,9 @@ def experiment_parser(program: str, description: str, default_out: str) -> argpa
     size.add_argument("--quick", action="store_true", help="a small budget (a few minutes on 2 cores)")
     parser.add_argument("--out", type=Path, default=Path(default_out), help=f"output folder (default {default_out})")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random stream (default 0)")
-    parser.add_argument("--json", type=Path, default=None, help="where to write the numbers (default OUT/<name>.json)")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="where to write the numbers (default OUT/<name>.json, replaced by each run)")
+    parser.add_argument("--force", action="store_true", help="replace the --json file if it exists")
     parser.add_argument("--no-progress", action="store_true", help="print nothing while training")
     return parser
 
@@ -150,8 +153,24 @@ def budget_of(args: argparse.Namespace) -> str:
 
 
 def check_common(args: argparse.Namespace) -> None:
+    """The options every experiment has; the output paths are checked now, before any training."""
     if args.seed < 0:
         raise UsageError(f"--seed must be ≥ 0; got {args.seed}")
+    check_outputs(args)
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """``--out`` must be a folder (or not exist yet) and an explicit ``--json`` a new file, or one that
+    ``--force`` may replace. The files the experiment writes inside ``--out`` are its own, replaced by
+    each run (as :func:`train_fresh` replaces its checkpoints)."""
+    try:
+        check_output_folder(args.out, "--out")
+        if args.json is not None:
+            check_output_file(args.json, args.force, "--json")
+        elif args.force:
+            raise ValueError("--force replaces the --json file; give it with --json PATH")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def require(condition: bool, message: str) -> None:
@@ -167,9 +186,8 @@ def run_main(program: str, parse: Callable, run: Callable, argv=None) -> int:
     except UsageError as exc:
         print(f"{program}: error: {exc}", file=sys.stderr)
         return 2
-    except (ValueError, OSError) as exc:
-        text = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.strerror else str(exc)
-        print(f"{program}: error: {text.splitlines()[0] if text else type(exc).__name__}", file=sys.stderr)
+    except (ValueError, OSError, MemoryError) as exc:
+        print(f"{program}: error: {error_text(exc)}", file=sys.stderr)
         return 2
     return 0
 

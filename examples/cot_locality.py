@@ -1,6 +1,6 @@
 """Chain-of-thought from the locality of experience: a k-step jump answered directly or step by step.
 
-THEORY.md §5 (the paper's Section 6; Prystawski, Li & Goodman 2023). If the training
+docs/claims.md §5 (the paper's Section 6; Prystawski, Li & Goodman 2023). If the training
 data shows only *local* steps of a chain of intentions θ_0 → θ_1 → θ_2 → …, a model
 learns each step well but has rarely or never seen what comes k steps after θ_0; asked
 for that jump directly it can only guess, while writing the intermediate messages itself,

@@ -1,6 +1,6 @@
 """Emergence: language understanding and in-context learning along training, for three model sizes.
 
-THEORY.md §3–4 and the paper's thesis: an LLM's abilities are properties of the *true*
+docs/claims.md §3–4 and the paper's thesis: an LLM's abilities are properties of the *true*
 language q (its sparse joint q(θ, x)); a model p shows them to the degree that it
 approximates q. So an ability should "emerge" as the model's approximation error falls,
 whatever the model's size or training step, and a smaller model should show it later or
@@ -19,7 +19,7 @@ checkpoints along each run, and measures at each one (with :mod:`tinylatent.eval
 
 The language is the one where every one of these numbers means something: the paper's
 letter chains with the first letter noised too and the intention fixed for a whole
-document (``paper-noisy-first-mixture``, η = 0.02, THEORY.md §4, §8): a single message is
+document (``paper-noisy-first-mixture``, η = 0.02, docs/claims.md §4, §8): a single message is
 genuinely ambiguous (ε(x) > 0), and examples from the same θ* remove the ambiguity.
 
 "Checkpoints along one run": each size trains with a constant learning rate after a short

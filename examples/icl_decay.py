@@ -1,21 +1,23 @@
 """In-context learning: how fast the exact Bayes error about the task's intention falls with examples.
 
-THEORY.md §4: in a *mixture* language (one intention θ* per document) the posterior error
+docs/claims.md §4: in a *mixture* language (one intention θ* per document) the posterior error
 after m examples is at most max π ratio · Π_i ε_i / (1 − ε_i), so it decays exponentially
-in m; the paper states the rate as ε_0^{m+2}. THEORY.md §8: in the paper's own language
+in m; the paper states the rate as ε_0^{m+2}. docs/claims.md §8: in the paper's own language
 the intention of consecutive messages changes with probability 0.5, so a reader of that
 language cannot be sure the query continues the examples' intention, and the error need
-not go to zero. This script measures both with the exact oracle (a perfect LM, p = q).
+not go to zero. This script measures both with the exact oracle (a perfect LM, p = q);
+docs/theory.md §4 has the proofs and the measured tables.
 
 Prompt: m example messages (each with its delimiter) written under θ*, then a query: the
-first letter(s) of one more message under θ* (``--query-letters``, default 1).
+first letter(s) of one more message under θ* (``--query-letters``, default 1; at most the
+letters of a message).
 Target: q(· | query, θ*), the next token of the query's message when θ* is known.
 Per m it reports, over ``--trials`` prompts: the Bayes error 1 − q(θ* | prompt) (mean and a
 95% normal-approximation interval, clipped at 0), KL(target ‖ Bayes predictive), the
 proven bound (mixture languages), the paper's ε_0^{m+2} (ε_0 = max_i ε_i of the prompt's
 examples, each read alone under a uniform prior), and a least-squares fit of
 log(mean error) against m (rate = exp(slope): the factor per example).
-It then prints the paper's own ICL numbers (a trained model, THEORY.md §7) beside the
+It then prints the paper's own ICL numbers (a trained model, docs/claims.md §7) beside the
 exact Bayes values in the paper's setting.
 
 Usage (from the repository root):
@@ -29,6 +31,11 @@ beside the oracle's for the language it was trained on:
 
     python examples/icl_decay.py --model runs/train/ckpt.npz    # a checkpoint of `tinylatent train`
     python examples/icl_decay.py --train --language paper-noisy-first-mixture --eta 0.02
+
+``--train`` trains into OUT/icl_decay_model_<language>/ and a later run with the same
+settings reuses that model; other ``--train-steps`` (fewer) or ``--seed`` need another ``--out``.
+``--json PATH`` refuses an existing file unless ``--force``; the output paths are checked
+before anything is computed.
 """
 from __future__ import annotations
 
@@ -56,7 +63,7 @@ DEFAULT_ETAS = (0.0, 0.02, 0.04)
 DEFAULT_LANGUAGES = ("paper-mixture", "paper-noisy-first-mixture", "paper", "paper-noisy-first")
 PLOT_NAME = "icl_decay.png"
 
-PAPER_ICL_KL = PAPER_RESULTS["icl_kl"]  # THEORY.md §7: the paper's trained model, m = 1..4
+PAPER_ICL_KL = PAPER_RESULTS["icl_kl"]  # docs/claims.md §7: the paper's trained model, m = 1..4
 
 
 # ----------------------------------------------------------------------------------------
@@ -192,7 +199,7 @@ def _mean_message_ambiguity(twin: Language, tasks: th.ICLTasks, max_examples: in
 
 
 def paper_setting(trials: int, seed: int, model: Optional["TrainedModel"] = None) -> dict:
-    """The paper's ICL measurement (THEORY.md §7) redone with the exact reader.
+    """The paper's ICL measurement (docs/claims.md §7) redone with the exact reader.
 
     The faithful paper language at the paper's three noise levels; prompt = m examples under
     θ*, then the next token is the first letter of the next message; the paper's target is
@@ -268,7 +275,7 @@ def format_language_table(name: str, description: str, results: list) -> str:
 def format_paper_comparison(comparison: dict) -> str:
     etas = list(comparison["paper_trained_model_kl"])
     header = "".join(f"{'η=' + e:>9}" for e in etas)
-    lines = ["== ICL as the paper measured it (THEORY.md §7): faithful paper language, m examples, then the",
+    lines = ["== ICL as the paper measured it (docs/claims.md §7): faithful paper language, m examples, then the",
              "   next message's first letter; target uniform over the 6 first letters of θ* and θ*+1 ==",
              f"{'':>4} {'paper: trained model KL(target‖p)':>34}   {'ours: exact Bayes KL(target‖q)':>32}",
              f"{'m':>4} {header:>34}   {header:>32}"]
@@ -355,12 +362,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eta", type=float, nargs="+", default=list(DEFAULT_ETAS),
                         help="noise levels η ≥ 0 (default 0 0.02 0.04)")
     parser.add_argument("--max-examples", type=int, default=8, help="largest m (default 8)")
-    parser.add_argument("--query-letters", type=int, default=1, help="letters of the query message (default 1)")
+    parser.add_argument("--query-letters", type=int, default=1,
+                        help="letters of the query message, at most a message's letters (21 here; default 1)")
     parser.add_argument("--language", choices=DEFAULT_LANGUAGES, nargs="+", default=list(DEFAULT_LANGUAGES),
                         help="which languages (default all four)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--out", type=Path, default=Path("out"), help="folder for the plot (default out/)")
     parser.add_argument("--json", type=Path, default=None, help="also write every number to this JSON file")
+    parser.add_argument("--force", action="store_true", help="replace the --json file if it exists")
     parser.add_argument("--model", type=Path, default=None, metavar="CHECKPOINT",
                         help="a checkpoint of `tinylatent train`: add the model's KL curve for its language")
     parser.add_argument("--train", action="store_true",
@@ -378,14 +387,16 @@ def parse_args(argv) -> argparse.Namespace:
         raise UsageError(f"--eta must be finite and ≥ 0; got {bad_eta[0]:g}")
     if args.max_examples < 1:
         raise UsageError(f"--max-examples must be at least 1; got {args.max_examples}")
-    if args.query_letters < 1:
-        raise UsageError(f"--query-letters must be at least 1; got {args.query_letters}")
+    letters = min(preset(name).max_length for name in args.language)  # every query is cut from one message
+    if not 1 <= args.query_letters <= letters:
+        raise UsageError(f"--query-letters must be in 1..{letters} (the letters of a message); got {args.query_letters}")
     if args.seed < 0:
         raise UsageError(f"--seed must be ≥ 0; got {args.seed}")
     if args.model is not None and args.train:
         raise UsageError("give --model CHECKPOINT or --train, not both")
     if args.train_steps < 1:
         raise UsageError(f"--train-steps must be at least 1; got {args.train_steps}")
+    common.check_outputs(args)  # before anything is computed
     return args
 
 
@@ -405,8 +416,16 @@ def trained_model(args: argparse.Namespace) -> Optional[TrainedModel]:
     settings = TrainConfig(steps=args.train_steps, batch_size=32, max_lr=3e-3, seed=args.seed,
                            eval_interval=max(1, args.train_steps // 5), checkpoint_interval=args.train_steps)
     out_dir = args.out / f"icl_decay_model_{language.name}".replace("(", "_").replace(")", "").replace("=", "")
-    print(f"training a small model on {language.name} for {args.train_steps} steps into {out_dir} ...")
-    result = train(language, config, settings, out_dir, resume=(out_dir / "ckpt.npz").exists(), progress=True)
+    reuse = (out_dir / "ckpt.npz").exists()
+    print(f"{'continuing the' if reuse else 'training a'} small model on {language.name} for {args.train_steps} "
+          f"steps in {out_dir} ...")
+    try:
+        result = train(language, config, settings, out_dir, resume=reuse, progress=True)
+    except ValueError as exc:
+        if reuse:
+            raise ValueError(f"{out_dir} holds a model trained with other settings ({exc}); choose another --out, "
+                             "or use the same --train-steps and --seed") from None
+        raise
     print(f"trained: validation loss {result.summary['val_loss']:.4f} nats/token, exact Bayes "
           f"{result.summary['bayes_val_loss']:.4f}")
     return TrainedModel(result.model, language, name="model")

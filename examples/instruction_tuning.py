@@ -1,6 +1,6 @@
 """Instruction tuning as an edit of the intention transitions: suppress a "bad" intention, keep the rest.
 
-THEORY.md §6 (the paper's Section 7). A response y to a prompt x is a mixture
+docs/claims.md §6 (the paper's Section 7). A response y to a prompt x is a mixture
 
     q(y | x) = Σ_θ q(θ | θ_x) q(y | θ),
 

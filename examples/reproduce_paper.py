@@ -1,6 +1,6 @@
 """The paper's simulation, reproduced: train GPTs on its languages and score them against the exact oracle.
 
-Hui Jiang's paper (arXiv 2304.09960; THEORY.md §7) trained a GPT on its doubly-embedded
+Hui Jiang's paper (arXiv 2304.09960; docs/claims.md §7) trained a GPT on its doubly-embedded
 Markov-chain language at noise levels η and measured convergence, language understanding
 and in-context learning (ICL) against an approximate reference. This script does the same
 with tinylatent's exact oracle, so each model number splits into the language's share (what
@@ -14,9 +14,9 @@ Experiments (one model each):
 * ``paper`` at η = 0, 0.02, 0.04 (its convergence and ICL figures) and 0.03, 0.06 (its
   understanding bar chart): the paper's own language, circular outer chain.
 * ``mixture`` at η = 0, 0.02, 0.04: the same letter chains with the intention fixed for a
-  whole document (T = I), the setting of the ICL theorem (THEORY.md §4), with the first
+  whole document (T = I), the setting of the ICL theorem (docs/claims.md §4), with the first
   letter noised too (``paper-noisy-first-mixture``): in the faithful mixture the first letter
-  of the query names θ* exactly (THEORY.md §8), so every ICL ambiguity part would be 0.
+  of the query names θ* exactly (docs/claims.md §8), so every ICL ambiguity part would be 0.
 
 Usage (from the repository root; the plots need matplotlib, ``pip install -e '.[plot]'``):
 
@@ -120,7 +120,7 @@ def model_presets(vocab_size: int) -> dict:
       own document, one sampler call per window, and 64 more of them a step made those
       models train 1.7× slower, past the 30-minute budget. The targets name the paper's
       language; the mixture models train without short windows.
-    ``paper``: the paper's nanoGPT and its AdamW settings (THEORY.md §7), for a GPU.
+    ``paper``: the paper's nanoGPT and its AdamW settings (docs/claims.md §7), for a GPU.
     """
     return {
         "small": ModelPreset(replace(GPTConfig.small(vocab_size), context_length=192), 3e-3, 6000, 12,

@@ -117,6 +117,18 @@ def test_random_bytes_are_a_clear_error(tmp_path):
         load_checkpoint(path)
 
 
+@pytest.mark.parametrize("write", [lambda path: np.save(path, np.ones(3)),
+                                   lambda path: path.write_bytes(b"\x80\x04K\x01.")],   # a .npy, a pickle
+                         ids=["npy", "pickle"])
+def test_a_file_that_is_no_zip_archive_is_named_as_such(tmp_path, write):
+    path = tmp_path / "not_a_checkpoint"
+    write(path)
+    path = next(tmp_path.iterdir())                     # np.save may have added ".npy"
+    with pytest.raises(ValueError, match=r"a checkpoint is a \.npz \(zip\) archive, and this file is not one") as error:
+        load_checkpoint(path)
+    assert "allow_pickle" not in str(error.value)
+
+
 def test_a_truncated_file_is_a_clear_error(saved):
     path, _ = saved
     data = path.read_bytes()

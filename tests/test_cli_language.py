@@ -1,7 +1,9 @@
 """The language subcommands: real output, --json, and bad input as one line with exit status 2."""
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -53,6 +55,10 @@ def test_ambiguity_and_posterior(capsys):
     (["posterior", "--prompt", ""], "empty"),
     (["posterior", "--prompt", "abd"], "impossible"),
     (["sample", "--messages", "0"], "--messages"),
+    (["sample", "--messages", "10000000000"], "must be an integer in 1..1,000,000"),
+    (["ambiguity", "--messages", "1000000000"], "must be an integer in 2..200,000"),
+    (["language", "--random", "--length", "100000000000"], "must be an integer in 1..10,000"),
+    (["language", "--random", "--letters", "63"], "must be an integer in 1..62"),
     (["ambiguity", "--language-file", "/nonexistent/lang.json"], "No such file"),
     (["language", "--preset", "english"], "invalid choice"),
     (["posterior"], "required"),
@@ -81,3 +87,82 @@ def test_malformed_language_file(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 2 and "not valid JSON" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_outputs_are_checked_before_any_work(tmp_path, capsys):
+    afile = tmp_path / "f.txt"
+    afile.write_text("mine")
+    code, _, err = run(capsys, "sample", "--messages", "3", "--out", str(afile / "x"))
+    assert code == 2 and "is a file, not a folder" in err
+    code, _, err = run(capsys, "language", "--out", str(tmp_path / "newout") + "/")
+    assert code == 2 and "names a folder" in err and not (tmp_path / "newout").exists()
+    code, _, err = run(capsys, "language", "--out", str(tmp_path))
+    assert code == 2 and "is a folder" in err
+    code, _, err = run(capsys, "sample", "--messages", "3", "--out", str(afile))
+    assert code == 2 and "--force" in err and afile.read_text() == "mine"
+
+
+@pytest.mark.parametrize("command", [["language"], ["sample", "--messages", "2"], ["ambiguity", "--messages", "100"],
+                                     ["posterior", "--prompt", "ab"]])
+def test_a_language_file_is_not_combined_with_a_preset_or_eta(tmp_path, capsys, command):
+    path = tmp_path / "lang.json"
+    assert run(capsys, "language", "--eta", "0.02", "--out", str(path))[0] == 0
+    for extra, named in ((["--eta", "0.04"], "--eta"), (["--preset", "paper-mixture"], "--preset")):
+        code, _, err = run(capsys, *command, "--language-file", str(path), *extra)
+        assert code == 2 and named in err and "--language-file" in err
+    assert run(capsys, *command, "--language-file", str(path))[0] == 0
+
+
+def test_random_language_options_need_random(capsys):
+    code, _, err = run(capsys, "language", "--intentions", "4", "--seed", "2")
+    assert code == 2 and "--intentions, --seed" in err and "--random" in err
+    code, _, err = run(capsys, "language", "--random", "--preset", "paper")
+    assert code == 2 and "--preset" in err
+    code, text, _ = run(capsys, "language", "--random", "--intentions", "4", "--eta", "0.1", "--json")
+    assert code == 0 and json.loads(text)["n_intentions"] == 4
+
+
+class FullDisk:
+    """A standard output whose writes fail as a full disk's do."""
+
+    def write(self, text):
+        raise OSError(28, "No space left on device")
+
+    def flush(self):
+        pass
+
+
+def test_a_failed_write_to_standard_output_is_one_line(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdout", FullDisk())
+    code = main(["sample", "--messages", "3"])
+    err = capsys.readouterr().err
+    assert code == 2 and err == "tinylatent sample: error: No space left on device\n"
+
+
+def test_a_closed_pipe_is_quiet():
+    reader = subprocess.Popen([sys.executable, "-m", "tinylatent", "sample", "--messages", "200000"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    reader.stdout.read(10)
+    reader.stdout.close()
+    assert reader.wait(timeout=120) == 0 and reader.stderr.read() == b""
+
+
+def test_out_of_memory_is_one_line(monkeypatch, capsys):
+    from tinylatent import cli_language
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError()
+    monkeypatch.setattr(cli_language, "sample_corpus", no_memory)
+    code, _, err = run(capsys, "sample", "--messages", "5")
+    assert code == 2 and "out of memory" in err and len(err.splitlines()) == 1
+
+
+def test_help_points_to_documents_that_exist(capsys):
+    root = Path(__file__).resolve().parents[1]
+    for command in ("language", "sample", "ambiguity", "posterior", "train", "generate", "eval"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = capsys.readouterr().out
+        assert "THEORY.md" not in text
+        for name in re.findall(r"docs/\w+\.md", text):
+            assert (root / name).exists(), name

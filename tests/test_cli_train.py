@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
+from tinylatent import cli_eval, cli_train
 from tinylatent.checkpoint import load_checkpoint
 from tinylatent.cli import main
 from tinylatent.language import paper_language, save_language
@@ -125,7 +127,10 @@ def assert_one_line_error(capsys, argv, message: str) -> None:
     (["train", "--lr", "1e-3", "--min-lr", "2e-3", "--steps", "3"], "min_lr must be a number in [0, max_lr]"),
     (["train", "--weight-decay", "-0.1", "--steps", "3"], "weight_decay must be a non-negative number"),
     (["train", "--n-head", "3", "--d-model", "16"], "must be divisible by n_head"),
-    (["train", "--short-windows", "-1"], "must be a non-negative integer"),
+    (["train", "--short-windows", "-1"], "must be an integer in 0..1,024; got -1"),
+    (["train", "--context", "100000000"], "must be an integer in 1..2,048; got 100000000"),
+    (["generate", "--checkpoint", "x", "--tokens", "10000000000"], "must be an integer in 0..1,000,000"),
+    (["eval", "--checkpoint", "x", "--windows", "1"], "must be an integer in 2..100,000; got 1"),
     (["train", "--short-windows", "4", "--short-context", "500", "--steps", "3"],
      "short_context (500) must be at most the context_length"),
     (["train", "--language-file", "/no/such/language.json"], "No such file or directory"),
@@ -156,3 +161,70 @@ def test_resume_problems_are_one_line_and_exit_2(trained, tmp_path, capsys):
     assert_one_line_error(capsys, ["train", "--out", str(out), "--steps", "3", *TINY], "already exists")
     assert_one_line_error(capsys, ["train", "--language-file", "x.json", "--eta", "0.1"],
                           "cannot be combined with --language-file")
+
+
+def test_eval_refuses_an_existing_json_file_before_it_evaluates(trained, capsys):
+    """``eval --json FILE`` once overwrote the checkpoint it was given; now it needs --force, and it says so at once."""
+    out, _ = trained
+    checkpoint = out / "ckpt.npz"
+    before = checkpoint.read_bytes()
+    assert_one_line_error(capsys, ["eval", "--checkpoint", str(checkpoint), "--json", str(checkpoint)],
+                          "exists; pass --force")
+    assert checkpoint.read_bytes() == before
+    assert_one_line_error(capsys, ["eval", "--checkpoint", str(checkpoint), "--json", str(checkpoint / "x")],
+                          "is a file, not a folder")
+    assert_one_line_error(capsys, ["eval", "--checkpoint", str(checkpoint), "--json", str(out)], "is a folder")
+    assert_one_line_error(capsys, ["eval", "--checkpoint", str(checkpoint), "--force"], "--json FILE")
+    report = out / "eval.json"
+    report.write_text("mine")
+    assert main(["eval", "--checkpoint", str(checkpoint), "--windows", "2", "--prompts", "2", "--max-letters", "1",
+                 "--max-examples", "0", "--json", str(report), "--force"]) == 0
+    assert json.loads(report.read_text())["step"] == 5
+
+
+def test_a_file_that_is_not_a_checkpoint_is_named_plainly(tmp_path, capsys):
+    text = tmp_path / "notes.txt"
+    text.write_text("not a checkpoint")
+    for command in ("eval", "generate"):
+        assert_one_line_error(capsys, [command, "--checkpoint", str(text)], "is not a tinylatent checkpoint")
+    npy = tmp_path / "array.npy"
+    np.save(npy, np.zeros(3))
+    assert_one_line_error(capsys, ["eval", "--checkpoint", str(npy)], "is not a tinylatent checkpoint")
+
+
+def test_eval_tables_print_no_negative_zero():
+    assert cli_eval._estimate({"mean": -1e-7, "low": -0.00004, "high": 0.5}) == "0.0000 [0.0000, 0.5000]"
+    assert cli_eval._estimate({"mean": -0.2, "low": -0.3, "high": -0.00006}) == "-0.2000 [-0.3000, -0.0001]"
+
+
+def test_train_out_that_is_a_file_or_under_one_is_one_line(tmp_path, capsys):
+    afile = tmp_path / "f.txt"
+    afile.write_text("mine")
+    assert_one_line_error(capsys, ["train", "--steps", "3", "--out", str(afile), *TINY], "is a file, not a folder")
+    assert_one_line_error(capsys, ["train", "--steps", "3", "--out", str(afile / "sub"), *TINY],
+                          "is a file, not a folder")
+    assert afile.read_text() == "mine"
+
+
+def test_a_fresh_run_keeps_an_old_log_unless_forced(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "log.jsonl").write_text('{"step": 0}\n')
+    assert_one_line_error(capsys, ["train", "--steps", "2", "--out", str(out), *TINY], "pass --force")
+    assert (out / "log.jsonl").read_text() == '{"step": 0}\n'
+    assert main(["train", "--steps", "2", "--out", str(out), "--force", "--json", *TINY]) == 0
+    assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [0, 1, 2]
+
+
+def test_resume_with_fewer_steps_than_done_says_so(trained, capsys):
+    out, _ = trained
+    assert_one_line_error(capsys, ["train", "--out", str(out), "--resume", "--steps", "3"],
+                          "at step 5, already past the 3 steps asked for")
+    assert_one_line_error(capsys, ["train", "--out", str(out), "--resume", "--force"], "give one or the other")
+
+
+def test_out_of_memory_is_one_line(tmp_path, capsys, monkeypatch):
+    def no_memory(*args, **kwargs):
+        raise MemoryError()
+    monkeypatch.setattr(cli_train, "train", no_memory)
+    assert_one_line_error(capsys, ["train", "--steps", "2", "--out", str(tmp_path / "run"), *TINY], "out of memory")

@@ -98,6 +98,7 @@ def test_plot_is_saved_when_matplotlib_is_installed(icl_decay, tmp_path, capsys)
     (["--trials", "many"], "invalid int value"),
     (["--max-examples", "0"], "--max-examples must be at least 1"),
     (["--language", "english"], "invalid choice"),
+    (["--query-letters", "100"], "--query-letters must be in 1..21"),
 ])
 def test_bad_options_exit_2_with_one_line(icl_decay, capsys, argv, message):
     assert icl_decay.main(argv) == 2
@@ -149,3 +150,28 @@ def test_a_trained_models_curve_is_added_beside_the_oracles(icl_decay, tmp_path)
 def test_model_and_train_are_exclusive(icl_decay, capsys):
     assert icl_decay.main(["--model", "x.npz", "--train"]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def test_output_paths_are_checked_before_anything_is_computed(icl_decay, tmp_path, capsys):
+    mine = tmp_path / "mine.json"
+    mine.write_text("mine")
+    for argv, message in ((["--json", str(mine)], "exists; pass --force"),
+                          (["--json", str(mine / "x.json")], "is a file, not a folder"),
+                          (["--out", str(mine)], "is a file, not a folder")):
+        assert icl_decay.main(TINY + argv) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and message in captured.err and len(captured.err.splitlines()) == 1
+    assert mine.read_text() == "mine"
+    assert icl_decay.main(TINY + ["--language", "paper", "--eta", "0", "--out", str(tmp_path), "--json", str(mine),
+                                  "--force"]) == 0
+    assert json.loads(mine.read_text())["settings"]["trials"] == 5
+
+
+def test_a_trained_model_of_other_settings_names_its_folder_and_the_fix(icl_decay, tmp_path, capsys):
+    argv = ["--train", "--train-steps", "1", "--language", "paper-mixture", "--eta", "0", "--trials", "2",
+            "--max-examples", "1", "--out", str(tmp_path)]
+    assert icl_decay.main(argv) == 0
+    capsys.readouterr()
+    assert icl_decay.main(argv + ["--seed", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "icl_decay_model_" in err and "seed 0 -> 1" in err and "choose another --out" in err

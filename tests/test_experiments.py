@@ -312,3 +312,31 @@ def test_bad_options_exit_2_with_one_line(script, argv, request, capsys, tmp_pat
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"{module.PROGRAM}: error: ")
     assert not list(tmp_path.iterdir())                                   # nothing was trained or written
+
+
+@pytest.mark.parametrize("script", ["cot", "tuning", "emergence"])
+def test_output_paths_are_checked_before_any_training(script, request, capsys, tmp_path):
+    module = request.getfixturevalue(script)
+    mine = tmp_path / "mine.json"
+    mine.write_text("mine")
+    out = tmp_path / "out"
+    for argv, message in ((["--out", str(out), "--json", str(mine)], "exists; pass --force"),
+                          (["--out", str(out), "--json", str(mine / "x.json")], "is a file, not a folder"),
+                          (["--out", str(mine)], "is a file, not a folder"),
+                          (["--out", str(mine / "sub")], "is a file, not a folder"),
+                          (["--out", str(out), "--force"], "give it with --json PATH")):
+        assert module.main(["--smoke", "--no-progress", *argv]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and message in captured.err and len(captured.err.splitlines()) == 1
+    assert mine.read_text() == "mine" and not out.exists()                 # nothing was trained or written
+
+
+def test_the_examples_cite_documents_of_the_repository():
+    from pathlib import Path
+    import re
+    root = Path(__file__).resolve().parents[1]
+    for script in [*(root / "examples").glob("*.py"), *(root / "benchmarks").glob("*.py")]:
+        text = script.read_text()
+        assert "THEORY.md" not in text, script.name
+        for name in re.findall(r"docs/\w+\.md", text):
+            assert (root / name).exists(), (script.name, name)

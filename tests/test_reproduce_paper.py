@@ -117,3 +117,12 @@ def test_bad_options_are_one_line_and_exit_2(reproduce, arguments, capsys):
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and err.startswith("reproduce_paper.py: error:")
     assert "Traceback" not in err
+
+
+def test_an_existing_json_file_is_refused_before_any_training(reproduce, tmp_path, capsys):
+    mine = tmp_path / "mine.json"
+    mine.write_text("mine")
+    status = reproduce.main(["--smoke", "--no-progress", "--out", str(tmp_path / "out"), "--json", str(mine)])
+    err = capsys.readouterr().err
+    assert status == 2 and "exists; pass --force" in err and len(err.strip().splitlines()) == 1
+    assert mine.read_text() == "mine" and not (tmp_path / "out").exists()

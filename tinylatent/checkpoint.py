@@ -212,6 +212,9 @@ def _read_archive(path: Path) -> dict:
     Reading every member in full is what makes zipfile check each CRC-32, so a flipped
     byte anywhere is found here and not later. Any failure becomes one ValueError.
     """
+    if path.is_file() and not zipfile.is_zipfile(path):   # a .npy, text, pickle, ...: np.load's own errors mislead
+        raise ValueError(f"{path} is not a readable tinylatent checkpoint (corrupted or truncated?): "
+                         "a checkpoint is a .npz (zip) archive, and this file is not one")
     try:
         with np.load(path, allow_pickle=False) as archive:
             return {key: archive[key] for key in archive.files}

@@ -4,13 +4,21 @@ Each group of subcommands lives in its own module with a ``register(subparsers)`
 function that adds its parsers and sets ``func`` on each (``func(args) -> int``).
 This file only assembles them and turns errors into one line on stderr and exit status 2:
 a user who typed something wrong sees what was wrong and what is allowed, never a
-traceback.
+traceback. That covers a bad value (ValueError), a file that cannot be read or written
+(OSError: missing, a folder, a full disk) and a request too large for memory (MemoryError).
+
+It also holds what every command line of the project shares (the examples and benchmarks
+use them too): :class:`OneLineParser`, :func:`int_in` for bounded sizes, and
+:func:`check_output_file` / :func:`check_output_folder`, which refuse an output path before
+any work is done (an existing file is replaced only with ``--force``).
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+from pathlib import Path
 
 from tinylatent import __version__
 
@@ -22,18 +30,96 @@ COMMAND_MODULES = [
 ]
 
 
-class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose usage errors are one line and exit status 2."""
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line and exit status 2 (the benchmarks use it too)."""
 
     def error(self, message: str) -> None:  # noqa: D401 - argparse API
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def int_in(low: int, high: int):
+    """An argparse type: an integer in low..high, or a usage error that states the range.
+
+    The upper bounds of the size options are there so that a request no machine could hold
+    (``--messages 10000000000``) fails at once, with the range, instead of running out of memory.
+    """
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer in {low:,}..{high:,}; got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be an integer in {low:,}..{high:,}; got {text}")
+        return value
+    return parse
+
+
+def check_output_file(path, force: bool, option: str) -> Path:
+    """Refuse, before any work, a path that the output file could not (or must not) be written to.
+
+    ``path`` must name a file: not end with a slash, not be a folder, not lie under a file;
+    and it must not be an existing file unless ``force`` (nothing a user made is
+    overwritten without ``--force``; a stream such as ``/dev/stdout`` is fine). Raises ValueError naming ``option``; returns the path.
+    """
+    text = os.fspath(path)
+    out = Path(text)
+    if text.endswith(("/", os.sep)):
+        raise ValueError(f"{option} {text} ends with a slash, so it names a folder; give a file name")
+    if out.is_dir():
+        raise ValueError(f"{option} {text} is a folder; give a file name")
+    _refuse_file_ancestor(out, option)
+    if out.is_file() and not force:     # a stream such as /dev/stdout or a FIFO loses nothing
+        raise ValueError(f"{option} {text} exists; pass --force to replace it (nothing is overwritten without it)")
+    return out
+
+
+def check_output_folder(path, option: str) -> Path:
+    """Refuse, before any work, a folder path that is a file or lies under a file. Returns the path."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{option} {os.fspath(path)} is a file, not a folder")
+    _refuse_file_ancestor(out, option)
+    return out
+
+
+def _refuse_file_ancestor(path: Path, option: str) -> None:
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{option} {path}: {parent} is a file, not a folder")
+            return
+
+
+def error_text(exc: BaseException) -> str:
+    """One line for an error: an OSError's reason and file, or the exception's own first line."""
+    if isinstance(exc, MemoryError):
+        return "out of memory: the request is too large for this machine; ask for less"
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename is not None else exc.strerror
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _quiet_stdout_after_failure() -> None:
+    """After a write to standard output failed (a closed pipe, a full disk), point it at the null
+    device, so that Python's own flush at exit does not fail again with a second message."""
+    try:
+        sys.stdout.flush()
+        return
+    except (OSError, ValueError):
+        pass
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (a test's stand-in)
+        return
+    os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="tinylatent", description="tinylatent: languages from latent intentions, the exact "
+    parser = OneLineParser(prog="tinylatent", description="tinylatent: languages from latent intentions, the exact "
                      "Bayesian oracle, and a from-scratch GPT trained and scored against it.")
     parser.add_argument("--version", action="version", version=f"tinylatent {__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     subparsers.required = True
     for name in COMMAND_MODULES:
         try:
@@ -50,15 +136,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
-        message = str(exc) if not isinstance(exc, OSError) else f"{exc.strerror}: {exc.filename}"
-        print(f"tinylatent {args.command}: error: {message}", file=sys.stderr)
-        return 2
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a full disk or a closed pipe shows here, not after main has returned
+        return code
     except BrokenPipeError:  # e.g. `tinylatent ... | head`: the reader left, which is not an error
-        import os
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _quiet_stdout_after_failure()
         return 0
+    except (ValueError, OSError, MemoryError) as exc:  # OSError: a full disk, a path under a file, ...
+        print(f"tinylatent {args.command}: error: {error_text(exc)}", file=sys.stderr)
+        if isinstance(exc, OSError):
+            _quiet_stdout_after_failure()
+        return 2
     except KeyboardInterrupt:
         print(f"tinylatent {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -11,33 +11,34 @@ checkpoint and reports, each number with a 95% confidence interval over trials
 * in-context learning: the same split for m = 0..8 examples (an m whose prompt does not fit
   the model's context is skipped, and the reason said).
 
-``--json`` prints every number as JSON; ``--json FILE`` writes it to FILE atomically.
+``--json`` prints every number as JSON; ``--json FILE`` writes it to FILE atomically
+(an existing FILE only with ``--force``; the path is checked before the evaluation starts).
 """
 from __future__ import annotations
 
-import argparse
 import json
 
 from tinylatent._io import write_json
 from tinylatent.backend import DEVICES
-from tinylatent.checkpoint import load_checkpoint
-from tinylatent.cli_train import _non_negative_int, _positive_int
+from tinylatent.cli import check_output_file, int_in
+from tinylatent.cli_train import _non_negative_int, _positive_int, read_checkpoint
 from tinylatent.evaluate import DEFAULT_PROMPTS, DEFAULT_WINDOWS, ICL_MAX_EXAMPLES, UNDERSTANDING_LETTERS, evaluate
 
 STDOUT = "-"
 PAPER_LABEL = "paper's"  # the row of the paper's target
+MAX_TRIALS = 100_000      # --windows and --prompts: a confidence interval needs at least 2
 
 
-def _at_least_two(text: str) -> int:
-    value = _positive_int(text)
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"must be at least 2 (a confidence interval needs two trials); got {text}")
-    return value
+def _fixed(value: float, digits: int) -> str:
+    """``value`` with ``digits`` decimals, and no minus sign on a number that rounds to zero."""
+    text = f"{value:.{digits}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0.0 else text
 
 
 def _estimate(estimate: dict, digits: int = 4) -> str:
     """``mean [low, high]``."""
-    return f"{estimate['mean']:.{digits}f} [{estimate['low']:.{digits}f}, {estimate['high']:.{digits}f}]"
+    return (f"{_fixed(estimate['mean'], digits)} [{_fixed(estimate['low'], digits)}, "
+            f"{_fixed(estimate['high'], digits)}]")
 
 
 def _split_columns(split: dict) -> str:
@@ -84,7 +85,11 @@ def format_report(report: dict, header: str) -> str:
 
 
 def cmd_eval(args) -> int:
-    checkpoint = load_checkpoint(args.checkpoint)
+    if args.json not in (None, STDOUT):
+        check_output_file(args.json, args.force, "--json")
+    elif args.force:
+        raise ValueError("--force replaces the --json FILE; give it with --json FILE")
+    checkpoint = read_checkpoint(args.checkpoint)
     model = checkpoint.model(args.device)
     report = evaluate(model, checkpoint.language, n_windows=args.windows, n_prompts=args.prompts,
                       max_letters=args.max_letters, max_examples=args.max_examples, seed=args.seed)
@@ -109,10 +114,11 @@ def register(subparsers) -> None:
                     "part. Every number has a 95% confidence interval. See docs/evaluation.md.",
     )
     p.add_argument("--checkpoint", required=True, metavar="PATH", help="a checkpoint file (OUT/ckpt.npz)")
-    p.add_argument("--windows", type=_at_least_two, default=DEFAULT_WINDOWS,
-                   help=f"convergence windows of the model's context + 1 tokens (default {DEFAULT_WINDOWS})")
-    p.add_argument("--prompts", type=_at_least_two, default=DEFAULT_PROMPTS,
-                   help=f"prompts per prompt length and per m (default {DEFAULT_PROMPTS})")
+    p.add_argument("--windows", type=int_in(2, MAX_TRIALS), default=DEFAULT_WINDOWS,
+                   help=f"convergence windows of the model's context + 1 tokens, 2..{MAX_TRIALS:,} "
+                        f"(default {DEFAULT_WINDOWS})")
+    p.add_argument("--prompts", type=int_in(2, MAX_TRIALS), default=DEFAULT_PROMPTS,
+                   help=f"prompts per prompt length and per m, 2..{MAX_TRIALS:,} (default {DEFAULT_PROMPTS})")
     p.add_argument("--max-letters", type=_positive_int, default=UNDERSTANDING_LETTERS,
                    help=f"understanding prompts of 1..N letters (default {UNDERSTANDING_LETTERS})")
     p.add_argument("--max-examples", type=_non_negative_int, default=ICL_MAX_EXAMPLES,
@@ -121,4 +127,5 @@ def register(subparsers) -> None:
     p.add_argument("--device", choices=DEVICES, default="cpu", help="cpu (default) or gpu")
     p.add_argument("--json", nargs="?", const=STDOUT, default=None, metavar="FILE",
                    help="print every number as JSON, or with FILE write it there (atomically)")
+    p.add_argument("--force", action="store_true", help="replace the --json FILE if it exists")
     p.set_defaults(func=cmd_eval)

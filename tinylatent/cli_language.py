@@ -1,16 +1,19 @@
 """Command-line subcommands about languages: ``language``, ``sample``, ``ambiguity``, ``posterior``.
 
 Every subcommand that reports numbers takes ``--json`` to print them machine-readably.
+The language is a preset (``--preset NAME --eta X``) or a file (``--language-file PATH``,
+docs/language_format.md), never both. Size options have upper bounds (the ``MAX_*``
+constants below) so that a request no machine could hold fails at once, with the range.
 """
 from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 
 from tinylatent._io import write_json, write_text
+from tinylatent.cli import check_output_file, int_in
 from tinylatent.backend import DEVICES, array_module, to_device, to_host
 from tinylatent.ambiguity import measure_ambiguity
 from tinylatent.language import (
@@ -18,13 +21,30 @@ from tinylatent.language import (
 )
 from tinylatent.oracle import Oracle, describe_impossible
 
+DEFAULT_PRESET = "paper"
+MAX_INTENTIONS = 1_000            # K of --random: its letter chains are K × V × V numbers
+MAX_LETTERS = 62                  # V of --random: the default alphabet a–z, A–Z, 0–9
+MAX_MESSAGE_LETTERS = 10_000      # --length of --random and of ambiguity
+MAX_MESSAGES = 1_000_000          # --messages of sample (the paper's: 22 tokens each, ~0.7 GB at the bound)
+MAX_AMBIGUITY_MESSAGES = 200_000  # --messages of ambiguity: about 6 KB of memory per sampled message
+
+# ``language``'s options that only make sense with --random, and their defaults there
+RANDOM_DEFAULTS = {"intentions": 3, "letters": 6, "letters_per_intention": None, "length": 5,
+                   "concentration": 1.0, "transition": "random", "seed": 0}
+
+
 def add_language_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--preset NAME --eta X`` or ``--language-file PATH``: which language to use."""
+    """``--preset NAME --eta X`` or ``--language-file PATH``: which language to use.
+
+    Both default to None so that :func:`language_from_args` can tell what the user gave.
+    """
     group = parser.add_argument_group("language")
-    group.add_argument("--preset", choices=PRESETS, default="paper",
-                       help="a named language (default: paper, THEORY.md §1)")
-    group.add_argument("--eta", type=float, default=0.0, help="the noise level η ≥ 0 of a preset (default 0)")
-    group.add_argument("--language-file", metavar="PATH", help="a language JSON (overrides --preset)")
+    group.add_argument("--preset", choices=PRESETS, default=None,
+                       help=f"a named language (default {DEFAULT_PRESET}: the paper's, docs/claims.md §1; "
+                            "`tinylatent language --preset NAME` summarises one)")
+    group.add_argument("--eta", type=float, default=None, help="the noise level η ≥ 0 of a preset (default 0)")
+    group.add_argument("--language-file", metavar="PATH",
+                       help="a language JSON (docs/language_format.md); not with --preset or --eta")
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
     """``--device cpu|gpu``: where the arrays of the computation live."""
@@ -33,32 +53,52 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def language_from_args(args: argparse.Namespace) -> Language:
-    if getattr(args, "language_file", None):
+    """The language of ``--language-file``, or the preset ``--preset`` at noise ``--eta``."""
+    if args.language_file is not None:
+        given = [option for option, value in (("--preset", args.preset), ("--eta", args.eta)) if value is not None]
+        if given:
+            one = len(given) == 1
+            raise ValueError(f"{' and '.join(given)} {'sets' if one else 'set'} a preset language; "
+                             f"{'it' if one else 'they'} cannot be combined with --language-file "
+                             "(the file holds every number of its language)")
         return load_language(args.language_file)
-    return preset(args.preset, args.eta)
-
-def _refuse_overwrite(path: Path, force: bool) -> None:
-    if path.exists() and not force:
-        raise ValueError(f"{path} exists; pass --force to replace it (nothing is overwritten without it)")
+    return preset(args.preset or DEFAULT_PRESET, 0.0 if args.eta is None else args.eta)
 
 def _print_json(obj) -> None:
     print(json.dumps(obj, indent=2))
 
 # -- tinylatent language -------------------------------------------------------------------
 
+def _random_options_given(args) -> list:
+    return ["--" + name.replace("_", "-") for name in RANDOM_DEFAULTS if getattr(args, name) is not None]
+
+
 def cmd_language(args) -> int:
+    if args.out:
+        check_output_file(args.out, args.force, "--out")
     if args.random:
+        given = [option for option, value in (("--preset", args.preset), ("--language-file", args.language_file))
+                 if value is not None]
+        if given:
+            raise ValueError(f"{' and '.join(given)} {'names' if len(given) == 1 else 'name'} a language; "
+                             "--random makes a new one: give one or the other")
+        options = {name: default if getattr(args, name) is None else getattr(args, name)
+                   for name, default in RANDOM_DEFAULTS.items()}
         language = random_language(
-            n_intentions=args.intentions, n_letters=args.letters, letters_per_intention=args.letters_per_intention,
-            message_length=args.length, concentration=args.concentration, eta=args.eta,
-            transition=args.transition, seed=args.seed,
+            n_intentions=options["intentions"], n_letters=options["letters"],
+            letters_per_intention=options["letters_per_intention"], message_length=options["length"],
+            concentration=options["concentration"], eta=0.0 if args.eta is None else args.eta,
+            transition=options["transition"], seed=options["seed"],
         )
     else:
+        ignored = _random_options_given(args)
+        if ignored:
+            one = len(ignored) == 1
+            raise ValueError(f"{', '.join(ignored)} only {'shapes' if one else 'shape'} a random language: "
+                             f"add --random, or leave {'it' if one else 'them'} out")
         language = language_from_args(args)
     if args.out:
-        out = Path(args.out)
-        _refuse_overwrite(out, args.force)
-        write_json(out, language.to_dict())
+        write_json(args.out, language.to_dict())
     if args.json:
         summary = {"name": language.name, "n_intentions": language.n_intentions, "n_letters": language.n_letters,
                    "vocab_size": language.vocab_size, "max_length": language.max_length,
@@ -75,15 +115,13 @@ def cmd_language(args) -> int:
 # -- tinylatent sample ----------------------------------------------------------------------
 
 def cmd_sample(args) -> int:
+    if args.out:
+        check_output_file(args.out, args.force, "--out")
     language = language_from_args(args)
-    if args.messages < 1:
-        raise ValueError(f"--messages must be ≥ 1; got {args.messages}")
     corpus = sample_corpus(language, args.messages, args.seed)
     text = language.decode(corpus.tokens)
     if args.out:
-        out = Path(args.out)
-        _refuse_overwrite(out, args.force)
-        write_text(out, text)
+        write_text(args.out, text)
     counts = np.bincount(corpus.intentions, minlength=language.n_intentions)
     if args.json:
         _print_json({"language": language.name, "messages": args.messages, "tokens": int(len(corpus.tokens)),
@@ -99,8 +137,6 @@ def cmd_sample(args) -> int:
 
 def cmd_ambiguity(args) -> int:
     language = language_from_args(args)
-    if args.length is not None and args.length < 1:
-        raise ValueError(f"--length must be ≥ 1 letters; got {args.length}")
     exact = True if args.exact else (False if args.sample else None)
     report = measure_ambiguity(language, n_messages=args.messages, seed=args.seed,
                                message_length=args.length, exact=exact, device=args.device)
@@ -158,22 +194,34 @@ def cmd_posterior(args) -> int:
     return 0
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer; got {text}")
     return value
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("language", help="write a language JSON from a preset (or a random one) and summarise it")
+    p = subparsers.add_parser("language", help="write a language JSON from a preset (or a random one) and summarise it",
+                              description="Summarise a language (a preset, a file, or with --random a new random "
+                                          "one) and with --out write it as JSON (docs/language_format.md).")
     add_language_arguments(p)
-    p.add_argument("--random", action="store_true", help="a random language instead of a preset")
-    p.add_argument("--intentions", type=_positive_int, default=3, help="K, for --random")
-    p.add_argument("--letters", type=_positive_int, default=6, help="V, for --random")
-    p.add_argument("--letters-per-intention", type=_positive_int, default=None, help="block size, for --random")
-    p.add_argument("--length", type=_positive_int, default=5, help="letters per message, for --random")
-    p.add_argument("--concentration", type=float, default=1.0, help="Dirichlet concentration, for --random")
-    p.add_argument("--transition", choices=["random", "identity", "uniform", "circular"], default="random")
-    p.add_argument("--seed", type=int, default=0)
+    r = p.add_argument_group("random language (only with --random; --eta sets its noise too)")
+    r.add_argument("--random", action="store_true", help="a random language instead of a preset or a file")
+    r.add_argument("--intentions", type=int_in(1, MAX_INTENTIONS), default=None,
+                   help=f"K, 1..{MAX_INTENTIONS:,} (default {RANDOM_DEFAULTS['intentions']})")
+    r.add_argument("--letters", type=int_in(1, MAX_LETTERS), default=None,
+                   help=f"V, 1..{MAX_LETTERS} (default {RANDOM_DEFAULTS['letters']})")
+    r.add_argument("--letters-per-intention", type=int_in(1, MAX_LETTERS), default=None,
+                   help="each intention writes a block of this many letters (default: all V)")
+    r.add_argument("--length", type=int_in(1, MAX_MESSAGE_LETTERS), default=None,
+                   help=f"letters per message, 1..{MAX_MESSAGE_LETTERS:,} (default {RANDOM_DEFAULTS['length']})")
+    r.add_argument("--concentration", type=float, default=None,
+                   help=f"Dirichlet concentration > 0 (default {RANDOM_DEFAULTS['concentration']:g})")
+    r.add_argument("--transition", choices=["random", "identity", "uniform", "circular"], default=None,
+                   help=f"the outer chain between messages (default {RANDOM_DEFAULTS['transition']})")
+    r.add_argument("--seed", type=int, default=None, help=f"seed (default {RANDOM_DEFAULTS['seed']})")
     p.add_argument("--out", metavar="PATH", help="write the language JSON here")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -181,7 +229,8 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("sample", help="sample a corpus, one message per line")
     add_language_arguments(p)
-    p.add_argument("--messages", type=int, default=1000, help="number of messages (default 1000)")
+    p.add_argument("--messages", type=int_in(1, MAX_MESSAGES), default=1000,
+                   help=f"number of messages, 1..{MAX_MESSAGES:,} (default 1000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", metavar="PATH", help="write the corpus here (default: print it)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
@@ -190,8 +239,10 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("ambiguity", help="how ambiguous a language is: MAP error, E[ε(x)], q(ε(x) > 0)")
     add_language_arguments(p)
-    p.add_argument("--length", type=int, default=None, help="letters per message (default: the language's own)")
-    p.add_argument("--messages", type=int, default=20_000, help="messages to sample (default 20000)")
+    p.add_argument("--length", type=int_in(1, MAX_MESSAGE_LETTERS), default=None,
+                   help=f"letters per message, 1..{MAX_MESSAGE_LETTERS:,} (default: the language's own)")
+    p.add_argument("--messages", type=int_in(2, MAX_AMBIGUITY_MESSAGES), default=20_000,
+                   help=f"messages to sample, 2..{MAX_AMBIGUITY_MESSAGES:,} (default 20000)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--exact", action="store_true", help="enumerate every message (small languages only)")
     mode.add_argument("--sample", action="store_true", help="sample even when enumeration is possible")

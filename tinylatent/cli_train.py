@@ -8,6 +8,11 @@ language, model and settings stored in its checkpoint; options given next to
 ``--resume`` replace the stored ones, and the run refuses any change that would alter
 the parameters (only ``--steps``, the eval/checkpoint intervals and ``--device`` may
 change). See docs/training.md.
+
+A fresh run refuses an --out that holds a ``log.jsonl`` (of a run that saved no
+checkpoint) unless ``--force``; one that holds a checkpoint needs ``--resume`` or another
+folder. Size options have upper bounds (the ``MAX_*`` constants below) so that a request no
+machine could hold fails at once, with the range, instead of running out of memory.
 """
 from __future__ import annotations
 
@@ -18,15 +23,27 @@ from pathlib import Path
 
 from tinylatent.backend import DEVICES
 from tinylatent.checkpoint import CHECKPOINT_FILENAME, load_checkpoint
+from tinylatent.cli import check_output_folder, int_in
 from tinylatent.gpt import GPTConfig
 from tinylatent.language import PRESETS, as_generator, load_language, preset
-from tinylatent.train import DATA_MODES, TrainConfig, train
+from tinylatent.train import DATA_MODES, LOG_FILENAME, TrainConfig, train
 
 MODEL_PRESETS = ("small", "paper")
 DEFAULT_PRESET = "paper"
 DEFAULT_MODEL = "small"
 DEFAULT_OUT = "runs/train"
 DEFAULT_NEW_TOKENS = 200  # about nine messages of the paper's language (22 tokens each)
+
+# Upper bounds of the size options: far above the paper's model (3 layers, 12 heads, width 768,
+# context 128, batch 12), below what fails for want of memory.
+MAX_CONTEXT = 2_048
+MAX_D_MODEL = 4_096
+MAX_LAYERS = 64
+MAX_HEADS = 64
+MAX_BATCH = 1_024
+MAX_CORPUS_MESSAGES = 10_000_000
+MAX_EVAL_WINDOWS = 100_000
+MAX_NEW_TOKENS = 1_000_000
 
 
 def _positive_int(text: str) -> int:
@@ -52,6 +69,22 @@ def _integer(text: str) -> int:
 
 def _print_json(obj) -> None:
     print(json.dumps(obj, indent=2))
+
+
+def _starts_like_a_zip_archive(path: Path) -> bool:
+    """Whether the file begins as an .npz (a zip archive) does; a truncated one still does."""
+    with open(path, "rb") as handle:
+        return handle.read(4) in (b"PK\x03\x04", b"PK\x05\x06")  # a local file header, or an empty archive
+
+
+def read_checkpoint(path):
+    """:func:`load_checkpoint`, after a plain word for a file that is not a checkpoint at all (NumPy's
+    own words for a text or ``.npy`` file talk about ``allow_pickle`` or fail with a TypeError)."""
+    path = Path(path)
+    if path.is_file() and not _starts_like_a_zip_archive(path):
+        raise ValueError(f"{path} is not a tinylatent checkpoint (an .npz archive written by `tinylatent train`, "
+                         f"OUT/{CHECKPOINT_FILENAME})")
+    return load_checkpoint(path)
 
 
 # -- tinylatent train ------------------------------------------------------------------------
@@ -97,14 +130,44 @@ def _train_config_from_args(args, stored=None) -> TrainConfig:
     return TrainConfig.from_dict({**stored, **overrides})
 
 
+def _check_resume_steps(args, checkpoint, out_dir: Path) -> None:
+    """Say plainly when --steps is too few for the stored run (before TrainConfig's own checks,
+    which would name the stored warm-up instead)."""
+    if args.steps is None:
+        return
+    if checkpoint.step > args.steps:
+        raise ValueError(f"the checkpoint in {out_dir} is at step {checkpoint.step}, already past the {args.steps} "
+                         f"steps asked for; ask for more --steps, or train into another --out")
+    warmup = checkpoint.train_config.get("warmup_steps")
+    if args.warmup is None and isinstance(warmup, int) and warmup >= args.steps:
+        raise ValueError(f"the run in {out_dir} warms up for {warmup} steps; --steps must be more than that "
+                         f"(got {args.steps})")
+
+
+def _check_fresh_out(out_dir: Path, force: bool) -> None:
+    """A fresh run must not silently replace another run's files in ``out_dir``."""
+    if (out_dir / CHECKPOINT_FILENAME).exists():
+        raise ValueError(f"{out_dir / CHECKPOINT_FILENAME} already exists: continue that run with --resume, "
+                         "or choose another --out")
+    log = out_dir / LOG_FILENAME
+    if log.exists() and not force:
+        raise ValueError(f"{log} exists (a run that saved no checkpoint); a new run would replace it: "
+                         "pass --force, or choose another --out")
+
+
 def cmd_train(args) -> int:
-    out_dir = Path(args.out)
+    out_dir = check_output_folder(args.out, "--out")
     checkpoint = None
+    if args.resume and args.force:
+        raise ValueError("--force starts a new run over an old log; --resume continues a run: give one or the other")
     if args.resume:
         checkpoint_path = out_dir / CHECKPOINT_FILENAME
         if not checkpoint_path.exists():
             raise ValueError(f"nothing to resume: {checkpoint_path} does not exist")
-        checkpoint = load_checkpoint(checkpoint_path)
+        checkpoint = read_checkpoint(checkpoint_path)
+        _check_resume_steps(args, checkpoint, out_dir)
+    else:
+        _check_fresh_out(out_dir, args.force)
     language = _language_from_args(args, checkpoint.language if checkpoint else None)
     model_config = _model_config_from_args(args, language.vocab_size, checkpoint.model_config if checkpoint else None)
     train_config = _train_config_from_args(args, checkpoint.train_config if checkpoint else None)
@@ -132,7 +195,7 @@ def _prompt_text(prompt: str, delimiter: str) -> str:
 
 
 def cmd_generate(args) -> int:
-    checkpoint = load_checkpoint(args.checkpoint)
+    checkpoint = read_checkpoint(args.checkpoint)
     language = checkpoint.language
     prompt = language.delimiter if args.prompt is None else _prompt_text(args.prompt, language.delimiter)
     if not prompt:
@@ -157,49 +220,61 @@ def cmd_generate(args) -> int:
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "train", help="train a GPT on a language; checkpoints, log.jsonl, --resume",
-        description="Train a GPT on a language from latent intentions. Writes OUT/ckpt.npz and OUT/log.jsonl. "
-                    "Options left out take the defaults of a new run, or with --resume the values stored "
-                    "in the checkpoint.",
+        description="Train a GPT on a language from latent intentions. Writes OUT/ckpt.npz and OUT/log.jsonl; "
+                    "a new run refuses an OUT that holds another run's checkpoint (continue it with --resume) "
+                    "or log (replace it with --force). Options left out take the defaults of a new run, or "
+                    "with --resume the values stored in the checkpoint. See docs/training.md.",
     )
     language = p.add_argument_group("language (default: the paper's, eta 0)")
     choice = language.add_mutually_exclusive_group()
     choice.add_argument("--language", "--preset", dest="preset", choices=PRESETS, default=None,
-                        help=f"a named language (default {DEFAULT_PRESET}; THEORY.md §1)")
-    choice.add_argument("--language-file", metavar="JSON", default=None, help="a language JSON file")
+                        help=f"a named language (default {DEFAULT_PRESET}: the paper's, docs/claims.md §1)")
+    choice.add_argument("--language-file", metavar="JSON", default=None,
+                        help="a language JSON file (docs/language_format.md); not with --eta")
     language.add_argument("--eta", type=float, default=None, help="the noise level η ≥ 0 of a preset (default 0)")
     model = p.add_argument_group("model")
     model.add_argument("--model", choices=MODEL_PRESETS, default=None,
                        help=f"GPT preset: small (CPU-sized) or paper (the paper's 21M parameters); default {DEFAULT_MODEL}")
-    model.add_argument("--n-layer", type=_positive_int, default=None, help="override the preset's number of blocks")
-    model.add_argument("--n-head", type=_positive_int, default=None, help="override the preset's attention heads")
-    model.add_argument("--d-model", type=_positive_int, default=None, help="override the preset's width")
-    model.add_argument("--context", type=_positive_int, default=None, help="override the context length (tokens)")
+    model.add_argument("--n-layer", type=int_in(1, MAX_LAYERS), default=None,
+                       help=f"override the preset's number of blocks, 1..{MAX_LAYERS}")
+    model.add_argument("--n-head", type=int_in(1, MAX_HEADS), default=None,
+                       help=f"override the preset's attention heads, 1..{MAX_HEADS}")
+    model.add_argument("--d-model", type=int_in(1, MAX_D_MODEL), default=None,
+                       help=f"override the preset's width, 1..{MAX_D_MODEL:,}")
+    model.add_argument("--context", type=int_in(1, MAX_CONTEXT), default=None,
+                       help=f"override the context length, 1..{MAX_CONTEXT:,} tokens")
     run = p.add_argument_group("training (defaults: TrainConfig, the paper's run)")
     run.add_argument("--steps", type=_positive_int, default=None, help="optimiser steps (default 5000)")
-    run.add_argument("--batch-size", type=_positive_int, default=None, help="windows per step (default 12)")
+    run.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=None,
+                     help=f"windows per step, 1..{MAX_BATCH:,} (default 12)")
     run.add_argument("--lr", type=float, default=None, help="peak learning rate (default 6e-4); the cosine decays it to --min-lr")
     run.add_argument("--min-lr", type=float, default=None,
                      help="where the cosine ends, 0 ≤ MIN_LR ≤ LR (default: a tenth of --lr)")
     run.add_argument("--weight-decay", type=float, default=None,
                      help="AdamW's decoupled decay of the matrices, ≥ 0 (default 0.1)")
-    run.add_argument("--short-windows", type=_non_negative_int, default=None,
-                     help="extra windows of --short-context tokens a step, for more examples of short prompts (default 0)")
-    run.add_argument("--short-context", type=_positive_int, default=None,
+    run.add_argument("--short-windows", type=int_in(0, MAX_BATCH), default=None,
+                     help=f"extra windows of --short-context tokens a step, for more examples of short prompts, "
+                          f"0..{MAX_BATCH:,} (default 0)")
+    run.add_argument("--short-context", type=int_in(1, MAX_CONTEXT), default=None,
                      help="tokens of each short window, at most the context (default 8)")
     run.add_argument("--warmup", type=_non_negative_int, default=None,
                      help="warm-up steps (default min(100, steps/10))")
     run.add_argument("--seed", type=_non_negative_int, default=None, help="seed of every random stream (default 0)")
     run.add_argument("--data", choices=DATA_MODES, default=None,
                      help="stream: fresh windows every step (default); corpus: a fixed corpus, 10%% held out")
-    run.add_argument("--corpus-messages", type=_positive_int, default=None,
-                     help="messages in the corpus for --data corpus (default 100000)")
+    run.add_argument("--corpus-messages", type=int_in(1, MAX_CORPUS_MESSAGES), default=None,
+                     help=f"messages in the corpus for --data corpus, 1..{MAX_CORPUS_MESSAGES:,} (default 100000)")
     run.add_argument("--eval-interval", type=_positive_int, default=None, help="steps between validations (default 100)")
-    run.add_argument("--eval-windows", type=_positive_int, default=None, help="validation windows (default 256)")
+    run.add_argument("--eval-windows", type=int_in(1, MAX_EVAL_WINDOWS), default=None,
+                     help=f"validation windows, 1..{MAX_EVAL_WINDOWS:,} (default 256)")
     run.add_argument("--checkpoint-interval", type=_positive_int, default=None,
                      help="steps between checkpoints (default 500)")
     run.add_argument("--device", choices=DEVICES, default=None, help="cpu (NumPy, default) or gpu (CuPy)")
     p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default {DEFAULT_OUT})")
     p.add_argument("--resume", action="store_true", help="continue the run whose checkpoint is in --out")
+    p.add_argument("--force", action="store_true",
+                   help="start a new run even though --out holds a log.jsonl (of a run that saved no checkpoint); "
+                        "the log is replaced")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines on stderr")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_train)
@@ -210,8 +285,8 @@ def register(subparsers) -> None:
     g.add_argument("--prompt", default=None,
                    help="text to continue, over the language's vocabulary; the two characters \\n stand for the "
                         "delimiter (default: the delimiter alone, i.e. start a new message)")
-    g.add_argument("--tokens", type=_non_negative_int, default=DEFAULT_NEW_TOKENS,
-                   help=f"tokens to generate (default {DEFAULT_NEW_TOKENS})")
+    g.add_argument("--tokens", type=int_in(0, MAX_NEW_TOKENS), default=DEFAULT_NEW_TOKENS,
+                   help=f"tokens to generate, 0..{MAX_NEW_TOKENS:,} (default {DEFAULT_NEW_TOKENS})")
     g.add_argument("--temperature", type=float, default=1.0, help="divide the logits by this (default 1: the model's own p)")
     g.add_argument("--top-k", type=_positive_int, default=None, help="sample among the k likeliest tokens only")
     g.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the sampling (default 0)")

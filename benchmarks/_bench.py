@@ -1,0 +1,89 @@
+"""What the benchmarks share: the command line (one-line errors, exit status 2, as `tinylatent`'s),
+the output file checked before the run, and the BLAS thread count.
+
+Import it after putting this folder and the repository root on ``sys.path`` (each benchmark
+does so first).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from typing import Callable
+
+from tinylatent.cli import OneLineParser, check_output_file, error_text, int_in
+
+MAX_THREADS = 1_024
+
+
+def parser(program: str, description: str) -> OneLineParser:
+    """`tinylatent`'s parser class: a usage error is one line and exit status 2, not the whole usage."""
+    return OneLineParser(prog=program, description=description)
+
+
+def add_threads_argument(p: OneLineParser, help_text: str) -> None:
+    p.add_argument("--threads", type=int_in(1, MAX_THREADS), default=None, help=help_text)
+
+
+def add_json_arguments(p: OneLineParser) -> None:
+    p.add_argument("--json", metavar="PATH", help="write the figures as JSON (an existing file only with --force)")
+    p.add_argument("--force", action="store_true", help="replace the --json file if it exists")
+
+
+def non_negative_float(text: str) -> float:
+    """An argparse type: a finite number ≥ 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0.0):
+        raise argparse.ArgumentTypeError(f"must be a finite number ≥ 0; got {text!r}")
+    return value
+
+
+def check_json(args) -> None:
+    """The ``--json`` path, checked before the run (a run of minutes must not fail at its last line)."""
+    if args.json is not None:
+        check_output_file(args.json, args.force, "--json")
+    elif args.force:
+        raise ValueError("--force replaces the --json file; give it with --json PATH")
+
+
+def run(program: str, main: Callable[[], int]) -> int:
+    """``main()``, with a bad setting, an unwritable file or too little memory as one line on stderr and exit 2."""
+    try:
+        return main()
+    except (ValueError, OSError, MemoryError) as exc:
+        print(f"{program}: error: {error_text(exc)}", file=sys.stderr)
+        return 2
+
+
+# --------------------------------------------------------------------------------------
+# BLAS threads
+# --------------------------------------------------------------------------------------
+
+def set_blas_threads(n: int):
+    """Limit BLAS to ``n`` threads for the rest of the run (a threadpoolctl handle, kept alive)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        raise ValueError("--threads needs threadpoolctl (`pip install threadpoolctl`); "
+                         "or set OPENBLAS_NUM_THREADS before starting Python") from None
+    return threadpool_limits(limits=n, user_api="blas")
+
+
+def blas_threads() -> str:
+    """NumPy's BLAS thread count as a string: threadpoolctl's reading, else the environment's
+    (OPENBLAS_NUM_THREADS before OMP_NUM_THREADS, as OpenBLAS reads them), else "default"."""
+    try:
+        from threadpoolctl import threadpool_info
+        counts = sorted({str(pool["num_threads"]) for pool in threadpool_info() if pool["user_api"] == "blas"})
+        if counts:
+            return ",".join(counts)
+    except ImportError:
+        pass
+    for variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        if os.environ.get(variable):
+            return os.environ[variable]
+    return "default"

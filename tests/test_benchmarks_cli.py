@@ -1,0 +1,80 @@
+"""The benchmarks' command lines: bad options are one line and exit status 2, the --json path is checked
+before the run, and the BLAS thread count is read one way for all of them."""
+import json
+import sys
+
+import pytest
+
+from examples_loader import load_example
+
+
+@pytest.fixture(scope="module")
+def bench_oracle():
+    return load_example("bench_oracle", folder="benchmarks")
+
+
+@pytest.fixture(scope="module")
+def bench_train():
+    return load_example("bench_train", folder="benchmarks")
+
+
+def exit_status(main, argv) -> int:
+    """What the shell would see: ``main``'s return value, or the code of argparse's SystemExit."""
+    try:
+        return main(argv)
+    except SystemExit as exit_:
+        return exit_.code
+
+
+def assert_one_line_error(capsys, main, argv, message: str) -> None:
+    assert exit_status(main, argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""                                   # nothing ran
+    assert len(captured.err.strip().splitlines()) == 1, captured.err
+    assert "Traceback" not in captured.err and message in captured.err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--eta", "nan"], "--eta: must be a finite number ≥ 0"),
+    (["--eta", "-0.1"], "--eta: must be a finite number ≥ 0"),
+    (["--seed", "-1"], "--seed: must be an integer in 0.."),
+    (["--sequences", "0"], "--sequences: must be an integer in 1.."),
+    (["--sequences", "1000000", "--length", "1000"], "at most 20,000,000 letters"),
+    (["--no-such-option"], "unrecognized arguments"),
+    (["--force"], "give it with --json PATH"),
+])
+def test_bench_oracle_bad_options_are_one_line(bench_oracle, capsys, argv, message):
+    assert_one_line_error(capsys, bench_oracle.main, argv, message)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--threads", "-3"], "--threads: must be an integer in 1..1,024; got -3"),
+    (["--steps", "0"], "--steps: must be an integer in 1.."),
+    (["--configs", "huge"], "--configs takes a comma-separated list"),
+])
+def test_bench_train_bad_options_are_one_line(bench_train, capsys, argv, message):
+    assert_one_line_error(capsys, bench_train.main, argv, message)
+
+
+def test_the_json_path_is_checked_before_the_run(bench_oracle, bench_train, tmp_path, capsys):
+    mine = tmp_path / "mine.json"
+    mine.write_text("mine")
+    for main in (bench_oracle.main, bench_train.main):
+        assert_one_line_error(capsys, main, ["--json", str(mine)], "exists; pass --force")
+        assert_one_line_error(capsys, main, ["--json", str(mine / "x.json")], "is a file, not a folder")
+    assert mine.read_text() == "mine"
+    assert bench_oracle.main(["--sequences", "4", "--length", "4", "--repeats", "1", "--json", str(mine),
+                              "--force"]) == 0
+    figures = json.loads(mine.read_text())
+    assert figures["sequences"] == 4 and figures["threads"] == bench_oracle._bench.blas_threads()
+
+
+def test_blas_threads_reads_openblas_before_omp_without_threadpoolctl(bench_oracle, monkeypatch):
+    monkeypatch.setitem(sys.modules, "threadpoolctl", None)   # `import threadpoolctl` now fails
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert bench_oracle._bench.blas_threads() == "1"
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    assert bench_oracle._bench.blas_threads() == "1"
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS")
+    assert bench_oracle._bench.blas_threads() == "4"
