@@ -61,7 +61,7 @@ def test_mixture_languages_obey_the_bound_and_the_error_falls(report):
 
 
 def test_paper_language_findings(report):
-    """THEORY.md §8: the faithful first letter reveals θ (error exactly 0 at every η); the
+    """docs/claims.md §8: the faithful first letter reveals θ (error exactly 0 at every η); the
     circular chain gives no bound (the theorem does not apply)."""
     data, _ = report
     for result in data["languages"]:

@@ -1,4 +1,4 @@
-"""How ambiguous is a language? Three statistics of ε(x) = 1 − q(θ* | x) (THEORY.md §2).
+"""How ambiguous is a language? Three statistics of ε(x) = 1 − q(θ* | x) (docs/claims.md §2).
 
 For a message x written under intention θ* (θ* drawn from the long-run share of
 intentions μ, the prior of a message picked from the stream):

@@ -1,6 +1,6 @@
 """Evaluating a model p of a language against the exact oracle q: convergence, understanding, ICL.
 
-q is the true language, p the model, θ an intention, θ* the true one (THEORY.md §1).
+q is the true language, p the model, θ an intention, θ* the true one (docs/claims.md §1).
 Everything a model is asked goes through a **predictor**: any object with
 
     log_probs(idx) -> (B, T, V + 1),   log p(x_{t+1} = v | x_{≤t}) for every position t,
@@ -10,7 +10,7 @@ here: :class:`OraclePredictor` (q itself, the best possible model) and
 :class:`UniformPredictor` (a model that learned nothing). A predictor may have a
 ``context_length`` (or a ``config.context_length``, as a GPT does): the most tokens it reads.
 
-What is measured (docs/evaluation.md has every definition, THEORY.md the theorems):
+What is measured (docs/evaluation.md has every definition, docs/claims.md the theorems):
 
 1. **Convergence** (:func:`convergence`). On windows cut at random from the stream, the
    model's cross-entropy CE_p = mean_t −log p(x_{t+1} | x_{≤t}) and the exact Bayes
@@ -19,7 +19,7 @@ What is measured (docs/evaluation.md has every definition, THEORY.md the theorem
    the **excess** is the model's approximation error, in nats/token. The paper's own
    measure, |log p(x) − log q(x)| / T over a window, is reported beside it.
 
-2. **Language understanding** (:func:`language_understanding`, THEORY.md §3). A prompt x
+2. **Language understanding** (:func:`language_understanding`, docs/claims.md §3). A prompt x
    is the first n letters of a message written under θ*, with or without a leading
    delimiter. With a target distribution t over the next token, the model's error splits
    exactly:
@@ -30,11 +30,11 @@ What is measured (docs/evaluation.md has every definition, THEORY.md the theorem
    (add and subtract log q(y|x) inside the first sum). The ambiguity part is what a
    perfect model (p = q) still scores; the approximation part is the model's own doing.
    Two targets: ``known_intention`` t = q(·|x, θ*), the Bayes reader told θ* (and no more
-   about the phase than the model is told); its ambiguity part obeys THEORY.md §3,
+   about the phase than the model is told); its ambiguity part obeys docs/claims.md §3,
    ≤ −log(1 − ε(x)). ``paper``: the paper's "true next letter given θ*", the generator's
    own next-token distribution, which also knows that x begins a message.
 
-3. **In-context learning** (:func:`in_context_learning`, THEORY.md §4, §7, §8). m examples
+3. **In-context learning** (:func:`in_context_learning`, docs/claims.md §4, §7, §8). m examples
    under θ*, behind a leading delimiter, the same three numbers for two protocols:
    ``known_intention``: prompt = examples then a query (the first letter of one more
    message under θ*), target q(·|query, θ*), the exact Bayes/known-intention target;
@@ -61,7 +61,7 @@ from tinylatent.language import DELIMITER_ID, Language, SeedLike
 from tinylatent.oracle import Oracle
 from tinylatent.train import EVAL_BATCH_SIZE, stream_windows
 
-UNDERSTANDING_LETTERS = 6     # the paper's understanding prompts had 1–6 letters (THEORY.md §7)
+UNDERSTANDING_LETTERS = 6     # the paper's understanding prompts had 1–6 letters (docs/claims.md §7)
 ICL_MAX_EXAMPLES = 8          # m = 0..8 examples; with 22 tokens a message, m = 8 needs 178 tokens
 DEFAULT_WINDOWS = 256         # convergence windows: 256 × 192 tokens puts the excess's CI near ±0.002
 DEFAULT_PROMPTS = 300         # prompts per prompt length and per m: CIs of about ±0.003 nats on the parts
@@ -252,7 +252,7 @@ class UnderstandingAtLength(NamedTuple):
     leading_delimiter: whether the prompt is ``\\n`` + letters (the reader then knows the
         message starts there) or the letters alone (the reader does not know the phase).
     ambiguity_epsilon: (B,) ε(x) = 1 − q(θ* | x), the reader's posterior error.
-    kl_bound: (B,) −log(1 − ε(x)), THEORY.md §3's bound on ``known_intention.ambiguity``.
+    kl_bound: (B,) −log(1 − ε(x)), docs/claims.md §3's bound on ``known_intention.ambiguity``.
     known_intention: :class:`KLSplit` with t = q(·|x, θ*), the oracle told θ* and nothing
         about the phase that the prompt does not show.
     paper: :class:`KLSplit` with t = the generator's next token given θ* and the message
@@ -284,7 +284,7 @@ class Understanding(NamedTuple):
 
 def language_understanding(predictor, language: Language, prompts: th.ICLTasks,
                            leading_delimiter: bool) -> Understanding:
-    """Understanding of message beginnings of 1..N letters (THEORY.md §3), every length in one pass.
+    """Understanding of message beginnings of 1..N letters (docs/claims.md §3), every length in one pass.
 
     The prediction after the n-th letter of the (B, N) letters is position n − 1 (n with
     the delimiter) of one causal read of the whole prompt, by the model and by the oracle.
@@ -322,7 +322,7 @@ def language_understanding(predictor, language: Language, prompts: th.ICLTasks,
 # ----------------------------------------------------------------------------------------
 
 def has_circular_chain(language: Language) -> bool:
-    """True for the paper's outer chain: T[θ, θ] = T[θ, θ + 1 mod K] = ½ (THEORY.md §1)."""
+    """True for the paper's outer chain: T[θ, θ] = T[θ, θ + 1 mod K] = ½ (docs/claims.md §1)."""
     eye = np.eye(language.n_intentions)
     return bool(np.allclose(language.transition, 0.5 * (eye + np.roll(eye, 1, axis=1)), rtol=0.0, atol=1e-12))
 
@@ -331,7 +331,7 @@ def paper_icl_target(language: Language, intentions) -> np.ndarray:
     """(B, V + 1) the paper's ICL target: ½ s_θ* + ½ s_{θ*+1 mod K} on the letters, 0 on the delimiter.
 
     In the paper's language s_θ is uniform over θ's 3-letter block, so this is uniform over
-    the 6 first letters of θ* and θ* + 1 (THEORY.md §7). It is q(first letter of the next
+    the 6 first letters of θ* and θ* + 1 (docs/claims.md §7). It is q(first letter of the next
     message | last example's intention θ*) under the circular chain, not the Bayes answer
     for a task whose next message is under θ*.
     """
@@ -384,13 +384,15 @@ class ICLAtExamples(NamedTuple):
     n_examples: m.
     prompt_tokens: the longest prompt, delimiter and query included.
     bayes_error: (B,) ε_m = 1 − q(θ* | \\n x_1..x_m query), the query's intention.
-    kl_bound: (B,) −log(1 − ε_m), THEORY.md §4's bound on ``known_intention.ambiguity``.
+    kl_bound: (B,) −log(1 − ε_m), docs/claims.md §4's bound on ``known_intention.ambiguity``.
     known_intention: :class:`KLSplit`, prompt ``\\n`` x_1..x_m query, target q(·|query, θ*).
     paper: :class:`KLSplit`, prompt ``\\n`` x_1..x_m, target :func:`paper_icl_target`
         (None unless the outer chain is the paper's circular chain).
     paper_off_target: (B,) the model's probability p(x | \\n x_1..x_m) summed over the tokens
-        the paper's target gives 0 (None with ``paper``). From m = 1 on q gives them 0 too, so
-        this is the model's leak; a leak δ alone costs −log(1 − δ) ≈ δ nats of the KL.
+        the paper's target gives 0 (None with ``paper``). In the faithful paper language q
+        gives them 0 too from m = 1 on, so there this is the model's leak; a leak δ alone
+        costs −log(1 − δ) ≈ δ nats of the KL. (With noised first letters, ``paper-noisy-first``,
+        q itself puts mass η-order on them, so part of it is not a leak.)
     """
 
     n_examples: int
@@ -413,7 +415,7 @@ class InContextLearning(NamedTuple):
 
 def in_context_learning(predictor, language: Language, tasks: th.ICLTasks,
                         max_examples: Optional[int] = None) -> InContextLearning:
-    """ICL with m = 0..M examples (THEORY.md §4, §7); an m whose prompt exceeds the model's context is skipped.
+    """ICL with m = 0..M examples (docs/claims.md §4, §7); an m whose prompt exceeds the model's context is skipped.
 
     Both protocols put a delimiter first, so that the reader knows where the first example
     begins, as it knows where every later one begins.

@@ -67,7 +67,7 @@ def as_python_scalars(config):
 
 @dataclass
 class GPTConfig:
-    """The shape of a GPT. The defaults are the paper's model (THEORY.md §7).
+    """The shape of a GPT. The defaults are the paper's model (docs/claims.md §7).
 
     Each default's comment says why it is what it is, as nanoGPT's config does.
     """

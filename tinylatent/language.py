@@ -1,6 +1,6 @@
 """Languages generated from latent intentions: the doubly-embedded Markov chain.
 
-A language q(θ, x) (THEORY.md §1) is written by two nested Markov chains:
+A language q(θ, x) (docs/claims.md §1) is written by two nested Markov chains:
 
 * the **outer chain** picks the intention θ_j of message j:
   θ_1 ~ ``initial``, θ_{j+1} ~ ``transition[θ_j, :]`` (K×K);
@@ -444,7 +444,7 @@ PAPER_MESSAGE_LETTERS = 21  # 1 first letter + 20 transitions
 
 
 def paper_language(eta: float = 0.0, noisy_first_letter: bool = False) -> Language:
-    """The paper's language (THEORY.md §1), exactly as its generator script builds it.
+    """The paper's language (docs/claims.md §1), exactly as its generator script builds it.
 
     * K = 6 intentions in a circular chain: T[i, i] = T[i, i+1 mod 6] = 0.5. The chain
       starts at intention 0 and the first message's intention is one step from there, as
@@ -456,7 +456,7 @@ def paper_language(eta: float = 0.0, noisy_first_letter: bool = False) -> Langua
     * Noise η: A_θ ← (A_θ + η) / row sums, over all 18 columns (the paper's ``epsilon``).
       The first letter stays inside the intention's block unless ``noisy_first_letter``:
       then s_θ ← (s_θ + η) / sum as well, so that the first letter no longer reveals θ
-      and ε(x) > 0 for real (THEORY.md §8).
+      and ε(x) > 0 for real (docs/claims.md §8).
     * Each message has 21 letters, then ``\\n``.
 
     With η = 0, the rows of A_θ for letters outside θ's block are never used (θ never
@@ -601,7 +601,7 @@ def random_language(
 def mixture_language(language: Language, prior: Optional[np.ndarray] = None) -> Language:
     """The same inner chains with the intention fixed for a whole document (T = I).
 
-    This is the setting of the ICL theorem (THEORY.md §4): given θ, the messages of a
+    This is the setting of the ICL theorem (docs/claims.md §4): given θ, the messages of a
     document are independent. ``prior`` (default: the language's stationary intentions)
     becomes ``initial``.
     """

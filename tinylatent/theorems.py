@@ -1,7 +1,7 @@
 """The paper's claims as functions: each returns what the exact oracle measures and the bound.
 
 Hui Jiang, "A Latent Space Theory for Emergent Abilities in Large Language Models"
-(arXiv 2304.09960); the statements we implement are in THEORY.md §2–6, and
+(arXiv 2304.09960); the statements we implement are in docs/claims.md §2–6, and
 docs/theory.md gives each one's proof, the test that checks it and a measured example.
 Notation: q is the true language, θ an intention, θ* the true one, π a prior q(θ),
 ε(x) = 1 − q(θ* | x) the ambiguity of x.
@@ -309,7 +309,7 @@ def ambiguous_intention_pairs(language: Language) -> np.ndarray:
     iff s_θ[c_1] s_θ'[c_1] > 0, A_θ[c_j, c_{j+1}] A_θ'[c_j, c_{j+1}] > 0 for every j, and
     q(length = n) > 0. So we propagate the set of letters both can be at after n letters
     through the letter graph that both share. The diagonal is True for every θ.
-    The language is **unambiguous** (THEORY.md §2) iff no off-diagonal entry is True:
+    The language is **unambiguous** (docs/claims.md §2) iff no off-diagonal entry is True:
     then ε(x) = 0 for every message x with q(x) > 0, under any prior.
     """
     both_first = (language.first_letter > 0.0)[:, None, :] & (language.first_letter > 0.0)[None, :, :]   # (K, K, V)
@@ -335,7 +335,7 @@ def is_unambiguous(language: Language) -> bool:
 # ----------------------------------------------------------------------------------------
 
 class SparsityResult(NamedTuple):
-    """Claim 1 (THEORY.md §2) for B messages x, each written under θ*.
+    """Claim 1 (docs/claims.md §2) for B messages x, each written under θ*.
 
     log_joint: (B,) log q(θ*, x) = log π(θ*) + log q(x | θ*), from a filter with θ fixed.
     log_marginal: (B,) log q(x) = log Σ_θ π(θ) q(x | θ), from a filter with prior π.
@@ -407,7 +407,7 @@ def sparsity(language: Language, messages, true_intentions, prior=None, epsilon:
 # ----------------------------------------------------------------------------------------
 
 class UnderstandingResult(NamedTuple):
-    """Claims 2–3 (THEORY.md §3) for B prompts x and a distribution over continuations y.
+    """Claims 2–3 (docs/claims.md §3) for B prompts x and a distribution over continuations y.
 
     bayes: (B, N) q(y | x), the marginal reader (what a perfect LM p = q gives).
     known_intention: (B, N) q(y | x, θ*), the reader told the intention.
@@ -640,7 +640,7 @@ def known_intention_next_token(language: Language, queries, intentions) -> np.nd
 
 
 class ICLResult(NamedTuple):
-    """Claim 4 (THEORY.md §4) for B prompts of m examples and a query, in a mixture language.
+    """Claim 4 (docs/claims.md §4) for B prompts of m examples and a query, in a mixture language.
 
     n_examples: m.
     example_ambiguity: (B, m) ε_i = 1 − q_uniform(θ* | x_i), each example read alone
@@ -732,7 +732,7 @@ def icl_posterior_concentration(language: Language, tasks: ICLTasks, n_examples:
         ≤ max_{θ≠θ*} (π(θ)/π(θ*)) · Π_i Σ_{θ≠θ*} r_i(θ)        (a product of sums of
                                                                 non-negative terms holds the diagonal)
     and Σ_{θ≠θ*} r_i(θ) = ε_i / (1 − ε_i) with ε_i read under a uniform prior. The query is
-    one more independent factor. The prior factor is THEORY.md's max_θ π(θ)/π(θ*) ≥ 1, θ = θ*
+    one more independent factor. The prior factor is docs/claims.md's max_θ π(θ)/π(θ*) ≥ 1, θ = θ*
     included: the last step needs at least one factor, and at m = 0 (no examples, no query)
     the bound is 1 − π(θ*) ≤ max_θ π(θ)/π(θ*), true only because that factor is ≥ 1.
     (The "tighter" max over θ ≠ θ* fails there: π = (2/3, 1/6, 1/6), θ* = 0 gives
@@ -824,7 +824,7 @@ def fit_decay(n_examples, errors) -> DecayFit:
 
 
 class UnambiguousICLResult(NamedTuple):
-    """Claim 5 (THEORY.md §4): in an unambiguous mixture language one example fixes θ*.
+    """Claim 5 (docs/claims.md §4): in an unambiguous mixture language one example fixes θ*.
 
     language_is_unambiguous: bool, from :func:`is_unambiguous` (exact, on supports).
     error_query_only: (B,) 1 − q(θ* | query). Reported, but no bound is claimed for it:
@@ -935,7 +935,7 @@ def chain_of_thought_posteriors(language: Language, documents, first_message_len
 
 
 class ChainOfThoughtResult(NamedTuple):
-    """Claim 6 (THEORY.md §5) over B sampled chains θ_0 → … → θ_m and messages x_0 … x_{m−1}.
+    """Claim 6 (docs/claims.md §5) over B sampled chains θ_0 → … → θ_m and messages x_0 … x_{m−1}.
 
     n_steps: m.
     final_intention: (B,) the θ_m that was drawn.
@@ -1033,7 +1033,7 @@ def chain_of_thought(language: Language, n_steps: int, n_chains: int, seed: Seed
 # ----------------------------------------------------------------------------------------
 
 class InstructionTuningResult(NamedTuple):
-    """Claim 7 (THEORY.md §6) for B (prompt x, response y) pairs of whole messages.
+    """Claim 7 (docs/claims.md §6) for B (prompt x, response y) pairs of whole messages.
 
     response_given_intention: (B,) q(y | x, θ_x), the oracle reading x y with x's intention fixed.
     mixture: (B,) Σ_θ T[θ_x, θ] q(y | θ), the response mixture written out.

@@ -1,6 +1,6 @@
 """Training a GPT p on a language q from latent intentions, with checkpoints that resume bit for bit.
 
-One training step (nanoGPT's loop, THEORY.md §7):
+One training step (nanoGPT's loop, docs/claims.md §7):
 
 1. draw a batch of B windows of T + 1 tokens from the language (fresh windows of a
    new stream, one stream per window when the outer chain never mixes, as in a mixture
@@ -90,7 +90,7 @@ RESOLVED_FIELDS = ("context_length", "warmup_steps", "min_lr")
 
 @dataclass
 class TrainConfig:
-    """How to train. The defaults are the paper's run (THEORY.md §7) unless a comment says otherwise.
+    """How to train. The defaults are the paper's run (docs/claims.md §7) unless a comment says otherwise.
 
     ``context_length``, ``warmup_steps`` and ``min_lr`` may be left ``None``; :meth:`resolved`
     fills them in from the model and the other fields, and the resolved values are what
