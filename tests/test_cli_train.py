@@ -186,10 +186,10 @@ def test_a_file_that_is_not_a_checkpoint_is_named_plainly(tmp_path, capsys):
     text = tmp_path / "notes.txt"
     text.write_text("not a checkpoint")
     for command in ("eval", "generate"):
-        assert_one_line_error(capsys, [command, "--checkpoint", str(text)], "is not a tinylatent checkpoint")
+        assert_one_line_error(capsys, [command, "--checkpoint", str(text)], "a checkpoint is a .npz (zip) archive")
     npy = tmp_path / "array.npy"
     np.save(npy, np.zeros(3))
-    assert_one_line_error(capsys, ["eval", "--checkpoint", str(npy)], "is not a tinylatent checkpoint")
+    assert_one_line_error(capsys, ["eval", "--checkpoint", str(npy)], "a checkpoint is a .npz (zip) archive")
 
 
 def test_eval_tables_print_no_negative_zero():

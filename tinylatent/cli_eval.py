@@ -20,8 +20,9 @@ import json
 
 from tinylatent._io import write_json
 from tinylatent.backend import DEVICES
+from tinylatent.checkpoint import load_checkpoint
 from tinylatent.cli import check_output_file, int_in
-from tinylatent.cli_train import _non_negative_int, _positive_int, read_checkpoint
+from tinylatent.cli_train import _non_negative_int, _positive_int
 from tinylatent.evaluate import DEFAULT_PROMPTS, DEFAULT_WINDOWS, ICL_MAX_EXAMPLES, UNDERSTANDING_LETTERS, evaluate
 
 STDOUT = "-"
@@ -89,7 +90,7 @@ def cmd_eval(args) -> int:
         check_output_file(args.json, args.force, "--json")
     elif args.force:
         raise ValueError("--force replaces the --json FILE; give it with --json FILE")
-    checkpoint = read_checkpoint(args.checkpoint)
+    checkpoint = load_checkpoint(args.checkpoint)
     model = checkpoint.model(args.device)
     report = evaluate(model, checkpoint.language, n_windows=args.windows, n_prompts=args.prompts,
                       max_letters=args.max_letters, max_examples=args.max_examples, seed=args.seed)

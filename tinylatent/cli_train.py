@@ -71,22 +71,6 @@ def _print_json(obj) -> None:
     print(json.dumps(obj, indent=2))
 
 
-def _starts_like_a_zip_archive(path: Path) -> bool:
-    """Whether the file begins as an .npz (a zip archive) does; a truncated one still does."""
-    with open(path, "rb") as handle:
-        return handle.read(4) in (b"PK\x03\x04", b"PK\x05\x06")  # a local file header, or an empty archive
-
-
-def read_checkpoint(path):
-    """:func:`load_checkpoint`, after a plain word for a file that is not a checkpoint at all (NumPy's
-    own words for a text or ``.npy`` file talk about ``allow_pickle`` or fail with a TypeError)."""
-    path = Path(path)
-    if path.is_file() and not _starts_like_a_zip_archive(path):
-        raise ValueError(f"{path} is not a tinylatent checkpoint (an .npz archive written by `tinylatent train`, "
-                         f"OUT/{CHECKPOINT_FILENAME})")
-    return load_checkpoint(path)
-
-
 # -- tinylatent train ------------------------------------------------------------------------
 
 # (command-line option's dest, TrainConfig field) for the options that map one to one
@@ -164,7 +148,7 @@ def cmd_train(args) -> int:
         checkpoint_path = out_dir / CHECKPOINT_FILENAME
         if not checkpoint_path.exists():
             raise ValueError(f"nothing to resume: {checkpoint_path} does not exist")
-        checkpoint = read_checkpoint(checkpoint_path)
+        checkpoint = load_checkpoint(checkpoint_path)
         _check_resume_steps(args, checkpoint, out_dir)
     else:
         _check_fresh_out(out_dir, args.force)
@@ -195,7 +179,7 @@ def _prompt_text(prompt: str, delimiter: str) -> str:
 
 
 def cmd_generate(args) -> int:
-    checkpoint = read_checkpoint(args.checkpoint)
+    checkpoint = load_checkpoint(args.checkpoint)
     language = checkpoint.language
     prompt = language.delimiter if args.prompt is None else _prompt_text(args.prompt, language.delimiter)
     if not prompt:
