@@ -156,6 +156,14 @@ def _unary(name: str):
     return method
 
 
+def _to_host_scalar(kind):
+    """``float(x)``, ``int(x)``, ...: a copy to the host, counted as :data:`TO_HOST`."""
+    def method(self):
+        _count(TO_HOST)
+        return kind(self._array)
+    return method
+
+
 class ndarray:
     """A device array: a NumPy array behind CuPy's rules (see the module docstring)."""
 
@@ -179,21 +187,7 @@ class ndarray:
         _count(TO_HOST)
         return numpy.array(self._array, order=order)
 
-    def __float__(self):
-        _count(TO_HOST)
-        return float(self._array)
-
-    def __int__(self):
-        _count(TO_HOST)
-        return int(self._array)
-
-    def __bool__(self):
-        _count(TO_HOST)
-        return bool(self._array)
-
-    def __complex__(self):
-        _count(TO_HOST)
-        return complex(self._array)
+    __float__, __int__, __bool__, __complex__ = (_to_host_scalar(kind) for kind in (float, int, bool, complex))
 
     def __repr__(self):
         return repr(self._array)

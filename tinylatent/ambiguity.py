@@ -17,7 +17,7 @@ intentions μ, the prior of a message picked from the stream):
 
 ε(x) itself is computed without cancellation, as Σ_{θ ≠ θ*} q(θ | x) with
 q(θ | x) = exp(log μ(θ) + log q(x | θ) − log Σ_θ' μ(θ') q(x | θ')), from the K
-log-likelihoods log q(x | θ) of the oracle started with θ for sure.
+log-likelihoods log q(x | θ) of the oracle started with θ for sure (:meth:`Oracle.log_likelihoods`).
 
 Each is estimated by sampling messages, with a 95% confidence interval, or computed
 exactly by enumerating every message when the message space is small.
@@ -118,18 +118,6 @@ def map_intentions(language: Language, letters: np.ndarray) -> np.ndarray:
     return np.argmax(transition_log_likelihoods(language, letters), axis=0)
 
 
-def message_log_likelihoods(oracle: Oracle, messages: np.ndarray, device: str = "cpu") -> np.ndarray:
-    """log q(x | θ) for every intention θ: (K, M) for M whole messages ``messages`` (M, n + 1), delimiter last.
-
-    One forward filter per θ with the prior one-hot on θ (only one intention is ever
-    possible in it, so nothing can underflow); −inf where θ cannot write x.
-    """
-    on_device = to_device(messages, device)
-    n_intentions = oracle.language.n_intentions
-    return np.stack([to_host(oracle.filter(on_device, prior=np.eye(n_intentions)[k], predictive=False).log_marginal)
-                     for k in range(n_intentions)])
-
-
 def posterior_from_log_likelihoods(log_likelihood: np.ndarray, prior: np.ndarray):
     """q(θ | x), log q(x) and whether x is ambiguous, from log q(x | θ) (K, M) and the prior μ (K,).
 
@@ -192,8 +180,8 @@ def _sampled(language: Language, n_messages: int, rng: np.random.Generator, mess
         batch = np.stack([messages[j] for j in rows])                              # (M, n + 1), delimiter last
         letters = batch[:, :-1] - 1
         map_wrong[rows] = map_intentions(language, letters) != true_intentions[rows]
-        posterior, _, ambiguous[rows] = posterior_from_log_likelihoods(
-            message_log_likelihoods(oracle, batch, device), prior)
+        log_likelihood = to_host(oracle.log_likelihoods(to_device(batch, device))).T       # log q(x | θ), (K, M)
+        posterior, _, ambiguous[rows] = posterior_from_log_likelihoods(log_likelihood, prior)
         epsilon[rows] = posterior_error(posterior.T, true_intentions[rows])        # Σ_{θ ≠ θ*} q(θ | x)
     return AmbiguityReport(
         map_error=wilson_interval(int(map_wrong.sum()), n_messages),
@@ -214,8 +202,8 @@ def _exact(language: Language, message_length, device) -> AmbiguityReport:
         letters = np.array(list(itertools.product(range(language.n_letters), repeat=int(length))), dtype=np.int64)
         tokens = np.concatenate([letters + 1, np.full((len(letters), 1), DELIMITER_ID)], axis=1)
         # q(θ, x) = μ(θ) q(x | θ), with q(x | θ) from the oracle started with θ for sure
-        posterior, log_marginal, ambiguous = posterior_from_log_likelihoods(
-            message_log_likelihoods(oracle, tokens, device), prior)                # (K, M), (M,), (M,)
+        log_likelihood = to_host(oracle.log_likelihoods(to_device(tokens, device))).T      # log q(x | θ), (K, M)
+        posterior, log_marginal, ambiguous = posterior_from_log_likelihoods(log_likelihood, prior)
         possible = log_marginal > -np.inf
         posterior, log_marginal, ambiguous = posterior[:, possible], log_marginal[possible], ambiguous[possible]
         letters = letters[possible]
@@ -225,7 +213,7 @@ def _exact(language: Language, message_length, device) -> AmbiguityReport:
         map_guess = map_intentions(language, letters)                              # (M,)
         map_error += float(joint.sum() - joint[map_guess, np.arange(len(map_guess))].sum())
         # E[ε] = Σ_x Σ_θ* q(θ*, x) ε(x; θ*), with ε(x; θ*) = Σ_{θ ≠ θ*} q(θ | x): a sum, no 1 − q(θ* | x)
-        others = np.ones((language.n_intentions,) * 2) - np.eye(language.n_intentions)
+        others = 1.0 - np.eye(language.n_intentions, dtype=np.float64)             # [θ*, θ] = 1 where θ ≠ θ*
         mean_error += float((joint * (others @ posterior)).sum())
         # q(ε(x) > 0): the probability of the messages two or more intentions can write
         fraction += float(marginal[ambiguous].sum())

@@ -67,15 +67,17 @@ def _as_probability_array(values, name: str, shape: tuple) -> np.ndarray:
     if array.shape != shape:
         raise ValueError(f"{name} must have shape {shape}; got {array.shape}")
     if not np.all(np.isfinite(array)):
-        raise ValueError(f"{name} must be finite; it contains NaN or inf")
+        raise ValueError(f"{name} must be finite and non-negative; it contains NaN or inf")
     if np.any(array < 0.0):
-        raise ValueError(f"{name} must be non-negative; its smallest entry is {array.min():.3g}")
+        raise ValueError(f"{name} must be finite and non-negative; its smallest entry is {array.min():.3g}")
     row_sums = array.sum(axis=-1)
     worst = np.abs(row_sums - 1.0).max()
     if worst > STOCHASTIC_ATOL:
+        which = "it" if array.ndim == 1 else "each row"
         raise ValueError(
-            f"{name} must be stochastic (each row sums to 1 within {STOCHASTIC_ATOL:g}); "
-            f"a row sums to {row_sums.flat[np.abs(row_sums - 1.0).argmax()]:.12g}"
+            f"{name} must be stochastic: {which} must sum to 1 within {STOCHASTIC_ATOL:g} (nothing is "
+            f"renormalised); {'it' if array.ndim == 1 else 'a row'} sums to "
+            f"{row_sums.flat[np.abs(row_sums - 1.0).argmax()]:.12g}"
         )
     return array
 
@@ -264,6 +266,32 @@ class Language:
             bad = int(ids.min()) if ids.min() < 0 else int(ids.max())
             raise ValueError(f"{what}: token id {bad} is outside the vocabulary [0, {self.vocab_size})")
         return ids
+
+    def check_intentions(self, intentions, what: str = "intentions") -> np.ndarray:
+        """Return ``intentions`` as an int64 array of the same shape after checking that each is
+        an integer id θ in 0..K−1 (a float such as 1.7 is refused, not truncated; a negative
+        id is refused, not wrapped around)."""
+        values = np.asarray(intentions)
+        last = self.n_intentions - 1
+        if values.size and not np.issubdtype(values.dtype, np.integer):   # bool is not an integer type here
+            raise ValueError(f"{what} must be integer intention ids in 0..{last}; got dtype {values.dtype}")
+        values = values.astype(np.int64, copy=False)
+        if values.size and (values.min() < 0 or values.max() > last):
+            bad = int(values.min()) if values.min() < 0 else int(values.max())
+            raise ValueError(f"{what}: intention {bad} is outside 0..{last} "
+                             f"(the language has K = {self.n_intentions} intentions; negative ids do not wrap)")
+        return values
+
+    def check_prior(self, prior, what: str = "prior") -> np.ndarray:
+        """Return ``prior`` as a (K,) float64 distribution over the intentions, held to the rule
+        ``initial`` is held to: finite, non-negative, summing to 1 within ``STOCHASTIC_ATOL``
+        (used as given: nothing is renormalised)."""
+        name = f"{what} (a distribution over the K = {self.n_intentions} intentions)"
+        try:
+            values = np.asarray(prior, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be {self.n_intentions} numbers; got {prior!r}") from None
+        return _as_probability_array(values, name, (self.n_intentions,))
 
     # -- files ---------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -718,13 +746,7 @@ def _flatten_messages(tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 def sample_messages(language: Language, intentions, rng: SeedLike) -> list:
     """One message per given intention: a list of int64 arrays, letters then the delimiter."""
     rng = as_generator(rng)
-    intentions = np.asarray(intentions)
-    if intentions.size and (intentions.dtype == np.bool_ or not np.issubdtype(intentions.dtype, np.integer)):
-        raise ValueError(f"intentions must be integer ids in 0..{language.n_intentions - 1}; got dtype {intentions.dtype}")
-    intentions = intentions.astype(np.int64).ravel()
-    if intentions.size and (intentions.min() < 0 or intentions.max() >= language.n_intentions):
-        raise ValueError(f"intentions must be in 0..{language.n_intentions - 1}; got "
-                         f"{int(intentions.min()) if intentions.min() < 0 else int(intentions.max())}")
+    intentions = language.check_intentions(intentions).ravel()
     tokens, lengths = _sample_message_matrix(language, intentions, rng)
     return [tokens[j, :lengths[j] + 1].copy() for j in range(tokens.shape[0])]
 

@@ -63,8 +63,6 @@ PHASES = ("start", "unknown")
 # normalised recursion cannot round it to 0. Sequences whose filter goes below that floor
 # are re-run in log space.
 UNDERFLOW_MARGIN = 1e-300
-# How far a prior over intentions may sum from 1 (the tolerance Language uses for its rows).
-PRIOR_SUM_ATOL = 1e-9
 
 
 def _smallest_positive(*arrays) -> float:
@@ -229,38 +227,17 @@ class Oracle:
         if prior is not None:
             if phase != "start":
                 raise ValueError("a prior over the first intention applies to phase='start' only")
-            prior = self._check_prior(prior)
+            prior = self.language.check_prior(to_host(prior))
         if known_intention is not None:
             known_intention = self._check_intentions(known_intention, tokens.shape[0], "known_intention")
         return xp, tokens, prior, known_intention
 
-    def _check_prior(self, prior) -> np.ndarray:
-        """A distribution over the K intentions: shape (K,), finite, ≥ 0, summing to 1 within 1e-9."""
-        n_intentions = self.language.n_intentions
-        prior = np.asarray(to_host(prior), dtype=np.float64)
-        if prior.shape != (n_intentions,):
-            raise ValueError(f"prior must be a distribution over the {n_intentions} intentions, shape "
-                             f"({n_intentions},); got shape {prior.shape}")
-        if not np.all(np.isfinite(prior)) or np.any(prior < 0.0):
-            raise ValueError(f"prior must be finite and non-negative; got {prior}")
-        if abs(prior.sum() - 1.0) > PRIOR_SUM_ATOL:
-            raise ValueError(f"prior must sum to 1 within {PRIOR_SUM_ATOL:g} (it is not renormalised); "
-                             f"it sums to {prior.sum():.12g}")
-        return prior
-
     def _check_intentions(self, intentions, batch: int, name: str) -> np.ndarray:
-        """One intention id per sequence (or one for all): integers in [0, K), as a (B,) int64 array."""
-        n_intentions = self.language.n_intentions
-        values = np.asarray(to_host(intentions))
-        if values.dtype == bool or not np.issubdtype(values.dtype, np.integer):
-            raise ValueError(f"{name} must be integer intention ids in [0, {n_intentions}); got dtype {values.dtype}")
+        """One intention id per sequence (or one for all), each checked by the language: a (B,) int64 array."""
+        values = self.language.check_intentions(to_host(intentions), name)
         if values.ndim > 1 or (values.ndim == 1 and values.shape[0] != batch):
             raise ValueError(f"{name} must be one intention or one per sequence ({batch}); got shape {values.shape}")
-        values = np.broadcast_to(values, (batch,)).astype(np.int64)
-        if values.min() < 0 or values.max() >= n_intentions:
-            bad = int(values.min()) if values.min() < 0 else int(values.max())
-            raise ValueError(f"{name} must be in [0, {n_intentions}); got {bad}")
-        return values
+        return np.broadcast_to(values, (batch,)).copy()
 
     def filter(self, tokens, phase: str = "start", prior=None, predictive: bool = True,
                known_intention=None) -> FilterResult:
@@ -565,6 +542,18 @@ class Oracle:
     def log_marginal(self, tokens, phase: str = "start", prior=None) -> np.ndarray:
         """(B,) log q(x) for each sequence (−inf where impossible)."""
         return self.filter(tokens, phase=phase, prior=prior, predictive=False).log_marginal
+
+    def log_likelihoods(self, tokens) -> np.ndarray:
+        """(B, K) log q(x | θ_1 = θ) for every intention θ, θ_1 the intention of the first message.
+
+        One filter per θ with the prior one-hot on θ_1 (phase "start"); later messages of x
+        follow the outer chain T. Only θ is possible at first, so nothing can underflow
+        against another intention; −inf where θ cannot write x. On the tokens' device.
+        """
+        xp = xp_of(tokens)
+        one_hot = np.eye(self.language.n_intentions, dtype=np.float64)
+        return xp.stack([self.log_marginal(tokens, prior=one_hot[theta])
+                         for theta in range(self.language.n_intentions)], axis=-1)
 
     def posterior(self, tokens, phase: str = "start", prior=None) -> np.ndarray:
         """(B, T, K) q(θ_t | x_{≤t}) at every position."""

@@ -37,7 +37,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from tinylatent.language import DELIMITER_ID, STOCHASTIC_ATOL, Language, SeedLike, as_generator, sample_messages
+from tinylatent.language import DELIMITER_ID, Language, SeedLike, as_generator, sample_messages
 from tinylatent.oracle import Oracle
 
 ROUNDING_TOLERANCE = 1e-12  # absolute slack that ``holds`` allows for float64 rounding of probabilities
@@ -88,22 +88,16 @@ def _holds(measured, bound) -> np.ndarray:
     return np.asarray(measured) <= np.asarray(bound) + ROUNDING_TOLERANCE
 
 
-def _one_hot(index: int, size: int) -> np.ndarray:
-    vector = np.zeros(size, dtype=np.float64)
-    vector[index] = 1.0
-    return vector
-
-
 def _prior_or_stationary(language: Language, prior) -> np.ndarray:
     """π: the given prior (checked), or the language's stationary intentions μ (a message read from a boundary)."""
     if prior is not None:
-        return _check_prior(language, prior)
+        return language.check_prior(prior)
     return language.stationary_intentions()
 
 
 def _prior_or_initial(language: Language, prior) -> np.ndarray:
     """π: the given prior (checked), or the language's ``initial`` (the first message of a document)."""
-    return language.initial if prior is None else _check_prior(language, prior)
+    return language.initial if prior is None else language.check_prior(prior)
 
 
 # ----------------------------------------------------------------------------------------
@@ -111,37 +105,13 @@ def _prior_or_initial(language: Language, prior) -> np.ndarray:
 # (a wrapped negative index or a broadcast intention would give a wrong answer, not an error)
 # ----------------------------------------------------------------------------------------
 
-def _check_prior(language: Language, prior, what: str = "prior") -> np.ndarray:
-    """A (K,) float64 distribution over the intentions, held to the rule ``Language`` holds ``initial`` to."""
-    n_intentions = language.n_intentions
-    try:
-        values = np.asarray(prior, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"{what} must be {n_intentions} numbers, a distribution over the intentions") from None
-    if values.shape != (n_intentions,):
-        raise ValueError(f"{what} must be a distribution over the K = {n_intentions} intentions, shape "
-                         f"({n_intentions},); got shape {values.shape}")
-    if not np.all(np.isfinite(values)) or np.any(values < 0.0):
-        raise ValueError(f"{what} must be finite and non-negative; got {values}")
-    if abs(values.sum() - 1.0) > STOCHASTIC_ATOL:
-        raise ValueError(f"{what} must sum to 1 (within {STOCHASTIC_ATOL:g}); it sums to {values.sum():.12g}")
-    return values
-
-
 def _check_intentions(language: Language, intentions, n_sequences: int, what: str) -> np.ndarray:
     """(B,) int64: exactly one intention id per sequence, each an integer in 0..K−1."""
-    n_intentions = language.n_intentions
-    values = np.asarray(intentions)
+    values = language.check_intentions(intentions, what)
     if values.ndim != 1 or values.shape[0] != n_sequences:
         raise ValueError(f"{what} must hold one intention per sequence: shape ({n_sequences},) for the "
                          f"{n_sequences} given; got shape {values.shape}")
-    if values.size and (values.dtype == np.bool_ or not np.issubdtype(values.dtype, np.integer)):
-        raise ValueError(f"{what} must be integer intention ids in 0..{n_intentions - 1}; got dtype {values.dtype}")
-    if values.size and (values.min() < 0 or values.max() >= n_intentions):
-        bad = int(values.min()) if values.min() < 0 else int(values.max())
-        raise ValueError(f"{what}: intention {bad} is outside 0..{n_intentions - 1} "
-                         f"(the language has K = {n_intentions} intentions; negative ids do not wrap)")
-    return values.astype(np.int64, copy=False)
+    return values
 
 
 def _check_sequences(language: Language, sequences, what: str):
@@ -273,8 +243,9 @@ def _final_state(language: Language, sequences, prior, known, phase: str, oracle
 def log_likelihoods(language: Language, sequences, oracle: Optional[Oracle] = None) -> np.ndarray:
     """log q(x | θ_1 = θ) for every intention θ: (B, K), θ_1 the intention of the first message.
 
-    One forward filter per θ with the one-hot prior on θ_1 (phase "start"); the filter
-    follows the outer chain T for any later message in x. −inf where θ cannot write x.
+    :meth:`Oracle.log_likelihoods` on each batch of equal lengths: one forward filter per θ
+    with the one-hot prior on θ_1 (phase "start"), the outer chain T for any later message
+    in x. −inf where θ cannot write x.
     """
     return _log_likelihoods(language, _check_sequences(language, sequences, "sequences"), oracle)
 
@@ -282,12 +253,9 @@ def log_likelihoods(language: Language, sequences, oracle: Optional[Oracle] = No
 def _log_likelihoods(language: Language, sequences, oracle: Optional[Oracle] = None) -> np.ndarray:
     """:func:`log_likelihoods` on checked sequences."""
     oracle = Oracle(language) if oracle is None else oracle
-    n_intentions = language.n_intentions
-    out = np.empty((_n_sequences(sequences), n_intentions), dtype=np.float64)
+    out = np.empty((_n_sequences(sequences), language.n_intentions), dtype=np.float64)
     for rows, tokens in by_length(sequences):
-        for theta in range(n_intentions):
-            out[rows, theta] = oracle.filter(tokens, phase="start", prior=_one_hot(theta, n_intentions),
-                                             predictive=False).log_marginal
+        out[rows] = oracle.log_likelihoods(tokens)
     return out
 
 
