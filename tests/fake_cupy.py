@@ -33,7 +33,10 @@ Install it with :func:`installed` (a context manager), which puts this module in
 ``sys.modules`` as ``cupy`` and ``cupyx`` and clears tinylatent's cached CuPy. Inside
 :func:`counting` every device operation is counted by name: on a GPU nearly each one that
 is not a view (``reshape``, ``__getitem__`` with slices) is one kernel launch, and each
-copy to the host (``get``, ``float``, ``int``, ``bool``) is counted as :data:`TO_HOST`.
+copy to the host is counted as :data:`TO_HOST`: ``get``, ``float``, ``int``, ``bool``,
+``tolist``, ``item``, and the operations whose result is sized by the data (a boolean mask
+as an index, ``nonzero``, ``unique``, ...: :data:`SIZED_BY_DATA`), for which CuPy reads a
+count back to the host.
 """
 from __future__ import annotations
 
@@ -72,6 +75,14 @@ def _unwrap_index(key):
     if isinstance(key, tuple):
         return tuple(_unwrap_index(item) for item in key)
     return key
+
+
+def _is_boolean_mask(key) -> bool:
+    """Whether an index holds a boolean array (device or host), alone or in a tuple."""
+    if isinstance(key, tuple):
+        return any(_is_boolean_mask(item) for item in key)
+    array = key._array if isinstance(key, ndarray) else key
+    return isinstance(array, numpy.ndarray) and array.dtype == numpy.bool_
 
 
 def _wrap(value):
@@ -203,19 +214,35 @@ class ndarray:
         for i in range(len(self._array)):
             yield self[i]
 
+    # A boolean mask as an index is also a copy to the host: CuPy counts the mask's True
+    # entries on the device and reads that count back (``int(...)``) to size the selection,
+    # for a read (a[mask]) and for a write (a[mask] = v) alike.
     def __getitem__(self, key):
         _count("ndarray.__getitem__")
+        if _is_boolean_mask(key):
+            _count(TO_HOST)
         return _wrap(self._array[_unwrap_index(key)])
 
     def __setitem__(self, key, value):
         _count("ndarray.__setitem__")
+        if _is_boolean_mask(key):
+            _count(TO_HOST)
         self._array[_unwrap_index(key)] = _unwrap(value, "ndarray.__setitem__")
 
     def __getattr__(self, name):
         if name.startswith("_"):  # includes __index__, and _array before it is set (copy, pickle)
             raise AttributeError(f"'cupy.ndarray' object has no attribute {name!r}")
         value = getattr(self._array, name)
-        return _device_call(value, f"ndarray.{name}") if callable(value) else _wrap(value)
+        if not callable(value):
+            return _wrap(value)
+        call = _device_call(value, f"ndarray.{name}")
+        if name not in SIZED_BY_DATA | {"tolist", "item"}:
+            return call
+
+        def to_host(*args, **kwargs):  # x.nonzero(), x.tolist(), x.item(): read back to the host
+            _count(TO_HOST)
+            return call(*args, **kwargs)
+        return to_host
 
     # -- arithmetic --------------------------------------------------------------------
     __add__, __radd__, __iadd__ = _binary("add"), _binary("add", True), _in_place("iadd")
@@ -272,6 +299,11 @@ def asnumpy(value, stream=None, order="C", out=None) -> numpy.ndarray:
     return value.get(order=order) if isinstance(value, ndarray) else numpy.asarray(value, order=order)
 
 
+# Functions whose result's size depends on the data: CuPy reads a count back to the host
+# to allocate it, so each is counted as a copy to the host (and, on a GPU, a wait).
+SIZED_BY_DATA = frozenset({"nonzero", "argwhere", "flatnonzero", "unique", "compress", "extract"})
+
+
 def _module_getattr(name):
     if name in _ABSENT:
         raise AttributeError(f"module 'cupy' (fake) has no attribute {name!r}: {_ABSENT[name]}")
@@ -280,7 +312,14 @@ def _module_getattr(name):
         return _Ufunc(value)
     if isinstance(value, (type, numpy.dtype)) or not callable(value):
         return value  # scalar types (cupy.float32 is numpy.float32), dtypes and constants (cupy.inf)
-    return _device_call(value, f"cupy.{name}")
+    call = _device_call(value, f"cupy.{name}")
+    if name not in SIZED_BY_DATA:
+        return call
+
+    def sized_by_data(*args, **kwargs):
+        _count(TO_HOST)
+        return call(*args, **kwargs)
+    return sized_by_data
 
 
 _ABSENT = {

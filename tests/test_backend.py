@@ -104,6 +104,31 @@ def test_the_fake_cupy_refuses_what_it_promises_to():
     assert backend.device_of(np.zeros(1)) == "cpu"
 
 
+def test_the_fake_cupy_counts_what_reads_back_to_the_host():
+    """What CuPy must read back to the host (and so wait for the GPU's queue for) is
+    counted as TO_HOST; the tests that count a step's copies rely on it."""
+    with fake_cupy.installed() as cupy:
+        x = cupy.arange(6.0)
+        reads_back = {
+            "get": lambda: x.get(), "float": lambda: float(x[0]), "bool": lambda: bool(x[0]),
+            "tolist": lambda: x.tolist(), "item": lambda: x[1].item(),
+            "a boolean mask read": lambda: x[x > 2.0], "a boolean mask write": lambda: x.__setitem__(x > 4.0, 0.0),
+            "a host boolean mask": lambda: x[np.arange(6) > 3], "a mask in a tuple": lambda: x[(x > 2.0,)],
+            "nonzero": lambda: cupy.nonzero(x), "the nonzero method": lambda: x.nonzero(),
+            "flatnonzero": lambda: cupy.flatnonzero(x), "unique": lambda: cupy.unique(x),
+        }
+        for what, action in reads_back.items():
+            with fake_cupy.counting() as counts:
+                action()
+            assert counts[fake_cupy.TO_HOST] == 1, what
+        stays = {"slices": lambda: x[1:4], "integer ids": lambda: x[cupy.arange(3)], "where": lambda: cupy.where(x > 2.0, x, 0.0),
+                 "triu": lambda: cupy.triu(cupy.full((3, 3), -np.inf), k=1), "a sum": lambda: x.sum()}
+        for what, action in stays.items():
+            with fake_cupy.counting() as counts:
+                action()
+            assert counts[fake_cupy.TO_HOST] == 0, what
+
+
 # ---------------------------------------------------------------------------------------
 # The same code on CuPy, against NumPy float64
 # ---------------------------------------------------------------------------------------

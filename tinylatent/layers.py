@@ -507,11 +507,13 @@ def cross_entropy_backward(dloss, cache):
 # --------------------------------------------------------------------------------------
 
 def _causal_mask(T: int, xp, dtype):
-    """(T, T) additive mask: 0 where key position s <= query position t, -inf after it."""
-    future = xp.triu(xp.ones((T, T), dtype=bool), k=1)  # True where s > t
-    mask = xp.zeros((T, T), dtype=dtype)
-    mask[future] = -math.inf
-    return mask
+    """(T, T) additive mask: 0 where key position s <= query position t, -inf after it.
+
+    ``triu`` keeps the -inf above the diagonal and zeroes the rest. (Not ``mask[future] =
+    -inf``: on CuPy a boolean-mask assignment reads the count of True entries back to the
+    host, which makes every layer's forward wait for the GPU's whole queue.)
+    """
+    return xp.triu(xp.full((T, T), -math.inf, dtype=dtype), k=1)  # -inf where s > t
 
 
 def _split_heads(qkv, n_head: int):
