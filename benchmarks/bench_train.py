@@ -16,7 +16,9 @@ on a batch of random token windows, float32. For each configuration it reports:
   wrapped with a timer; "other" is the rest: residual adds, reshapes, Python);
 * on a GPU, the host time to issue one step (every kernel launched, none waited for),
   ours and PyTorch's, as a share of the step: near 100% the step is bound by the Python
-  and launch overhead of its many small kernels, not by the GPU;
+  and launch overhead of its many small kernels, not by the GPU; and that issue time split
+  by layer kind (a second instrumented step that waits for nothing), to show which layers
+  a launch-bound step should fuse first;
 * peak memory: the largest amount of NumPy memory allocated during one step above what
   was held before it (``tracemalloc``, which NumPy reports its allocations to), next to
   the activations the backward pass keeps (the forward cache's arrays, each buffer once).
@@ -230,7 +232,8 @@ LAYER_KINDS = {  # kind -> the layer functions timed under it
 }
 
 
-def time_by_layer_kind(model: GPT, optimizer: AdamW, idx, targets, sync, clock, steps: int = 2) -> dict:
+def time_by_layer_kind(model: GPT, optimizer: AdamW, idx, targets, sync, clock, steps: int = 2,
+                       wait_for_device: bool = True) -> dict:
     """Seconds per step spent in each kind of layer, AdamW, and the rest ("other"), by ``clock``
     (``time.perf_counter`` or ``time.process_time``).
 
@@ -238,16 +241,22 @@ def time_by_layer_kind(model: GPT, optimizer: AdamW, idx, targets, sync, clock, 
     :mod:`tinylatent.gpt` (which imports some by name), by a wrapper that times it; the
     originals are put back afterwards. None of these functions calls another of them, so
     the times do not overlap.
+
+    With ``wait_for_device`` (the default) every timed piece waits for the device before
+    and after, so on a GPU a time is its kernels' run. Without it (GPU only) nothing waits
+    within a step: each time is what the host takes to *issue* that layer's kernels, which
+    is what bounds a launch-bound step, layer kind by layer kind.
     """
     totals = {kind: 0.0 for kind in LAYER_KINDS}
     saved = []
+    wait = sync if wait_for_device else (lambda: None)
 
     def timed(function, kind):
         def wrapper(*args, **kwargs):
-            sync()
+            wait()
             start = clock()
             result = function(*args, **kwargs)
-            sync()
+            wait()
             totals[kind] += clock() - start
             return result
         return wrapper
@@ -263,16 +272,17 @@ def time_by_layer_kind(model: GPT, optimizer: AdamW, idx, targets, sync, clock, 
     whole = 0.0
     try:
         for _ in range(steps):
-            sync()
+            sync()                                       # each step starts with an empty queue
             start = clock()
             _, grads = model.loss_and_grads(idx, targets)
-            sync()
+            wait()
             middle = clock()
             optimizer.step(model.params, grads, LEARNING_RATE)
-            sync()
+            wait()
             end = clock()
             totals["adamw"] += end - middle
             whole += end - start
+        sync()
     finally:
         for module, name, function in saved:
             setattr(module, name, function)
@@ -465,6 +475,9 @@ def bench_config(name: str, args, sync, torch, torch_device) -> dict:
     result["split_clock"] = "cpu" if single_threaded else "wall"
     result["split_seconds"] = time_by_layer_kind(model, optimizer, idx, targets, sync,
                                                  time.process_time if single_threaded else time.perf_counter)
+    if args.device == "gpu":  # where the host's time to issue a step goes, layer kind by layer kind
+        result["issue_split_seconds"] = time_by_layer_kind(model, optimizer, idx, targets, sync, time.perf_counter,
+                                                           wait_for_device=False)
     if args.device == "cpu":
         result["activation_bytes"] = activation_bytes(model, idx, targets)
         result["step_peak_bytes"] = step_peak_bytes(model, optimizer, idx, targets)
@@ -498,9 +511,12 @@ def print_config(name: str, r: dict, peak: dict) -> None:
               f"= {r['issue_share_of_step']:.0%} of its step{theirs} (near 100%: bound by kernel launches)")
     total = sum(r["split_seconds"].values())
     clock = "CPU time" if r["split_clock"] == "cpu" else "wall clock"
-    print(f"   {'time by layer kind (instrumented step, ' + clock + ')':<52} {'ms':>8} {'share':>7}")
+    issue = r.get("issue_split_seconds")
+    issue_header = f" {'host issue ms':>14}" if issue else ""
+    print(f"   {'time by layer kind (instrumented step, ' + clock + ')':<52} {'ms':>8} {'share':>7}{issue_header}")
     for kind, seconds in r["split_seconds"].items():
-        print(f"   {kind:<52} {seconds * 1e3:8.1f} {seconds / total:7.1%}")
+        issue_column = f" {issue[kind] * 1e3:14.2f}" if issue else ""
+        print(f"   {kind:<52} {seconds * 1e3:8.1f} {seconds / total:7.1%}{issue_column}")
     print(f"   our step's page faults {r['page_faults_per_step']:,.0f}, kernel time {r['system_seconds_per_step'] * 1e3:.0f} ms "
           "(freed activations go back to the OS and are faulted in again next step)")
     if "step_peak_bytes" in r:

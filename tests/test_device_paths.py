@@ -202,6 +202,8 @@ def test_the_training_benchmark_runs_on_the_device(gpu, tmp_path, capsys):
     assert small["wall"]["tokens_per_s"] > 0 and small["split_clock"] == "wall"
     assert 0.0 < small["issue_seconds_median"] and 0.0 < small["issue_share_of_step"]
     assert set(bench_train.LAYER_KINDS) <= set(small["split_seconds"])
+    assert small["issue_split_seconds"].keys() == small["split_seconds"].keys()    # where the issue time goes
+    assert all(seconds >= 0.0 for seconds in small["issue_split_seconds"].values())
 
 
 def test_the_benchmark_copies_a_device_model_into_pytorch(gpu):
