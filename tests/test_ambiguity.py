@@ -136,3 +136,21 @@ def test_exact_statistics_match_an_independent_enumeration_with_tiny_noise(eta):
     assert report.mean_posterior_error.value == pytest.approx(mean_error, rel=1e-9)
     sampled = measure_ambiguity(language, n_messages=2000, seed=0, exact=False)
     assert sampled.fraction_ambiguous.value == 1.0
+
+
+def test_sampled_messages_are_scored_in_chunks_with_the_same_result(monkeypatch):
+    """The sampled estimate runs the oracle on bounded chunks of messages (its memory does
+    not grow with n_messages); how the messages are cut must not change a single number."""
+    from tinylatent import ambiguity
+
+    language = paper_language(eta=0.04, noisy_first_letter=True)
+    whole = measure_ambiguity(language, n_messages=500, seed=3, exact=False)
+    monkeypatch.setattr(ambiguity, "SAMPLED_CHUNK", 7)
+    batch_sizes = []
+    scores = ambiguity.Oracle.log_likelihoods
+    monkeypatch.setattr(ambiguity.Oracle, "log_likelihoods",
+                        lambda oracle, tokens: batch_sizes.append(len(tokens)) or scores(oracle, tokens))
+    chunked = measure_ambiguity(language, n_messages=500, seed=3, exact=False)
+    assert max(batch_sizes) == 7 and sum(batch_sizes) == 500
+    assert chunked == whole
+    assert 0.0 < whole.mean_posterior_error.value < 1.0 and whole.fraction_ambiguous.value > 0.0

@@ -56,7 +56,7 @@ def test_ambiguity_and_posterior(capsys):
     (["posterior", "--prompt", "abd"], "impossible"),
     (["sample", "--messages", "0"], "--messages"),
     (["sample", "--messages", "10000000000"], "must be an integer in 1..1,000,000"),
-    (["ambiguity", "--messages", "1000000000"], "must be an integer in 2..200,000"),
+    (["ambiguity", "--messages", "1000000000"], "must be an integer in 2..1,000,000"),
     (["language", "--random", "--length", "100000000000"], "must be an integer in 1..10,000"),
     (["language", "--random", "--letters", "63"], "must be an integer in 1..62"),
     (["ambiguity", "--language-file", "/nonexistent/lang.json"], "No such file"),

@@ -32,12 +32,14 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from tinylatent.backend import array_module, to_device, to_host
-from tinylatent.language import DELIMITER_ID, Language, SeedLike, _draw, as_generator, fixed_length, sample_messages
+from tinylatent.language import (DELIMITER_ID, Language, SeedLike, _draw, as_generator, fixed_length,
+                                 sample_message_matrix)
 from tinylatent.oracle import Oracle
 from tinylatent.theorems import posterior_error
 
 Z_95 = 1.959963984540054  # the 97.5% quantile of the standard normal
 MAX_ENUMERATED_MESSAGES = 200_000
+SAMPLED_CHUNK = 32_768  # sampled messages per oracle call: the filters' memory (~6 KB a message) stays bounded
 
 
 class Estimate(NamedTuple):
@@ -169,20 +171,21 @@ def measure_ambiguity(language: Language, n_messages: int = 20_000, seed: SeedLi
 def _sampled(language: Language, n_messages: int, rng: np.random.Generator, message_length, device) -> AmbiguityReport:
     prior = language.stationary_intentions()
     true_intentions = _draw(np.broadcast_to(prior, (n_messages, language.n_intentions)), rng.random(n_messages))
-    messages = sample_messages(language, true_intentions, rng)
+    tokens, lengths = sample_message_matrix(language, true_intentions, rng)       # (M, L + 1) padded, (M,) letters
     oracle = Oracle(language)
-    lengths = np.array([len(m) for m in messages])
     map_wrong = np.zeros(n_messages, dtype=bool)
     epsilon = np.zeros(n_messages, dtype=np.float64)
     ambiguous = np.zeros(n_messages, dtype=bool)
-    for length in np.unique(lengths):  # equal-length messages form one batch
-        rows = np.nonzero(lengths == length)[0]
-        batch = np.stack([messages[j] for j in rows])                              # (M, n + 1), delimiter last
-        letters = batch[:, :-1] - 1
-        map_wrong[rows] = map_intentions(language, letters) != true_intentions[rows]
-        log_likelihood = to_host(oracle.log_likelihoods(to_device(batch, device))).T       # log q(x | θ), (K, M)
-        posterior, _, ambiguous[rows] = posterior_from_log_likelihoods(log_likelihood, prior)
-        epsilon[rows] = posterior_error(posterior.T, true_intentions[rows])        # Σ_{θ ≠ θ*} q(θ | x)
+    for length in np.unique(lengths):  # equal-length messages form one batch, in chunks: memory does not grow with M
+        same_length = np.nonzero(lengths == length)[0]
+        for start in range(0, len(same_length), SAMPLED_CHUNK):
+            rows = same_length[start:start + SAMPLED_CHUNK]
+            batch = tokens[rows, :length + 1]                                          # (m, n + 1), delimiter last
+            letters = batch[:, :-1] - 1
+            map_wrong[rows] = map_intentions(language, letters) != true_intentions[rows]
+            log_likelihood = to_host(oracle.log_likelihoods(to_device(batch, device))).T   # log q(x | θ), (K, m)
+            posterior, _, ambiguous[rows] = posterior_from_log_likelihoods(log_likelihood, prior)
+            epsilon[rows] = posterior_error(posterior.T, true_intentions[rows])    # Σ_{θ ≠ θ*} q(θ | x)
     return AmbiguityReport(
         map_error=wilson_interval(int(map_wrong.sum()), n_messages),
         mean_posterior_error=mean_interval(epsilon),

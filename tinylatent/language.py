@@ -18,7 +18,7 @@ Token ids follow the paper's character-level vocabulary (its characters sorted, 
 Constructors: :func:`paper_language` (the paper's exact setup, with its noise knob η),
 :func:`random_language` (any size, for tests and experiments), :func:`mixture_language`
 (the intention fixed for a whole document: identity outer chain). Sampling:
-:func:`sample_corpus`, :func:`sample_messages`, :func:`sample_windows`. Files:
+:func:`sample_corpus`, :func:`sample_messages` (:func:`sample_message_matrix`), :func:`sample_windows`. Files:
 :meth:`Language.to_json`, :func:`load_language`, :func:`save_language` (schema in
 docs/language_format.md).
 """
@@ -743,11 +743,19 @@ def _flatten_messages(tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return tokens[keep]
 
 
-def sample_messages(language: Language, intentions, rng: SeedLike) -> list:
-    """One message per given intention: a list of int64 arrays, letters then the delimiter."""
+def sample_message_matrix(language: Language, intentions, rng: SeedLike) -> tuple:
+    """One message per given intention, as a padded matrix: token ids (M, L + 1) int64 and
+    lengths (M,) in letters; row j is message j's letters, its delimiter at column
+    ``lengths[j]``, then padding. The same draws as :func:`sample_messages`, without a
+    Python array per message (for many messages)."""
     rng = as_generator(rng)
     intentions = language.check_intentions(intentions).ravel()
-    tokens, lengths = _sample_message_matrix(language, intentions, rng)
+    return _sample_message_matrix(language, intentions, rng)
+
+
+def sample_messages(language: Language, intentions, rng: SeedLike) -> list:
+    """One message per given intention: a list of int64 arrays, letters then the delimiter."""
+    tokens, lengths = sample_message_matrix(language, intentions, rng)
     return [tokens[j, :lengths[j] + 1].copy() for j in range(tokens.shape[0])]
 
 
