@@ -33,7 +33,9 @@ weights runs in PyTorch eager on the same device and the same number of threads
 (``torch.set_num_threads``), nanoGPT's way (``F.scaled_dot_product_attention``,
 ``torch.optim.AdamW``); steps alternate ours, torch, ours, torch, ... so that both see
 the same machine load, and each pair gives a ratio of throughputs ours/PyTorch
-(= PyTorch's step time / ours).
+(= PyTorch's step time / ours). On a GPU both sides multiply float32 matrices at the
+same precision: PyTorch's ``set_float32_matmul_precision`` follows CuPy's ``CUPY_TF32``
+(off unless set to 1), so neither side gets TF32 tensor cores the other lacks.
 
 Threads: BLAS reads its thread count at start-up, so set it in the environment
 (``OPENBLAS_NUM_THREADS=1``) or pass ``--threads N`` (needs threadpoolctl). The count in
@@ -136,6 +138,11 @@ def matmul_peak(device: str, sync, n: int = 2048, repeats: int = 5) -> dict:
     xp.matmul(a, b, out=out)  # warm up
     times = [wall_and_cpu_seconds(lambda: xp.matmul(a, b, out=out), sync) for _ in range(repeats)]
     return {clock: 2.0 * n ** 3 / min(t[i] for t in times) / 1e9 for i, clock in enumerate(("wall", "cpu"))}
+
+
+def cupy_tf32() -> bool:
+    """Whether CuPy's float32 matmuls use TF32 tensor cores (only when ``CUPY_TF32=1``)."""
+    return os.environ.get("CUPY_TF32") == "1"
 
 
 def torch_matmul_peak(torch, device, n: int = 2048, repeats: int = 5) -> dict:
@@ -566,12 +573,17 @@ def run(args, names: list) -> int:
                 torch = None
             elif torch_device == "cpu":
                 torch.set_num_threads(args.threads or (int(threads) if threads.isdigit() else os.cpu_count()))
+            else:  # the same float32 matmuls on both sides: CuPy uses TF32 only when CUPY_TF32=1
+                torch.set_float32_matmul_precision("high" if cupy_tf32() else "highest")
 
     peak = matmul_peak(args.device, sync)
     figures = {"device": args.device, "machine": platform.processor() or platform.machine(),
                "cpu_count": os.cpu_count(), "load_average_at_start": os.getloadavg()[0],
                "blas_threads": threads, "numpy": np.__version__, "matmul_peak_gflops": peak, "configs": {}}
     header = f"training step, float32, device {args.device}, BLAS threads {threads}"
+    if args.device == "gpu":
+        figures["tf32"] = cupy_tf32()
+        header += ", TF32 matmuls " + ("on (CUPY_TF32=1)" if figures["tf32"] else "off")
     if torch is not None:
         figures["torch"] = torch.__version__
         figures["torch_threads"] = torch.get_num_threads() if torch_device == "cpu" else None
