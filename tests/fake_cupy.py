@@ -23,6 +23,8 @@ a little more), so a port mistake fails here as it would on the device:
 * **No device-side random numbers**: tinylatent draws randomness on the host, and
   ``cupy.random`` is refused here to keep it so.
 * **No warnings**: CUDA kernels do not report division by zero, so neither does this.
+* **No 1-D ``out`` for ``matmul``**: CuPy 13.x raises there (its gufunc wrapper transposes
+  every ``out`` as a matrix); CuPy 14 accepts it. tinylatent supports both.
 
 The arithmetic is NumPy's own, so a run on this device must agree *bit for bit* with the
 same run on the CPU. What it cannot find: numerical differences of real GPU kernels
@@ -36,7 +38,8 @@ is not a view (``reshape``, ``__getitem__`` with slices) is one kernel launch, a
 copy to the host is counted as :data:`TO_HOST`: ``get``, ``float``, ``int``, ``bool``,
 ``tolist``, ``item``, and the operations whose result is sized by the data (a boolean mask
 as an index, ``nonzero``, ``unique``, ...: :data:`SIZED_BY_DATA`), for which CuPy reads a
-count back to the host.
+count back to the host. An input that CuPy copies before an operation writes an ``out=``
+it overlaps (another view of the same memory) is counted as :data:`HIDDEN_COPY`.
 """
 from __future__ import annotations
 
@@ -100,6 +103,7 @@ def _wrap(value):
 
 _counts = None  # a Counter while inside counting()
 TO_HOST = "to host"  # the name under which counting() counts device-to-host copies
+HIDDEN_COPY = "hidden copy"  # an input CuPy copies first because it overlaps the output (see _count_overlaps)
 
 
 def _count(where: str) -> None:
@@ -118,10 +122,26 @@ def counting():
         _counts = saved
 
 
+def _count_overlaps(inputs, out) -> None:
+    """Count, as :data:`HIDDEN_COPY`, each input that CuPy would copy before writing ``out``:
+    CuPy's ufuncs and matmul copy an input that may share memory with the output unless it
+    *is* the output object (``a *= b`` is fine; ``multiply(dout[rows], w, out=dx[rows])``
+    with ``dx`` another view of ``dout``'s memory copies ``dout[rows]`` first)."""
+    outs = out if isinstance(out, tuple) else (out,)
+    for target in outs:
+        if not isinstance(target, ndarray):
+            continue
+        for value in inputs:
+            if isinstance(value, ndarray) and value is not target and numpy.may_share_memory(value._array, target._array):
+                _count(HIDDEN_COPY)
+
+
 def _device_call(function, where: str):
     """``function`` taking and returning device arrays, refusing NumPy arrays, never warning."""
     def call(*args, **kwargs):
         _count(where)
+        if "out" in kwargs:
+            _count_overlaps(args, kwargs["out"])
         args = _unwrap(args, where)
         kwargs = {name: _unwrap(value, where) for name, value in kwargs.items()}
         with numpy.errstate(all="ignore"):
@@ -151,6 +171,7 @@ def _in_place(name: str):
 
     def method(self, other):
         _count(f"ndarray.__{name}__")
+        _count_overlaps((other,), self)
         with numpy.errstate(all="ignore"):
             op(self._array, _unwrap(other, f"ndarray.__{name}__"))  # NumPy's in-place ops write into self._array
         return self
@@ -273,6 +294,10 @@ class _Ufunc:
         self._call = _device_call(ufunc, f"cupy.{ufunc.__name__}")
 
     def __call__(self, *args, **kwargs):
+        out = kwargs.get("out")
+        if self.__name__ == "matmul" and isinstance(out, ndarray) and out.ndim == 1:
+            # CuPy 13.x (setup.cfg allows >= 13.6) transposes matmul's out as a matrix
+            raise ValueError("Invalid axes value: CuPy 13's matmul refuses a 1-D out (give a (n, 1) column)")
         return self._call(*args, **kwargs)
 
     def __getattr__(self, name):

@@ -129,6 +129,33 @@ def test_the_fake_cupy_counts_what_reads_back_to_the_host():
             assert counts[fake_cupy.TO_HOST] == 0, what
 
 
+def test_the_fake_cupy_counts_inputs_cupy_copies_and_refuses_a_1d_matmul_out():
+    """CuPy copies an input that overlaps another view given as ``out=`` (the fake counts it as
+    HIDDEN_COPY); the very same object as input and output is no copy. And CuPy 13's
+    matmul raises on a 1-D ``out``, so the fake does too."""
+    with fake_cupy.installed() as cupy:
+        x = cupy.arange(12.0).reshape(3, 4)
+        copies = {
+            "another view of the output's memory": lambda: cupy.multiply(x[0:2], 2.0, out=x.reshape(-1, 4)[0:2]),
+            "an overlapping in-place operand": lambda: x.__isub__(x[::-1]),
+            "matmul into its own input": lambda: cupy.matmul(x[:, :3], cupy.ones((3, 3)), out=x[:, :3]),
+        }
+        for what, action in copies.items():
+            with fake_cupy.counting() as counts:
+                action()
+            assert counts[fake_cupy.HIDDEN_COPY] == 1, what
+        no_copies = {"the same object": lambda: cupy.multiply(x, 2.0, out=x), "a disjoint output": lambda: cupy.add(
+            x[0], 1.0, out=x[1]), "in place": lambda: x.__imul__(3.0)}
+        for what, action in no_copies.items():
+            with fake_cupy.counting() as counts:
+                action()
+            assert counts[fake_cupy.HIDDEN_COPY] == 0, what
+        with pytest.raises(ValueError, match="1-D out"):
+            cupy.matmul(x, cupy.ones(4), out=cupy.empty(3))
+        np.testing.assert_array_equal(backend.to_host(cupy.matmul(x, cupy.ones((4, 1)), out=cupy.empty((3, 1)))),
+                                      backend.to_host(x).sum(axis=1, keepdims=True))
+
+
 # ---------------------------------------------------------------------------------------
 # The same code on CuPy, against NumPy float64
 # ---------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from tinylatent.ambiguity import measure_ambiguity
 from tinylatent.checkpoint import load_checkpoint
 from tinylatent.evaluate import evaluate
 from tinylatent.gpt import GPT, GPTConfig
+from tinylatent.optim import AdamW
 from tinylatent.language import paper_language, preset
 from tinylatent.train import TrainConfig, batches_loss_and_grads, stream_windows, train
 
@@ -104,6 +105,38 @@ def test_a_training_step_copies_to_the_host_only_its_loss_and_gradient_norm(tmp_
         _assert_same(loss, on_cpu_loss, "fake-cupy", "loss")
         for name, grad in on_cpu_grads.items():
             _assert_same(grads[name], grad, "fake-cupy", name)
+
+
+def test_a_training_step_writes_its_gradients_in_place_without_hidden_copies():
+    """LayerNorm's and GELU's backward write dx over the gradient they received (``out=dout``).
+    CuPy copies an input that overlaps a *different* output view before computing, which
+    would undo that; each block must be read and written through one view. Counted on the
+    fake CuPy for a two-layer model (it found 7 such copies per step)."""
+    config = GPTConfig(vocab_size=19, context_length=16, n_layer=2, n_head=2, d_model=16)
+    windows = np.random.default_rng(0).integers(0, 19, size=(4, 17))
+    with fake_cupy.installed():
+        model = GPT.create(config, np.random.default_rng(1), device="gpu")
+        optimizer = AdamW()
+        with fake_cupy.counting() as counts:
+            _, grads = model.loss_and_grads(windows[:, :-1], windows[:, 1:])
+            optimizer.step(model.params, grads, 1e-3)
+    assert counts[fake_cupy.HIDDEN_COPY] == 0
+
+
+def test_generation_copies_one_row_of_logits_per_token_to_the_host():
+    """Each new token needs its logits on the host (sampling draws from the host generator),
+    and nothing else: feeding several positions at once (the prompt, and every token once
+    the text is longer than the context) masks the future without a boolean-mask write,
+    which on CuPy reads a count back to the host in every layer."""
+    config = GPTConfig(vocab_size=19, context_length=16, n_layer=2, n_head=2, d_model=16)
+    prompt = np.random.default_rng(0).integers(0, 19, size=(3, 12))
+    with fake_cupy.installed():
+        model = GPT.create(config, np.random.default_rng(1), device="gpu")
+        for use_cache in (True, False):
+            with fake_cupy.counting() as counts:
+                text = model.generate(prompt, 8, np.random.default_rng(2), use_cache=use_cache)
+            assert text.shape == (3, 20)                      # past the context: the window slides
+            assert counts[fake_cupy.TO_HOST] == 8, use_cache
 
 
 def test_a_device_run_resumes_on_either_device_as_if_uninterrupted(gpu, tmp_path):

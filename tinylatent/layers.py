@@ -78,6 +78,19 @@ def _rows(x):
     return x.reshape(-1, x.shape[-1])
 
 
+def _gradient_rows(dout, out, shape, xp):
+    """(dout's rows, dx's rows) for a backward that may write dx over dout (``out=dout``).
+
+    When ``out`` is ``dout`` the two are one view object, and each block is then written
+    through the very view it is read from: CuPy copies an input that overlaps a
+    *different* output view before it computes, which would undo the saving.
+    """
+    dout_rows = _rows(dout)
+    if out is None:
+        return dout_rows, xp.empty(shape, dtype=dout.dtype)
+    return dout_rows, (dout_rows if out is dout else _rows(out))
+
+
 def block_buffer(blocks: list, row_shape: tuple, dtype, xp):
     """Scratch space for the largest of ``blocks`` (the first), reused block after block."""
     rows = blocks[0].stop - blocks[0].start if blocks else 0
@@ -209,17 +222,17 @@ def layernorm_backward(dout, cache, out=None):
     xhat, rstd, weight, has_bias = cache
     xp = xp_of(dout)
     N, C = xhat.shape
-    dout_rows = _rows(dout)
-    dx = xp.empty((N, C), dtype=dout.dtype) if out is None else _rows(out)
+    dout_rows, dx = _gradient_rows(dout, out, (N, C), xp)
     dweight = xp.zeros(C, dtype=dout.dtype)
     dbias = xp.zeros(C, dtype=dout.dtype) if has_bias else None
     averages = xp.full(C, 1.0 / C, dtype=dout.dtype)                     # (C,): rows @ averages = row means
     for rows in row_blocks(N, C, xp):
         dout_block, xhat_block = dout_rows[rows], xhat[rows]
+        dx_block = dout_block if dx is dout_rows else dx[rows]
         dweight += xp.einsum("ij,ij->j", dout_block, xhat_block)         # sums of dout * xhat
         if has_bias:
             dbias += dout_block.sum(axis=0)
-        dxhat = xp.multiply(dout_block, weight, out=dx[rows])            # dout is not read after this
+        dxhat = xp.multiply(dout_block, weight, out=dx_block)            # dout is not read after this
         mean_dxhat = (dxhat @ averages)[:, None]
         mean_dxhat_xhat = xp.einsum("ij,ij->i", dxhat, xhat_block)[:, None]
         mean_dxhat_xhat *= 1.0 / C
@@ -364,8 +377,7 @@ def gelu_backward(dout, cache, out=None):
     """
     x_rows = cache
     xp = xp_of(dout)
-    dout_rows = _rows(dout)
-    dx = xp.empty(x_rows.shape, dtype=dout.dtype) if out is None else _rows(out)
+    dout_rows, dx = _gradient_rows(dout, out, x_rows.shape, xp)
     blocks = row_blocks(x_rows.shape[0], x_rows.shape[1], xp)
     tanh_buffer = block_buffer(blocks, x_rows.shape[1:], dout.dtype, xp)
     grad_buffer = block_buffer(blocks, x_rows.shape[1:], dout.dtype, xp)
@@ -379,7 +391,8 @@ def gelu_backward(dout, cache, out=None):
         g *= xp.subtract(1.0, t)
         g += 0.5                                # [1 + x (1 - tanh) du/dx] / 2
         g *= xp.add(t, 1.0, out=t)              # ... times (1 + tanh): d out/dx
-        xp.multiply(dout_rows[rows], g, out=dx[rows])  # chain rule: dx = dout * d out/dx
+        dout_block = dout_rows[rows]
+        xp.multiply(dout_block, g, out=dout_block if dx is dout_rows else dx[rows])  # chain rule: dx = dout * d out/dx
     return dx.reshape(dout.shape)
 
 
@@ -510,14 +523,18 @@ def cross_entropy_backward(dloss, cache):
 # causal multi-head self-attention
 # --------------------------------------------------------------------------------------
 
-def _causal_mask(T: int, xp, dtype):
-    """(T, T) additive mask: 0 where key position s <= query position t, -inf after it.
+def _causal_mask(n_queries: int, n_keys: int, xp, dtype):
+    """(n_queries, n_keys) additive mask for the last ``n_queries`` of ``n_keys`` positions:
+    0 where key position s <= the query's position t, -inf after it.
 
-    ``triu`` keeps the -inf above the diagonal and zeroes the rest. (Not ``mask[future] =
+    Query row i is position t = n_keys - n_queries + i, so the -inf are the entries above
+    diagonal n_keys - n_queries + 1, which ``triu`` keeps while zeroing the rest (for the
+    whole sequence, n_queries = n_keys = T: above the main diagonal). Not ``mask[future] =
     -inf``: on CuPy a boolean-mask assignment reads the count of True entries back to the
-    host, which makes every layer's forward wait for the GPU's whole queue.)
+    host, which makes every layer's forward wait for the GPU's whole queue.
     """
-    return xp.triu(xp.full((T, T), -math.inf, dtype=dtype), k=1)  # -inf where s > t
+    full = xp.full((n_queries, n_keys), -math.inf, dtype=dtype)
+    return xp.triu(full, k=n_keys - n_queries + 1)                    # -inf where s > t
 
 
 def _split_heads(qkv, n_head: int):
@@ -560,7 +577,7 @@ def attention_forward(qkv, n_head: int):
     q_scaled = xp.multiply(q, scale)                             # (B, NH, T, HS), contiguous
     k_transposed = xp.ascontiguousarray(k.transpose(0, 1, 3, 2))  # (B, NH, HS, T), contiguous for BLAS
     v = xp.ascontiguousarray(v)                                  # (B, NH, T, HS)
-    mask = _causal_mask(T, xp, qkv.dtype)
+    mask = _causal_mask(T, T, xp, qkv.dtype)
     att = xp.empty((B, NH, T, T), dtype=qkv.dtype)
     out = xp.empty((B, T, NH, HS), dtype=qkv.dtype)
     y = out.transpose(0, 2, 1, 3)                                # (B, NH, T, HS) view of out
@@ -626,7 +643,7 @@ def attention_forward_reference(qkv, n_head: int):
     q, k, v = _split_heads(qkv, n_head)
     NH, HS = q.shape[1], q.shape[3]
     scale = 1.0 / math.sqrt(HS)
-    scores = (q @ k.transpose(0, 1, 3, 2)) * scale + _causal_mask(T, xp, qkv.dtype)  # (B, NH, T, T)
+    scores = (q @ k.transpose(0, 1, 3, 2)) * scale + _causal_mask(T, T, xp, qkv.dtype)  # (B, NH, T, T)
     att, _ = softmax_forward(scores)
     y = att @ v                                                   # (B, NH, T, HS)
     out = y.transpose(0, 2, 1, 3).reshape(B, T, NH * HS)           # heads side by side
@@ -671,8 +688,7 @@ def attention_forward_cached(qkv, n_head: int, kv_cache):
     scores = q @ keys[:, :, :end].transpose(0, 1, 3, 2)             # (B, NH, T_new, end)
     scores *= 1.0 / math.sqrt(HS)
     if T_new > 1:  # one new position sees every key; several must not see each other's future
-        future = xp.triu(xp.ones((T_new, end), dtype=bool), k=start + 1)  # new row i is position start + i
-        scores[:, :, future] = -math.inf
+        scores += _causal_mask(T_new, end, xp, scores.dtype)        # new row i is position start + i
     att, _ = softmax_forward(scores, out=scores)
     y = att @ values[:, :, :end]                                     # (B, NH, T_new, HS)
     return y.transpose(0, 2, 1, 3).reshape(B, T_new, n_head * HS)

@@ -306,12 +306,12 @@ class Oracle:
         upcoming = filtered.copy()                  # q(θ of the next message | x_{≤t}), used when a message opens
         token_probs = xp.empty((length, batch), dtype=xp.float64)                      # q(x_t | x_{<t})
         posterior = xp.empty((length, batch, n_intentions), dtype=xp.float64)          # time-major while filling
-        ones = xp.ones(n_intentions, dtype=xp.float64)
+        ones = xp.ones((n_intentions, 1), dtype=xp.float64)  # a column: CuPy 13's matmul refuses a 1-D out
         with np.errstate(invalid="ignore"):  # 0/0 in a row that became impossible: fixed up below
             for t in range(length):
                 current = xp.where(opens_on_device[t][:, None], upcoming, filtered) if any_opens[t] else filtered
                 joint = current * likelihood[t]                                         # q(θ, x_t | x_{<t})
-                xp.matmul(joint, ones, out=token_probs[t])                              # Σ_θ, as one BLAS call
+                xp.matmul(joint, ones, out=token_probs[t][:, None])                     # Σ_θ, as one BLAS call
                 filtered = xp.divide(joint, token_probs[t][:, None], out=posterior[t])  # q(θ | x_{≤t})
                 if any_delimiter[t]:  # a message ended: its intention moves on by T
                     upcoming = xp.where(delimiter_on_device[t][:, None], filtered @ tables.transition, upcoming)
