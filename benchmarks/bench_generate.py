@@ -90,7 +90,9 @@ def run(args, config, contexts: list) -> int:
           f"by {'CPU time' if clock_name == 'cpu' else 'wall clock'}; load average {figures['load_average_at_start']:.2f}")
     print(f"{'prompt L':>8} | {'KV cache: prompt ms':>19} {'ms/token':>9} {'tokens/s':>9} | "
           f"{'recompute: prompt ms':>20} {'ms/token':>9} {'tokens/s':>9} | {'speed-up':>8} {'same tokens':>11}")
-    model.generate(rng.integers(0, config.vocab_size, size=(args.batch, 4)), 2, np.random.default_rng(0))  # warm up
+    warm_up_prompt = rng.integers(0, config.vocab_size, size=(args.batch, 4))
+    for use_cache in (True, False):  # warm up both ways (on a GPU, each compiles its own kernels on first use)
+        model.generate(warm_up_prompt, 2, np.random.default_rng(0), use_cache=use_cache)
     prompts = {L: rng.integers(0, config.vocab_size, size=(args.batch, L)) for L in contexts}
     modes = (("cache", True), ("recompute", False))
     samples = {(L, mode): {"prompt": [], "per_token": []} for L in contexts for mode, _ in modes}
@@ -109,7 +111,8 @@ def run(args, config, contexts: list) -> int:
             row[mode] = {"prompt_seconds": statistics.median(samples[L, mode]["prompt"]),
                          "seconds_per_token": per_token,
                          "tokens_per_s": args.batch / per_token if per_token > 0 else float("inf")}
-        row["speedup"] = row["recompute"]["seconds_per_token"] / row["cache"]["seconds_per_token"]
+        cache_per_token = row["cache"]["seconds_per_token"]
+        row["speedup"] = row["recompute"]["seconds_per_token"] / cache_per_token if cache_per_token > 0 else float("inf")
         row["same_tokens"] = bool(np.array_equal(tokens[L, "cache"], tokens[L, "recompute"]))
         figures["rows"].append(row)
         c, r = row["cache"], row["recompute"]
@@ -117,7 +120,7 @@ def run(args, config, contexts: list) -> int:
               f"{c['tokens_per_s']:>9.1f} | {r['prompt_seconds'] * 1e3:>20.1f} {r['seconds_per_token'] * 1e3:>9.2f} "
               f"{r['tokens_per_s']:>9.1f} | {row['speedup']:>7.1f}× {'yes' if row['same_tokens'] else 'NO':>11}")
     cached = [row["cache"]["seconds_per_token"] for row in figures["rows"]]
-    figures["cache_per_token_max_over_min"] = max(cached) / min(cached)
+    figures["cache_per_token_max_over_min"] = max(cached) / min(cached) if min(cached) > 0 else float("inf")
     print(f"with the cache, the slowest per-token cost is {figures['cache_per_token_max_over_min']:.2f}× the "
           f"fastest across prompt lengths {contexts[0]}..{contexts[-1]}")
     if args.json:

@@ -7,8 +7,9 @@ on a batch of random token windows, float32. For each configuration it reports:
   6 N + 12 L C T: 6 N for the forward and backward of the weight matmuls (N = parameters
   without ``wpe``, so the tied head counts) and 12 L C T for the attention products
   q·kᵀ and att·v over the full T×T square (causality is not credited);
-* the float32 matmul peak measured on this machine in the same run (a 2048³ product,
-  best of several, by the same clock), and MFU = achieved / peak;
+* the float32 matmul peak measured on this machine in the same run (a 2048³ product, or
+  larger on a GPU until one takes 10 ms; best of several, by the same clock), and
+  MFU = achieved / peak;
 * the step's own matmuls replayed back to back (the same shapes and layouts as
   :mod:`tinylatent.layers` uses, on random arrays), timed in the same rounds as the
   steps, and the ratio step / matmuls: how much everything that is not a matmul costs;
@@ -33,9 +34,14 @@ weights runs in PyTorch eager on the same device and the same number of threads
 (``torch.set_num_threads``), nanoGPT's way (``F.scaled_dot_product_attention``,
 ``torch.optim.AdamW``); steps alternate ours, torch, ours, torch, ... so that both see
 the same machine load, and each pair gives a ratio of throughputs ours/PyTorch
-(= PyTorch's step time / ours). On a GPU both sides multiply float32 matrices at the
+(= PyTorch's step time / ours). On a GPU both sides' float32 matrix products run at the
 same precision: PyTorch's ``set_float32_matmul_precision`` follows CuPy's ``CUPY_TF32``
-(off unless set to 1), so neither side gets TF32 tensor cores the other lacks.
+(off unless set), so neither side's cuBLAS gets TF32 the other lacks. One difference is
+PyTorch's own: its float32 attention (``scaled_dot_product_attention``, the
+memory-efficient kernel) computes q·kᵀ and att·v on tensor cores at float32 accuracy
+(3×TF32), whatever that setting; those products are about 3% of the paper model's FLOPs.
+On a GPU only the wall clock is reported (the CPU time of a process that waits for the
+device says nothing).
 
 Threads: BLAS reads its thread count at start-up, so set it in the environment
 (``OPENBLAS_NUM_THREADS=1``) or pass ``--threads N`` (needs threadpoolctl). The count in
@@ -129,28 +135,66 @@ def issue_seconds(function, sync) -> float:
     return issued
 
 
-def matmul_peak(device: str, sync, n: int = 2048, repeats: int = 5) -> dict:
-    """float32 GFLOP/s of an (n, n) @ (n, n) product, the best of ``repeats``, by each clock."""
+PEAK_SECONDS = 0.01     # the matmul peak's product is made big enough to take at least this long ...
+LARGEST_PEAK_SIZE = 8192  # ... up to this size (three 8192² float32 arrays: 768 MiB)
+
+
+def peak_size(multiply, sync) -> int:
+    """The side n of the square product for the peak: 2048, doubled while one product takes
+    less than PEAK_SECONDS (a 2048³ product is ~0.1 s on two CPU cores but ~0.3 ms on an
+    H100, where the waits around it would lower the peak by a few percent). ``multiply(n)``
+    returns a function that runs one n³ product."""
+    n = 2048
+    while n < LARGEST_PEAK_SIZE:
+        run = multiply(n)
+        run()                                             # warm up
+        if seconds_of(run, sync) >= PEAK_SECONDS:
+            break
+        n *= 2
+    return n
+
+
+def matmul_peak(device: str, sync, repeats: int = 5) -> dict:
+    """float32 GFLOP/s of an (n, n) @ (n, n) product (n from :func:`peak_size`), the best of
+    ``repeats``, by each clock, and ``"n"``."""
     xp = backend.array_module(device)
     rng = np.random.default_rng(0)
-    a, b = (backend.to_device(rng.standard_normal((n, n)), device, dtype=np.float32) for _ in range(2))
-    out = xp.empty((n, n), dtype=xp.float32)
-    xp.matmul(a, b, out=out)  # warm up
-    times = [wall_and_cpu_seconds(lambda: xp.matmul(a, b, out=out), sync) for _ in range(repeats)]
-    return {clock: 2.0 * n ** 3 / min(t[i] for t in times) / 1e9 for i, clock in enumerate(("wall", "cpu"))}
+
+    def multiply(n):
+        a, b = (backend.to_device(rng.standard_normal((n, n)), device, dtype=np.float32) for _ in range(2))
+        out = xp.empty((n, n), dtype=xp.float32)
+        return lambda: xp.matmul(a, b, out=out)
+
+    n = peak_size(multiply, sync)
+    run = multiply(n)
+    run()  # warm up
+    times = [wall_and_cpu_seconds(run, sync) for _ in range(repeats)]
+    peaks = {clock: 2.0 * n ** 3 / min(t[i] for t in times) / 1e9 for i, clock in enumerate(("wall", "cpu"))}
+    return {**peaks, "n": n}
 
 
 def cupy_tf32() -> bool:
-    """Whether CuPy's float32 matmuls use TF32 tensor cores (only when ``CUPY_TF32=1``)."""
-    return os.environ.get("CUPY_TF32") == "1"
+    """Whether CuPy's float32 matmuls use TF32 tensor cores: CuPy's own test, ``CUPY_TF32`` > 0."""
+    try:
+        return int(os.environ.get("CUPY_TF32", "0") or "0") > 0
+    except ValueError:
+        return False
 
 
-def torch_matmul_peak(torch, device, n: int = 2048, repeats: int = 5) -> dict:
-    a, b = (torch.randn(n, n, device=device) for _ in range(2))
+def torch_matmul_peak(torch, device, repeats: int = 5) -> dict:
+    """:func:`matmul_peak` for PyTorch on ``device``."""
     sync = (lambda: torch.cuda.synchronize()) if device == "cuda" else (lambda: None)
-    a @ b
-    times = [wall_and_cpu_seconds(lambda: a @ b, sync) for _ in range(repeats)]
-    return {clock: 2.0 * n ** 3 / min(t[i] for t in times) / 1e9 for i, clock in enumerate(("wall", "cpu"))}
+
+    def multiply(n):
+        a, b = (torch.randn(n, n, device=device) for _ in range(2))
+        return lambda: a @ b
+
+    n = peak_size(multiply, sync)
+    run = multiply(n)
+    run()
+    times = [wall_and_cpu_seconds(run, sync) for _ in range(repeats)]
+    peaks = {clock: 2.0 * n ** 3 / min(t[i] for t in times) / 1e9 for i, clock in enumerate(("wall", "cpu"))}
+    return {**peaks, "n": n}
 
 
 # --------------------------------------------------------------------------------------
@@ -412,7 +456,7 @@ def bench_config(name: str, args, sync, torch, torch_device) -> dict:
     idx_host = rng.integers(0, config.vocab_size, size=(B, T))
     targets_host = rng.integers(0, config.vocab_size, size=(B, T))
     idx, targets = (backend.to_device(a, args.device) for a in (idx_host, targets_host))
-    result = {"config": config.to_dict(), "batch_size": B, "context": T,
+    result = {"config": config.to_dict(), "batch_size": B, "context": T, "device": args.device,
               "parameters": config.num_params(non_embedding=True),
               "flops_per_token": flops_per_token(config, T)}
 
@@ -498,7 +542,7 @@ def print_config(name: str, r: dict, peak: dict) -> None:
           f"{r['parameters'] / 1e6:.2f} M parameters, batch {r['batch_size']} × context {r['context']}")
     if "loss_torch" in r:
         print(f"   same weights, same batch: loss ours {r['loss_ours']:.6f}, PyTorch {r['loss_torch']:.6f}")
-    for clock in ("wall", "cpu"):
+    for clock in ("wall",) if r["device"] == "gpu" else ("wall", "cpu"):
         c = r[clock]
         label = "wall clock" if clock == "wall" else "CPU time  "
         print(f"   [{label}] step {c['step_seconds_median'] * 1e3:8.1f} ms  {c['tokens_per_s']:9,.0f} tokens/s  "
@@ -524,8 +568,10 @@ def print_config(name: str, r: dict, peak: dict) -> None:
     for kind, seconds in r["split_seconds"].items():
         issue_column = f" {issue[kind] * 1e3:14.2f}" if issue else ""
         print(f"   {kind:<52} {seconds * 1e3:8.1f} {seconds / total:7.1%}{issue_column}")
-    print(f"   our step's page faults {r['page_faults_per_step']:,.0f}, kernel time {r['system_seconds_per_step'] * 1e3:.0f} ms "
-          "(freed activations go back to the OS and are faulted in again next step)")
+    if r["device"] == "cpu":
+        print(f"   our step's page faults {r['page_faults_per_step']:,.0f}, kernel time "
+              f"{r['system_seconds_per_step'] * 1e3:.0f} ms (freed activations go back to the OS and are faulted in "
+              "again next step)")
     if "step_peak_bytes" in r:
         print(f"   memory: activations kept for backward {r['activation_bytes'] / 2**20:.1f} MiB; "
               f"step peak (tracemalloc, above the parameters and moments) {r['step_peak_bytes'] / 2**20:.1f} MiB "
@@ -573,7 +619,7 @@ def run(args, names: list) -> int:
                 torch = None
             elif torch_device == "cpu":
                 torch.set_num_threads(args.threads or (int(threads) if threads.isdigit() else os.cpu_count()))
-            else:  # the same float32 matmuls on both sides: CuPy uses TF32 only when CUPY_TF32=1
+            else:  # the same float32 matmuls on both sides: CuPy uses TF32 only when CUPY_TF32 > 0
                 torch.set_float32_matmul_precision("high" if cupy_tf32() else "highest")
 
     peak = matmul_peak(args.device, sync)
@@ -583,20 +629,22 @@ def run(args, names: list) -> int:
     header = f"training step, float32, device {args.device}, BLAS threads {threads}"
     if args.device == "gpu":
         figures["tf32"] = cupy_tf32()
-        header += ", TF32 matmuls " + ("on (CUPY_TF32=1)" if figures["tf32"] else "off")
+        header += ", TF32 matmuls " + ("on (CUPY_TF32 > 0)" if figures["tf32"] else "off")
     if torch is not None:
         figures["torch"] = torch.__version__
         figures["torch_threads"] = torch.get_num_threads() if torch_device == "cpu" else None
         figures["torch_matmul_peak_gflops"] = torch_matmul_peak(torch, torch_device)
-        header += f", PyTorch {torch.__version__} threads {figures['torch_threads']}"
+        header += f", PyTorch {torch.__version__}" + (f" threads {figures['torch_threads']}" if torch_device == "cpu"
+                                                       else " (its float32 attention kernel uses tensor cores)")
     print(header)
     print(f"{os.cpu_count()} CPUs, load average {figures['load_average_at_start']:.2f} at the start "
           "(other processes share the cores: compare ratios within a round, not times across runs)")
     figures["malloc_environment"] = {name: os.environ[name] for name in MALLOC_VARIABLES if name in os.environ}
     print("glibc malloc: " + (", ".join(f"{k}={v}" for k, v in figures["malloc_environment"].items())
                               or "default settings (freed memory is returned to the OS)"))
-    for clock, label in (("wall", "wall clock"), ("cpu", "CPU time")):
-        print(f"float32 matmul peak (2048³, {label}): {'CuPy' if args.device == 'gpu' else 'NumPy'} "
+    clocks = (("wall", "wall clock"),) if args.device == "gpu" else (("wall", "wall clock"), ("cpu", "CPU time"))
+    for clock, label in clocks:
+        print(f"float32 matmul peak ({peak['n']}³, {label}): {'CuPy' if args.device == 'gpu' else 'NumPy'} "
               f"{peak[clock]:.0f} GFLOP/s"
               + (f", PyTorch {figures['torch_matmul_peak_gflops'][clock]:.0f} GFLOP/s" if torch is not None else ""))
     for name in names:

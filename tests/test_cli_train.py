@@ -38,6 +38,17 @@ def test_train_writes_a_checkpoint_and_a_log_and_reports_json(trained):
     assert [json.loads(line)["step"] for line in log_lines] == [0, 1, 2, 3, 4, 5]
 
 
+def test_dtype_float64_trains_a_float64_model_that_eval_and_generate_read(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--steps", "2", "--dtype", "float64", "--out", str(out), "--json", *TINY]) == 0
+    capsys.readouterr()
+    checkpoint = load_checkpoint(out / "ckpt.npz")
+    assert checkpoint.model_config.dtype == "float64"
+    assert all(value.dtype == np.float64 for value in checkpoint.params.values())
+    assert main(["generate", "--checkpoint", str(out / "ckpt.npz"), "--tokens", "5", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["completion"]) == 5
+
+
 def test_train_prints_a_readable_summary_without_json(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--steps", "3", "--out", str(out), *TINY]) == 0
@@ -129,6 +140,7 @@ def assert_one_line_error(capsys, argv, message: str) -> None:
     (["train", "--n-head", "3", "--d-model", "16"], "must be divisible by n_head"),
     (["train", "--short-windows", "-1"], "must be an integer in 0..1,024; got -1"),
     (["train", "--context", "100000000"], "must be an integer in 1..2,048; got 100000000"),
+    (["train", "--dtype", "float16"], "invalid choice: 'float16'"),
     (["generate", "--checkpoint", "x", "--tokens", "10000000000"], "must be an integer in 0..1,000,000"),
     (["eval", "--checkpoint", "x", "--windows", "1"], "must be an integer in 2..100,000; got 1"),
     (["train", "--short-windows", "4", "--short-context", "500", "--steps", "3"],
@@ -159,6 +171,8 @@ def test_resume_problems_are_one_line_and_exit_2(trained, tmp_path, capsys):
     assert_one_line_error(capsys, ["train", "--out", str(out), "--resume", "--batch-size", "2"],
                           "batch_size 4 -> 2")
     assert_one_line_error(capsys, ["train", "--out", str(out), "--steps", "3", *TINY], "already exists")
+    assert_one_line_error(capsys, ["train", "--out", str(out), "--resume", "--dtype", "float64"],
+                          "dtype 'float32' -> 'float64'")
     assert_one_line_error(capsys, ["train", "--language-file", "x.json", "--eta", "0.1"],
                           "cannot be combined with --language-file")
 

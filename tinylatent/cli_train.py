@@ -24,7 +24,7 @@ from pathlib import Path
 from tinylatent.backend import DEVICES
 from tinylatent.checkpoint import CHECKPOINT_FILENAME, load_checkpoint
 from tinylatent.cli import check_output_folder, int_in
-from tinylatent.gpt import GPTConfig
+from tinylatent.gpt import DTYPES, GPTConfig
 from tinylatent.language import PRESETS, as_generator, load_language, preset
 from tinylatent.train import DATA_MODES, LOG_FILENAME, TrainConfig, train
 
@@ -83,7 +83,8 @@ _TRAIN_OPTIONS = (
     ("checkpoint_interval", "checkpoint_interval"),
 )
 # (command-line option's dest, GPTConfig field)
-_MODEL_OPTIONS = (("n_layer", "n_layer"), ("n_head", "n_head"), ("d_model", "d_model"), ("context", "context_length"))
+_MODEL_OPTIONS = (("n_layer", "n_layer"), ("n_head", "n_head"), ("d_model", "d_model"), ("context", "context_length"),
+                  ("dtype", "dtype"))
 
 
 def _language_from_args(args, stored=None):
@@ -227,6 +228,9 @@ def register(subparsers) -> None:
                        help=f"override the preset's width, 1..{MAX_D_MODEL:,}")
     model.add_argument("--context", type=int_in(1, MAX_CONTEXT), default=None,
                        help=f"override the context length, 1..{MAX_CONTEXT:,} tokens")
+    model.add_argument("--dtype", choices=DTYPES, default=None,
+                       help="the parameters' and activations' float type (default float32; float64 for "
+                            "precision studies and device-against-CPU checks)")
     run = p.add_argument_group("training (defaults: TrainConfig, the paper's run)")
     run.add_argument("--steps", type=_positive_int, default=None, help="optimiser steps (default 5000)")
     run.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=None,
