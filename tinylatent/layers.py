@@ -226,18 +226,22 @@ def layernorm_backward(dout, cache, out=None):
     dweight = xp.zeros(C, dtype=dout.dtype)
     dbias = xp.zeros(C, dtype=dout.dtype) if has_bias else None
     averages = xp.full(C, 1.0 / C, dtype=dout.dtype)                     # (C,): rows @ averages = row means
-    for rows in row_blocks(N, C, xp):
+    blocks = row_blocks(N, C, xp)
+    products = block_buffer(blocks, (C,), dout.dtype, xp)                # dout * xhat, a block at a time
+    ones = xp.ones(len(products), dtype=dout.dtype)                      # ones @ rows = column sums
+    for rows in blocks:
         dout_block, xhat_block = dout_rows[rows], xhat[rows]
         dx_block = dout_block if dx is dout_rows else dx[rows]
-        dweight += xp.einsum("ij,ij->j", dout_block, xhat_block)         # sums of dout * xhat
+        n = len(dout_block)
+        dweight += ones[:n] @ xp.multiply(dout_block, xhat_block, out=products[:n])  # sums of dout * xhat
         if has_bias:
-            dbias += dout_block.sum(axis=0)
+            dbias += ones[:n] @ dout_block
         dxhat = xp.multiply(dout_block, weight, out=dx_block)            # dout is not read after this
         mean_dxhat = (dxhat @ averages)[:, None]
         mean_dxhat_xhat = xp.einsum("ij,ij->i", dxhat, xhat_block)[:, None]
         mean_dxhat_xhat *= 1.0 / C
         dxhat -= mean_dxhat                                               # direct - through the mean
-        dxhat -= xhat_block * mean_dxhat_xhat                             # - through the variance
+        dxhat -= xp.multiply(xhat_block, mean_dxhat_xhat, out=products[:n])  # - through the variance
         dxhat *= rstd[rows]                                               # = dx
     return dx.reshape(dout.shape), dweight, dbias
 
