@@ -623,7 +623,7 @@ def attention_backward(dout, cache):
     # dy . y for every (b, t, head): one row per head-sized piece of dout and out, both
     # contiguous (B*T*NH, HS), so CuPy contracts them without transposed copies
     row_dots = xp.einsum("ij,ij->i", dout.reshape(-1, HS), out.reshape(-1, HS))
-    row_dots = row_dots.reshape(B, T, NH).transpose(0, 2, 1)[..., None]    # (B, NH, T, 1) view
+    row_dots = xp.ascontiguousarray(row_dots.reshape(B, T, NH).transpose(0, 2, 1))[..., None]  # (B, NH, T, 1)
     dqkv = xp.empty((B, T, 3, NH, HS), dtype=dout.dtype)
     dq, dk, dv = dqkv.transpose(2, 0, 3, 1, 4)                             # (B, NH, T, HS) views
     blocks = row_blocks(B, NH * T * T, xp)
