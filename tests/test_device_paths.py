@@ -21,8 +21,8 @@ from tinylatent.ambiguity import measure_ambiguity
 from tinylatent.checkpoint import load_checkpoint
 from tinylatent.evaluate import evaluate
 from tinylatent.gpt import GPT, GPTConfig
-from tinylatent.optim import AdamW
 from tinylatent.language import paper_language, preset
+from tinylatent.optim import AdamW
 from tinylatent.train import TrainConfig, batches_loss_and_grads, stream_windows, train
 
 REAL_GPU_TOLERANCE = dict(rtol=1e-9, atol=1e-12)
