@@ -78,3 +78,22 @@ def test_blas_threads_reads_openblas_before_omp_without_threadpoolctl(bench_orac
     assert bench_oracle._bench.blas_threads() == "1"
     monkeypatch.delenv("OPENBLAS_NUM_THREADS")
     assert bench_oracle._bench.blas_threads() == "4"
+
+
+@pytest.mark.parametrize("seconds_by_size, expected", [
+    ({2048: 0.1}, 2048),                                   # the CPU: one 2048³ product is long enough
+    ({2048: 3e-4, 4096: 2.4e-3, 8192: 0.019}, 8192),       # an H100: doubled until one takes 10 ms
+    ({2048: 1e-3, 4096: 0.011}, 4096),
+    ({2048: 1e-5, 4096: 1e-5, 8192: 1e-5}, 8192),          # never long enough: capped at LARGEST_PEAK_SIZE
+])
+def test_the_matmul_peak_grows_its_product_until_one_takes_ten_milliseconds(bench_train, monkeypatch,
+                                                                             seconds_by_size, expected):
+    built = []
+
+    def multiply(n):
+        built.append(n)
+        return lambda: n
+
+    monkeypatch.setattr(bench_train, "seconds_of", lambda run, sync: seconds_by_size[run()])
+    assert bench_train.peak_size(multiply, sync=lambda: None) == expected
+    assert built == [n for n in (2048, 4096) if n <= expected]  # each size below the cap is timed once
