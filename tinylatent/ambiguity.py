@@ -34,8 +34,7 @@ import numpy as np
 from tinylatent.backend import array_module, to_device, to_host
 from tinylatent.language import (DELIMITER_ID, Language, SeedLike, _draw, as_generator, fixed_length,
                                  sample_message_matrix)
-from tinylatent.oracle import Oracle
-from tinylatent.theorems import posterior_error
+from tinylatent.oracle import Oracle, logsumexp, posterior_error
 
 Z_95 = 1.959963984540054  # the 97.5% quantile of the standard normal
 MAX_ENUMERATED_MESSAGES = 200_000
@@ -130,10 +129,7 @@ def posterior_from_log_likelihoods(log_likelihood: np.ndarray, prior: np.ndarray
     """
     with np.errstate(divide="ignore"):
         log_joint = np.log(prior)[:, None] + log_likelihood                           # log q(θ, x), (K, M)
-    shift = log_joint.max(axis=0)
-    shift = np.where(np.isfinite(shift), shift, 0.0)
-    with np.errstate(divide="ignore"):
-        log_marginal = np.log(np.exp(log_joint - shift).sum(axis=0)) + shift
+    log_marginal = logsumexp(np, log_joint, axis=0)                                  # log q(x), (M,)
     with np.errstate(invalid="ignore"):
         posterior = np.exp(log_joint - log_marginal)
     ambiguous = np.isfinite(log_joint).sum(axis=0) >= 2
@@ -171,7 +167,7 @@ def measure_ambiguity(language: Language, n_messages: int = 20_000, seed: SeedLi
 def _sampled(language: Language, n_messages: int, rng: np.random.Generator, message_length, device) -> AmbiguityReport:
     prior = language.stationary_intentions()
     true_intentions = _draw(np.broadcast_to(prior, (n_messages, language.n_intentions)), rng.random(n_messages))
-    tokens, lengths = sample_message_matrix(language, true_intentions, rng)       # (M, L + 1) padded, (M,) letters
+    tokens, lengths = sample_message_matrix(language, true_intentions, rng)       # (M, n_max + 1) padded, (M,) letters
     oracle = Oracle(language)
     map_wrong = np.zeros(n_messages, dtype=bool)
     epsilon = np.zeros(n_messages, dtype=np.float64)

@@ -29,6 +29,7 @@ from typing import Optional
 import numpy as np
 
 from tinylatent import backend
+from tinylatent._checks import is_integer
 from tinylatent.layers import (
     add_prefix,
     block_backward,
@@ -92,7 +93,7 @@ class GPTConfig:
         """Raise ``ValueError`` naming the bad field and what is allowed; return self if fine."""
         for name in ("vocab_size", "context_length", "n_layer", "n_head", "d_model"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+            if not is_integer(value) or value <= 0:
                 raise ValueError(f"GPTConfig.{name} must be a positive integer; got {value!r}")
         if self.d_model % self.n_head != 0:
             raise ValueError(
@@ -414,13 +415,12 @@ class GPT:
         window slides, every position's embedding changes, and the cache is rebuilt for
         each token, which costs what recomputing does.
         """
-        if isinstance(n_new_tokens, bool) or not isinstance(n_new_tokens, (int, np.integer)) or n_new_tokens < 0:
+        if not is_integer(n_new_tokens) or n_new_tokens < 0:
             raise ValueError(f"n_new_tokens must be a non-negative integer; got {n_new_tokens!r}")
         if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
             raise ValueError(f"temperature must be a positive finite number; got {temperature!r}")
         V = self.config.vocab_size
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer))
-                                  or not 1 <= top_k <= V):
+        if top_k is not None and (not is_integer(top_k) or not 1 <= top_k <= V):
             raise ValueError(f"top_k must be None or an integer in [1, {V}]; got {top_k!r}")
         tokens = np.array(backend.to_host(idx))
         one_sequence = tokens.ndim == 1

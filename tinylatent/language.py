@@ -34,6 +34,7 @@ from typing import NamedTuple, Optional, Union
 
 import numpy as np
 
+from tinylatent._checks import is_integer
 from tinylatent._io import write_json
 
 DELIMITER_ID = 0  # the delimiter token ``\n`` has id 0; letter i has id i + 1
@@ -51,7 +52,7 @@ def as_generator(seed: SeedLike) -> np.random.Generator:
     """
     if isinstance(seed, np.random.Generator):
         return seed
-    if seed is None or (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool)):
+    if seed is None or is_integer(seed):
         if seed is not None and seed < 0:
             raise ValueError(f"a seed must be a non-negative integer; got {seed}")
         return np.random.default_rng(seed)
@@ -258,29 +259,17 @@ class Language:
 
     def check_tokens(self, token_ids, what: str = "tokens") -> np.ndarray:
         """Return ``token_ids`` as an int64 array after checking every id is in the vocabulary."""
-        ids = np.asarray(token_ids)
-        if ids.size and not np.issubdtype(ids.dtype, np.integer):
-            raise ValueError(f"{what} must be integer token ids; got dtype {ids.dtype}")
-        ids = ids.astype(np.int64, copy=False)
-        if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
-            bad = int(ids.min()) if ids.min() < 0 else int(ids.max())
-            raise ValueError(f"{what}: token id {bad} is outside the vocabulary [0, {self.vocab_size})")
-        return ids
+        return _checked_ids(token_ids, self.vocab_size, what, "integer token ids",
+                            lambda bad: f"token id {bad} is outside the vocabulary [0, {self.vocab_size})")
 
     def check_intentions(self, intentions, what: str = "intentions") -> np.ndarray:
         """Return ``intentions`` as an int64 array of the same shape after checking that each is
         an integer id θ in 0..K−1 (a float such as 1.7 is refused, not truncated; a negative
         id is refused, not wrapped around)."""
-        values = np.asarray(intentions)
         last = self.n_intentions - 1
-        if values.size and not np.issubdtype(values.dtype, np.integer):   # bool is not an integer type here
-            raise ValueError(f"{what} must be integer intention ids in 0..{last}; got dtype {values.dtype}")
-        values = values.astype(np.int64, copy=False)
-        if values.size and (values.min() < 0 or values.max() > last):
-            bad = int(values.min()) if values.min() < 0 else int(values.max())
-            raise ValueError(f"{what}: intention {bad} is outside 0..{last} "
-                             f"(the language has K = {self.n_intentions} intentions; negative ids do not wrap)")
-        return values
+        return _checked_ids(intentions, self.n_intentions, what, f"integer intention ids in 0..{last}",
+                            lambda bad: f"intention {bad} is outside 0..{last} (the language has "
+                                        f"K = {self.n_intentions} intentions; negative ids do not wrap)")
 
     def check_prior(self, prior, what: str = "prior") -> np.ndarray:
         """Return ``prior`` as a (K,) float64 distribution over the intentions, held to the rule
@@ -404,9 +393,17 @@ def _stationary_of_irreducible(transition: np.ndarray) -> np.ndarray:
     return weights / weights.sum()
 
 
-def _is_integer(value) -> bool:
-    """True for an int or NumPy integer (not a bool, not a float such as 1.5 or 2.0)."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+def _checked_ids(values, n_ids: int, what: str, kind: str, outside) -> np.ndarray:
+    """``values`` as an int64 array of the same shape, each checked to be an integer id in
+    [0, n_ids): a float such as 1.7 (or a bool) is refused with "``what`` must be ``kind``",
+    an id out of range with "``what``: ``outside(id)``"."""
+    ids = np.asarray(values)
+    if ids.size and not np.issubdtype(ids.dtype, np.integer):   # bool is not an integer type here
+        raise ValueError(f"{what} must be {kind}; got dtype {ids.dtype}")
+    ids = ids.astype(np.int64, copy=False)
+    if ids.size and (ids.min() < 0 or ids.max() >= n_ids):
+        raise ValueError(f"{what}: {outside(int(ids.min()) if ids.min() < 0 else int(ids.max()))}")
+    return ids
 
 
 def _default_alphabet(n_letters: int) -> tuple:
@@ -571,7 +568,7 @@ def random_language(
     if not (math.isfinite(eta) and eta >= 0.0):
         raise ValueError(f"the noise level eta must be ≥ 0; got {eta}")
     block = n_letters if letters_per_intention is None else letters_per_intention
-    if not _is_integer(block) or not 1 <= block <= n_letters:
+    if not is_integer(block) or not 1 <= block <= n_letters:
         raise ValueError(f"letters_per_intention must be an integer in 1..{n_letters} (or None); got {letters_per_intention!r}")
     block = int(block)
 
@@ -606,7 +603,7 @@ def random_language(
     initial = rng.dirichlet(np.full(n_intentions, max(concentration, 1.0)))
 
     if isinstance(message_length, (tuple, list)):
-        if len(message_length) != 2 or not all(_is_integer(v) for v in message_length):
+        if len(message_length) != 2 or not all(is_integer(v) for v in message_length):
             raise ValueError(f"message_length must be an integer or a pair (low, high) of integers; got {message_length!r}")
         low, high = (int(v) for v in message_length)
         if not 1 <= low <= high:
@@ -702,7 +699,7 @@ def sample_intentions(language: Language, n_messages: int, rng: SeedLike, first:
     if first is None:
         current = int(_draw(language.initial[None, :], uniforms[:1])[0])
     else:
-        if not _is_integer(first) or not 0 <= first < language.n_intentions:
+        if not is_integer(first) or not 0 <= first < language.n_intentions:
             raise ValueError(f"the first intention must be an integer in 0..{language.n_intentions - 1}; got {first!r}")
         current = int(first)
     intentions[0] = current
@@ -715,7 +712,8 @@ def sample_intentions(language: Language, n_messages: int, rng: SeedLike, first:
 
 
 def _sample_message_matrix(language: Language, intentions: np.ndarray, rng: np.random.Generator):
-    """Messages as a padded matrix: token ids (M, L + 1) and lengths (M,) in letters.
+    """Messages as a padded matrix: token ids (M, n_max + 1) and lengths (M,) in letters,
+    n_max the longest message drawn.
 
     Row j holds message j's letters (ids 1..V) then the delimiter (id 0) at column
     ``lengths[j]``; columns after it are padding (also 0). The inner chain is sampled
@@ -744,10 +742,10 @@ def _flatten_messages(tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 
 def sample_message_matrix(language: Language, intentions, rng: SeedLike) -> tuple:
-    """One message per given intention, as a padded matrix: token ids (M, L + 1) int64 and
-    lengths (M,) in letters; row j is message j's letters, its delimiter at column
-    ``lengths[j]``, then padding. The same draws as :func:`sample_messages`, without a
-    Python array per message (for many messages)."""
+    """One message per given intention, as a padded matrix: token ids (M, n_max + 1) int64
+    (n_max the longest message drawn) and lengths (M,) in letters; row j is message j's
+    letters, its delimiter at column ``lengths[j]``, then padding. The same draws as
+    :func:`sample_messages`, without a Python array per message (for many messages)."""
     rng = as_generator(rng)
     intentions = language.check_intentions(intentions).ravel()
     return _sample_message_matrix(language, intentions, rng)
@@ -784,7 +782,7 @@ def sample_windows(language: Language, n_windows: int, window_length: int, seed:
         raise ValueError(f"window_length must be a positive integer; got {window_length}")
     if int(n_windows) != n_windows or n_windows < 1:
         raise ValueError(f"n_windows must be a positive integer; got {n_windows}")
-    if not _is_integer(burn_in_messages) or burn_in_messages < 0:
+    if not is_integer(burn_in_messages) or burn_in_messages < 0:
         raise ValueError(f"burn_in_messages must be an integer ≥ 0; got {burn_in_messages!r}")
     n_windows, window_length, burn_in_messages = int(n_windows), int(window_length), int(burn_in_messages)
     shortest_message = int(language.length_probs.nonzero()[0].min()) + 1  # tokens, delimiter included

@@ -13,6 +13,7 @@ from typing import NamedTuple
 import numpy as np
 
 from tinylatent import backend
+from tinylatent._checks import is_integer, is_real
 from tinylatent.layers import block_buffer, row_blocks
 
 
@@ -21,29 +22,29 @@ class _StepScalars(NamedTuple):
 
     beta1: float
     beta2: float
-    moves: bool                   # False when lr = 0: the moments update, the parameters do not
+    moves: bool                   # False when lr = 0 or 1/step_size overflows: only the moments update
     denominator_scale: float      # 1 / (sqrt(1 - beta2^t) * step_size)
     denominator_shift: float      # eps / step_size
     decay_factor: float           # 1 - lr * weight_decay
 
 
-def _moment_and_parameter_passes(p, g, m, v, scratch, xp, c: _StepScalars) -> None:
+def _moment_and_parameter_passes(p, g, m, v, scratch, xp, scalars: _StepScalars) -> None:
     """The in-place passes of one update, after the weight decay; p, g, m, v, scratch of one shape.
 
         m <- beta1 m + (1 - beta1) g
         v <- beta2 v + (1 - beta2) g^2
         p <- p - m / ((sqrt(v) * denominator_scale) + denominator_shift)
     """
-    m *= c.beta1
-    m += xp.multiply(g, 1.0 - c.beta1, out=scratch)
-    v *= c.beta2
-    xp.multiply(g, 1.0 - c.beta2, out=scratch)
+    m *= scalars.beta1
+    m += xp.multiply(g, 1.0 - scalars.beta1, out=scratch)
+    v *= scalars.beta2
+    xp.multiply(g, 1.0 - scalars.beta2, out=scratch)
     scratch *= g
     v += scratch
-    if c.moves:
+    if scalars.moves:
         xp.sqrt(v, out=scratch)                             # (sqrt(v_hat) + eps) / step_size
-        scratch *= c.denominator_scale
-        scratch += c.denominator_shift
+        scratch *= scalars.denominator_scale
+        scratch += scalars.denominator_shift
         p -= xp.divide(m, scratch, out=scratch)            # p <- p - step_size m_hat / (...)
 
 
@@ -58,11 +59,6 @@ class _AllAtOnce(NamedTuple):
     m: object                     # (P,) first moments
     v: object                     # (P,) second moments
     scratch: object               # (P,) work buffer
-
-
-def _is_real(value) -> bool:
-    """A real number (Python or NumPy), not a bool or a string."""
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
 
 
 class AdamW:
@@ -87,12 +83,12 @@ class AdamW:
     def __init__(self, weight_decay: float = 0.1, betas: tuple = (0.9, 0.95), eps: float = 1e-8):
         # nanoGPT / the paper: weight_decay 0.1, betas (0.9, 0.95); PyTorch's eps 1e-8
         if not (isinstance(betas, (tuple, list)) and len(betas) == 2
-                and all(_is_real(b) and 0.0 <= b < 1.0 for b in betas)):
+                and all(is_real(b) and 0.0 <= b < 1.0 for b in betas)):
             raise ValueError(f"betas must be two numbers in [0, 1); got {betas!r}")
         beta1, beta2 = float(betas[0]), float(betas[1])
-        if not (_is_real(eps) and math.isfinite(eps) and eps > 0.0):
+        if not (is_real(eps) and math.isfinite(eps) and eps > 0.0):
             raise ValueError(f"eps must be a positive number; got {eps!r}")
-        if not (_is_real(weight_decay) and math.isfinite(weight_decay) and weight_decay >= 0.0):
+        if not (is_real(weight_decay) and math.isfinite(weight_decay) and weight_decay >= 0.0):
             raise ValueError(f"weight_decay must be a non-negative number; got {weight_decay!r}")
         self.weight_decay = float(weight_decay)
         self.beta1, self.beta2 = beta1, beta2
@@ -156,7 +152,7 @@ class AdamW:
         # lr = 0 (a schedule's end) updates the moments only; so does a step so small that
         # 1 / step_size overflows the parameters' dtype (its update, at most about
         # step_size / sqrt(1 - beta2), would be lost to rounding anyway, and inf * 0 is NaN)
-        largest = min(float(np.finfo(param.dtype).max) for param in params.values())
+        largest = min((float(np.finfo(param.dtype).max) for param in params.values()), default=math.inf)
         moves = step_size != 0.0 and max(inv_sqrt_correction2, self.eps) / step_size < largest
         scalars = _StepScalars(
             beta1=self.beta1, beta2=self.beta2, moves=moves,
@@ -169,7 +165,6 @@ class AdamW:
             self._step_all_at_once(params, grads, xp, scalars)
             return
         for name, param in params.items():
-            xp = backend.xp_of(param)
             decays = self.decays(param) and self.weight_decay != 0.0
             p, g, m, v = (a.reshape(-1) for a in (param, grads[name], self.m[name], self.v[name]))
             blocks = row_blocks(p.size, 1, xp)
@@ -239,7 +234,7 @@ class AdamW:
         if missing:
             raise ValueError(f"optimizer state is missing {sorted(missing)}")
         step = state["step"]
-        if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, np.integer)) or step < 0:
+        if not is_integer(step) or step < 0:
             raise ValueError(f"optimizer state 'step' must be a non-negative integer; got {step!r}")
         if not (isinstance(state["m"], dict) and isinstance(state["v"], dict)):
             raise ValueError("optimizer state 'm' and 'v' must map parameter names to arrays")
@@ -271,7 +266,7 @@ def lr_at(step: int, max_lr: float, warmup_steps: int, total_steps: int, min_lr:
     decay, and min_lr at ``total_steps``. The warm-up's ``+ 1`` keeps step 0 from being
     a wasted step with lr = 0.
     """
-    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+    if not is_integer(step) or step < 0:
         raise ValueError(f"step must be a non-negative integer; got {step!r}")
     if warmup_steps < 0 or total_steps <= warmup_steps:
         raise ValueError(f"need 0 <= warmup_steps < total_steps; got warmup_steps={warmup_steps}, "

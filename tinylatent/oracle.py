@@ -38,8 +38,8 @@ filter stays a normal float64 number. When one intention explains the prompt far
 than another (a likelihood ratio beyond ~1e308, e.g. a long message), the smaller
 posterior would round to 0, and a later token that only that intention can write would
 wrongly read as impossible. So the fast pass also marks every sequence whose filter
-holds a positive entry p below a floor f, chosen so that p ≥ f times any one-step factor
-of the language stays ≥ 1e-300 (see ``UNDERFLOW_MARGIN``); only those sequences are run
+holds a positive entry p below a floor f, chosen so that p ≥ f implies p × (any one-step
+factor of the language) ≥ 1e-300 (see ``UNDERFLOW_MARGIN``); only those sequences are run
 again by the same recursion in log space, where log q(θ | x_{≤t}), log q(x_t | x_{<t})
 and log q(x) never underflow. (Reported probabilities, the posteriors and predictives,
 are float64 numbers: a true value below ~5e-324 reads as 0; their logs do not.)
@@ -76,7 +76,7 @@ def _smallest_positive(*arrays) -> float:
     return smallest
 
 
-def _logsumexp(xp, values, axis):
+def logsumexp(xp, values, axis):
     """log Σ exp(values) along ``axis`` (max-shifted; −inf where every term is −inf)."""
     shift = values.max(axis=axis, keepdims=True)
     shift = xp.where(xp.isfinite(shift), shift, 0.0)
@@ -88,6 +88,17 @@ def _log(xp, values):
     """log of probabilities, log 0 = −inf without a warning."""
     with np.errstate(divide="ignore"):
         return xp.log(values)
+
+
+def posterior_error(posterior, true_intentions):
+    """ε = 1 − q(θ* | ·), computed as Σ_{θ ≠ θ*} q(θ | ·) so that it stays accurate when tiny.
+
+    posterior (B, K), true_intentions θ* (B,) -> (B,); on the posterior's backend.
+    """
+    xp = xp_of(posterior)
+    posterior = xp.asarray(posterior, dtype=xp.float64)
+    is_true = xp.arange(posterior.shape[-1])[None, :] == xp.asarray(true_intentions)[:, None]
+    return xp.where(is_true, 0.0, posterior).sum(axis=-1)
 
 
 class FilterResult(NamedTuple):
@@ -183,7 +194,8 @@ class Oracle:
             _smallest_positive(self.pair_likelihood) * _smallest_positive(self.length_factor_by_kind)
             * _smallest_positive(self.transition))
         #   phase "unknown": (1 − h[n]) A_θ[ℓ, c] (or s_θ A_θ^n[c] for token 1), T[θ, θ'] s_θ'[c], h[n]
-        #   (the product of all the smallest factors: a floor lower than each step needs).
+        #   (the product of all the smallest factors: a floor at least as high as any one step
+        #   needs, so a cautious one).
         self.unknown_phase_floor = UNDERFLOW_MARGIN / (
             _smallest_positive(self.go_on[: max_length + 1]) * _smallest_positive(self.stop[: max_length + 1])
             * _smallest_positive(self.letter_transition, self.stationary_next_letter)
@@ -217,13 +229,7 @@ class Oracle:
             raise ValueError(f"tokens must be a (T,) or (B, T) array of token ids; got shape {tokens.shape}")
         if tokens.shape[1] == 0 or tokens.shape[0] == 0:
             raise ValueError("the prompt is empty: give at least one token")
-        host_tokens = to_host(tokens)
-        if not np.issubdtype(host_tokens.dtype, np.integer):
-            raise ValueError(f"prompt: token ids must be integers; got dtype {host_tokens.dtype}")
-        if host_tokens.min() < 0 or host_tokens.max() >= self.language.vocab_size:
-            bad = int(host_tokens.min()) if host_tokens.min() < 0 else int(host_tokens.max())
-            raise ValueError(f"prompt: token id {bad} is outside the vocabulary [0, {self.language.vocab_size})")
-        tokens = host_tokens.astype(np.int64, copy=False)  # validated on the host, before any indexing
+        tokens = self.language.check_tokens(to_host(tokens), "prompt")  # on the host, before any indexing
         if prior is not None:
             if phase != "start":
                 raise ValueError("a prior over the first intention applies to phase='start' only")
@@ -383,10 +389,10 @@ class Oracle:
             for t in range(length):
                 log_current = xp.where(opens[t][:, None], log_upcoming, log_filtered) if any_opens[t] else log_filtered
                 log_joint = log_current + log_likelihood[t]                             # log q(θ, x_t | x_{<t})
-                token_log_probs[t] = _logsumexp(xp, log_joint, axis=1)
+                token_log_probs[t] = logsumexp(xp, log_joint, axis=1)
                 log_filtered = log_posterior[t] = log_joint - token_log_probs[t][:, None]
                 if any_ends[t]:
-                    mixed = _logsumexp(xp, log_filtered[:, :, None] + log_transition[None], axis=1)
+                    mixed = logsumexp(xp, log_filtered[:, :, None] + log_transition[None], axis=1)
                     log_upcoming = xp.where(ends[t][:, None], mixed, log_upcoming)
         return log_posterior, token_log_probs
 
@@ -493,13 +499,13 @@ class Oracle:
                     log_letter_prob = log_letter_transition[:, previous_letter, letter].T[:, :, None]
                 same_message = xp.full_like(log_alpha, -xp.inf)
                 same_message[:, :, 1:] = (log_alpha + log_go_on + log_letter_prob)[:, :, :-1]
-                opening = (_logsumexp(xp, log_alpha[:, :, 0, None] + log_transition[None], axis=1)
+                opening = (logsumexp(xp, log_alpha[:, :, 0, None] + log_transition[None], axis=1)
                            + log_first_letter[:, letter].T)                                     # (B, K)
                 same_message[:, :, 1] = xp.logaddexp(same_message[:, :, 1], opening)
                 ends = xp.full_like(log_alpha, -xp.inf)
-                ends[:, :, 0] = _logsumexp(xp, log_alpha + log_stop, axis=2)
+                ends[:, :, 0] = logsumexp(xp, log_alpha + log_stop, axis=2)
                 log_joint = xp.where(is_delimiter[:, None, None], ends, same_message)
-                token_log_prob = _logsumexp(xp, log_joint.reshape(batch, -1), axis=1)
+                token_log_prob = logsumexp(xp, log_joint.reshape(batch, -1), axis=1)
                 ok = outputs.record_token(t, token_log_prob)
                 with np.errstate(invalid="ignore"):
                     log_alpha = xp.where(ok[:, None, None], log_joint - token_log_prob[:, None, None], log_alpha)
@@ -547,8 +553,9 @@ class Oracle:
         """(B, K) log q(x | θ_1 = θ) for every intention θ, θ_1 the intention of the first message.
 
         One filter per θ with the prior one-hot on θ_1 (phase "start"); later messages of x
-        follow the outer chain T. Only θ is possible at first, so nothing can underflow
-        against another intention; −inf where θ cannot write x. On the tokens' device.
+        follow the outer chain T. Within the first message only θ is possible, so nothing
+        can underflow against another intention there (later messages can, and the filter's
+        log-space rerun handles them); −inf where θ cannot write x. On the tokens' device.
         """
         xp = xp_of(tokens)
         one_hot = np.eye(self.language.n_intentions, dtype=np.float64)
@@ -587,9 +594,8 @@ class Oracle:
         result = self.filter(messages, phase="start", prior=prior, predictive=False)
         xp = xp_of(result.posterior)
         last = result.posterior[:, -1]                                                   # q(θ | x), (B, K)
-        true_intentions = xp.asarray(self._check_intentions(true_intentions, last.shape[0], "true_intentions"))
-        is_true = xp.arange(last.shape[1])[None, :] == true_intentions[:, None]
-        return xp.minimum(xp.where(is_true, 0.0, last).sum(axis=1), 1.0)                 # ≤ 1 up to rounding
+        true_intentions = self._check_intentions(true_intentions, last.shape[0], "true_intentions")
+        return xp.minimum(posterior_error(last, true_intentions), 1.0)                   # ≤ 1 up to rounding
 
 
 class _Outputs:

@@ -38,7 +38,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from tinylatent.language import DELIMITER_ID, Language, SeedLike, as_generator, sample_messages
-from tinylatent.oracle import Oracle
+from tinylatent.oracle import PHASES, Oracle, posterior_error
 
 ROUNDING_TOLERANCE = 1e-12  # absolute slack that ``holds`` allows for float64 rounding of probabilities
 MAX_CONTINUATIONS = 200_000  # the most k-token continuations understanding_continuations enumerates
@@ -69,13 +69,6 @@ def entropy(p: np.ndarray) -> np.ndarray:
     p = np.asarray(p, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         return -np.where(p > 0.0, p * np.log(np.where(p > 0.0, p, 1.0)), 0.0).sum(axis=-1)
-
-
-def posterior_error(posterior: np.ndarray, true_intentions) -> np.ndarray:
-    """1 − q(θ* | ·) computed as Σ_{θ ≠ θ*} q(θ | ·): (B, K), (B,) -> (B,), accurate when tiny."""
-    posterior = np.asarray(posterior, dtype=np.float64)
-    is_true = np.arange(posterior.shape[-1])[None, :] == np.asarray(true_intentions)[:, None]
-    return np.where(is_true, 0.0, posterior).sum(axis=-1)
 
 
 def kl_bound(ambiguity) -> np.ndarray:
@@ -152,8 +145,8 @@ def _require_messages(sequences, what: str, end: str) -> None:
 
 
 def _check_phase(phase: str, prior) -> None:
-    if phase not in ("start", "unknown"):
-        raise ValueError(f"phase must be 'start' or 'unknown'; got {phase!r}")
+    if phase not in PHASES:
+        raise ValueError(f"phase must be one of {', '.join(PHASES)}; got {phase!r}")
     if phase != "start" and prior is not None:
         raise ValueError("a prior over the first intention applies to phase='start' only: a window of unknown "
                          "phase starts from the stationary state; pass prior=None")
@@ -438,7 +431,8 @@ def understanding_next_token(language: Language, prompts, next_intentions, phase
     _check_phase(phase, prior)
     prompts = _check_sequences(language, prompts, "prompts")
     next_intentions = _check_intentions(language, next_intentions, _n_sequences(prompts), "next_intentions")
-    state = final_state(language, prompts, prior=prior, known_intention=next_intentions, phase=phase)
+    prior = _prior_or_stationary(language, prior) if phase == "start" else None
+    state = _final_state(language, prompts, prior, next_intentions, phase, None)
     ambiguity = posterior_error(state.next_posterior, next_intentions)
     return _understanding_result(state.predictive, state.known_intention_predictive, ambiguity)
 
@@ -604,7 +598,13 @@ def known_intention_next_token(language: Language, queries, intentions) -> np.nd
     """
     queries = _check_sequences(language, queries, "queries")
     intentions = _check_intentions(language, intentions, _n_sequences(queries), "intentions")
-    return final_state(language, queries, known_intention=intentions).known_intention_predictive
+    return _known_intention_next_token(language, queries, intentions, None)
+
+
+def _known_intention_next_token(language: Language, queries, intentions, oracle: Optional[Oracle]) -> np.ndarray:
+    """:func:`known_intention_next_token` on checked input."""
+    return _final_state(language, queries, language.stationary_intentions(), intentions, "start",
+                        oracle).known_intention_predictive
 
 
 class ICLResult(NamedTuple):
@@ -747,8 +747,7 @@ def icl_posterior_concentration(language: Language, tasks: ICLTasks, n_examples:
     prompts = tasks.prompts(n_examples)
     state = _final_state(language, prompts, prior, None, "start", oracle)
     error = posterior_error(state.posterior, truth)
-    target = _final_state(language, tasks.queries, language.stationary_intentions(), truth, "start",
-                          oracle).known_intention_predictive                    # known_intention_next_token
+    target = _known_intention_next_token(language, tasks.queries, truth, oracle)
     tv = total_variation(state.predictive, target)
     kl = kl_divergence(target, state.predictive)
     bound_kl = kl_bound(error)

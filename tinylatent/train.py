@@ -61,6 +61,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
+from tinylatent._checks import is_integer, is_real
 from tinylatent._io import atomic_write
 from tinylatent.backend import check_device, to_device, to_host, xp_of
 from tinylatent.checkpoint import CHECKPOINT_FILENAME, load_checkpoint, save_checkpoint
@@ -125,23 +126,21 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Raise ``ValueError`` naming the bad field and what is allowed; return self if fine."""
-        def positive_int(name, allow_none=False):
+        def integer_at_least(name, minimum, allow_none=False):
             value = getattr(self, name)
             if allow_none and value is None:
                 return
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"TrainConfig.{name} must be a positive integer; got {value!r}")
+            if not is_integer(value) or value < minimum:
+                kind = "positive" if minimum == 1 else "non-negative"
+                raise ValueError(f"TrainConfig.{name} must be a {kind} integer; got {value!r}")
 
-        for name in ("steps", "batch_size", "eval_interval", "eval_windows", "checkpoint_interval", "corpus_messages"):
-            positive_int(name)
-        positive_int("context_length", allow_none=True)
-        positive_int("short_context")
-        if isinstance(self.short_windows, bool) or not isinstance(self.short_windows, (int, np.integer)) \
-                or self.short_windows < 0:
-            raise ValueError(f"TrainConfig.short_windows must be a non-negative integer; got {self.short_windows!r}")
-        if self.warmup_steps is not None and (
-                isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, (int, np.integer))
-                or not 0 <= self.warmup_steps < self.steps):
+        for name in ("steps", "batch_size", "eval_interval", "eval_windows", "checkpoint_interval", "corpus_messages",
+                     "short_context"):
+            integer_at_least(name, 1)
+        integer_at_least("context_length", 1, allow_none=True)
+        integer_at_least("short_windows", 0)
+        integer_at_least("seed", 0)
+        if self.warmup_steps is not None and (not is_integer(self.warmup_steps) or not 0 <= self.warmup_steps < self.steps):
             raise ValueError(f"TrainConfig.warmup_steps must be an integer in [0, steps) = [0, {self.steps}); "
                              f"got {self.warmup_steps!r}")
         if not _is_number(self.max_lr) or self.max_lr <= 0:
@@ -155,8 +154,6 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.betas must be two numbers in [0, 1); got {self.betas!r}")
         if not _is_number(self.grad_clip) or self.grad_clip <= 0:
             raise ValueError(f"TrainConfig.grad_clip must be a positive number; got {self.grad_clip!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
-            raise ValueError(f"TrainConfig.seed must be a non-negative integer; got {self.seed!r}")
         if self.data not in DATA_MODES:
             raise ValueError(f"TrainConfig.data must be one of {', '.join(DATA_MODES)}; got {self.data!r}")
         if not _is_number(self.validation_fraction) or not 0 < self.validation_fraction < 1:
@@ -201,7 +198,8 @@ class TrainConfig:
 
 
 def _is_number(value) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite real number (not a bool)."""
+    return is_real(value) and math.isfinite(value)
 
 
 class TrainingDiverged(ValueError):
