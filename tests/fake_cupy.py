@@ -355,43 +355,20 @@ _ABSENT = {
 
 
 class _Device:
-    def __init__(self, device_id: int = 0):
-        self.id = device_id
-
-    def synchronize(self) -> None:
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-class _MemoryPool:
-    def used_bytes(self) -> int:
-        return 0
-
-    def total_bytes(self) -> int:
-        return 0
-
-    def free_all_blocks(self) -> None:
+    def synchronize(self) -> None:  # what benchmarks wait with; the fake's work is never queued
         pass
 
 
-runtime = types.SimpleNamespace(
+runtime = types.SimpleNamespace(   # what tinylatent.backend and benchmarks/gpu_check.sh ask
     getDeviceCount=lambda: 1,
-    getDevice=lambda: 0,
-    deviceSynchronize=lambda: None,
-    getDeviceProperties=lambda device_id: {"name": b"fake CuPy device (NumPy on the CPU)",
-                                           "totalGlobalMem": 0, "multiProcessorCount": 0},
+    getDeviceProperties=lambda device_id: {"name": b"fake CuPy device (NumPy on the CPU)", "totalGlobalMem": 0},
 )
-cuda = types.SimpleNamespace(runtime=runtime, Device=_Device, is_available=lambda: True)
+cuda = types.SimpleNamespace(runtime=runtime, Device=_Device)
 
 cupy = types.ModuleType("cupy", __doc__)
 cupy.__dict__.update(
     ndarray=ndarray, asarray=asarray, array=asarray, asnumpy=asnumpy, cuda=cuda,
-    get_default_memory_pool=_MemoryPool, __version__="fake", __getattr__=_module_getattr,
+    __version__="fake", __getattr__=_module_getattr,
 )
 
 

@@ -349,7 +349,8 @@ class GPT:
                 raise ValueError("backward needs a forward with targets (or an explicit dlogits)")
             dlogits = cross_entropy_backward(1.0, cache.loss)
         else:
-            expected = tuple(cache.lm_head[2][:-1]) + (cfg.vocab_size,)       # lm_head cache: (x_rows, weight, x.shape)
+            _, _, x_shape = cache.lm_head                                      # lm_head_forward's cache: (x_rows, weight, x.shape)
+            expected = tuple(x_shape[:-1]) + (cfg.vocab_size,)                  # the logits' (B, T, V)
             if tuple(dlogits.shape) != tuple(expected) or dlogits.dtype != np.dtype(cfg.dtype):
                 raise ValueError(f"dlogits must have the logits' shape {tuple(expected)} and the model's dtype "
                                  f"{cfg.dtype}; got shape {tuple(dlogits.shape)}, dtype {dlogits.dtype}")

@@ -227,7 +227,7 @@ def layernorm_backward(dout, cache, out=None):
     dbias = xp.zeros(C, dtype=dout.dtype) if has_bias else None
     averages = xp.full(C, 1.0 / C, dtype=dout.dtype)                     # (C,): rows @ averages = row means
     blocks = row_blocks(N, C, xp)
-    products = block_buffer(blocks, (C,), dout.dtype, xp)                # dout * xhat, a block at a time
+    products = block_buffer(blocks, (C,), dout.dtype, xp)                # scratch block: dout * xhat, then the variance term
     ones = xp.ones(len(products), dtype=dout.dtype)                      # ones @ rows = column sums
     for rows in blocks:
         dout_block, xhat_block = dout_rows[rows], xhat[rows]
