@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Callable
 
-from tinylatent.cli import OneLineParser, check_output_file, error_text, int_in
+from tinylatent.cli import OneLineParser, check_json_output, error_text, int_in
 
 MAX_THREADS = 1_024
 
@@ -44,10 +44,7 @@ def non_negative_float(text: str) -> float:
 
 def check_json(args) -> None:
     """The ``--json`` path, checked before the run (a run of minutes must not fail at its last line)."""
-    if args.json is not None:
-        check_output_file(args.json, args.force, "--json")
-    elif args.force:
-        raise ValueError("--force replaces the --json file; give it with --json PATH")
+    check_json_output(args.json, args.force)
 
 
 def run(program: str, main: Callable[[], int]) -> int:

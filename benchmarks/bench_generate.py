@@ -32,9 +32,9 @@ from bench_train import CONFIGS, synchroniser  # noqa: E402
 from tinylatent import backend  # noqa: E402
 from tinylatent._io import write_json  # noqa: E402
 from tinylatent.cli import int_in  # noqa: E402
+from tinylatent.gpt import GPT  # noqa: E402
 
 PROGRAM = "bench_generate.py"
-from tinylatent.gpt import GPT  # noqa: E402
 
 
 def time_generate(model: GPT, prompt, n_new: int, use_cache: bool, sync, clock):

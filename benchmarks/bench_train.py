@@ -68,7 +68,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np  # noqa: E402
 
 import _bench  # noqa: E402
-from _bench import blas_threads, set_blas_threads  # noqa: E402,F401 (bench_generate imports them from here too)
+from _bench import blas_threads, set_blas_threads  # noqa: E402
 
 from tinylatent import backend, gpt, layers  # noqa: E402
 from tinylatent._io import write_json  # noqa: E402
@@ -154,6 +154,16 @@ def peak_size(multiply, sync) -> int:
     return n
 
 
+def _best_gflops(multiply, sync, repeats: int) -> dict:
+    """GFLOP/s of the best of ``repeats`` n³ products (n from :func:`peak_size`), by each clock, and ``"n"``."""
+    n = peak_size(multiply, sync)
+    run = multiply(n)
+    run()  # warm up
+    times = [wall_and_cpu_seconds(run, sync) for _ in range(repeats)]
+    peaks = {clock: 2.0 * n ** 3 / min(t[i] for t in times) / 1e9 for i, clock in enumerate(("wall", "cpu"))}
+    return {**peaks, "n": n}
+
+
 def matmul_peak(device: str, sync, repeats: int = 5) -> dict:
     """float32 GFLOP/s of an (n, n) @ (n, n) product (n from :func:`peak_size`), the best of
     ``repeats``, by each clock, and ``"n"``."""
@@ -165,12 +175,7 @@ def matmul_peak(device: str, sync, repeats: int = 5) -> dict:
         out = xp.empty((n, n), dtype=xp.float32)
         return lambda: xp.matmul(a, b, out=out)
 
-    n = peak_size(multiply, sync)
-    run = multiply(n)
-    run()  # warm up
-    times = [wall_and_cpu_seconds(run, sync) for _ in range(repeats)]
-    peaks = {clock: 2.0 * n ** 3 / min(t[i] for t in times) / 1e9 for i, clock in enumerate(("wall", "cpu"))}
-    return {**peaks, "n": n}
+    return _best_gflops(multiply, sync, repeats)
 
 
 def cupy_tf32() -> bool:
@@ -189,12 +194,7 @@ def torch_matmul_peak(torch, device, repeats: int = 5) -> dict:
         a, b = (torch.randn(n, n, device=device) for _ in range(2))
         return lambda: a @ b
 
-    n = peak_size(multiply, sync)
-    run = multiply(n)
-    run()
-    times = [wall_and_cpu_seconds(run, sync) for _ in range(repeats)]
-    peaks = {clock: 2.0 * n ** 3 / min(t[i] for t in times) / 1e9 for i, clock in enumerate(("wall", "cpu"))}
-    return {**peaks, "n": n}
+    return _best_gflops(multiply, sync, repeats)
 
 
 # --------------------------------------------------------------------------------------

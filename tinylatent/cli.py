@@ -7,10 +7,11 @@ a user who typed something wrong sees what was wrong and what is allowed, never 
 traceback. That covers a bad value (ValueError), a file that cannot be read or written
 (OSError: missing, a folder, a full disk) and a request too large for memory (MemoryError).
 
-It also holds what every command line of the project shares (the examples and benchmarks
-use them too): :class:`OneLineParser`, :func:`int_in` for bounded sizes, and
-:func:`check_output_file` / :func:`check_output_folder`, which refuse an output path before
-any work is done (an existing file is replaced only with ``--force``).
+It also holds what the project's command lines share: :class:`OneLineParser` and
+:func:`int_in` for bounded sizes (here and in the benchmarks), :func:`error_text`, and
+:func:`check_output_file` / :func:`check_output_folder` / :func:`check_json_output`, which
+refuse an output path before any work is done (an existing file is replaced only with
+``--force``; the examples and benchmarks use them too).
 """
 from __future__ import annotations
 
@@ -35,6 +36,29 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # noqa: D401 - argparse API
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer; got {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer ≥ 1 (a count with no useful upper bound)."""
+    value = _integer(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: an integer ≥ 0 (a seed)."""
+    value = _integer(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer; got {text}")
+    return value
 
 
 def int_in(low: int, high: int):
@@ -71,6 +95,16 @@ def check_output_file(path, force: bool, option: str) -> Path:
     if out.is_file() and not force:     # a stream such as /dev/stdout or a FIFO loses nothing
         raise ValueError(f"{option} {text} exists; pass --force to replace it (nothing is overwritten without it)")
     return out
+
+
+def check_json_output(path, force: bool, stdout: str | None = None, metavar: str = "PATH") -> None:
+    """``--json PATH`` with ``--force``, as every command, example and benchmark takes them:
+    the path checked by :func:`check_output_file` (``stdout``, when given, is the value that
+    prints the JSON instead), and ``--force`` refused without a file for it to replace."""
+    if path is not None and path != stdout:
+        check_output_file(path, force, "--json")
+    elif force:
+        raise ValueError(f"--force replaces the --json file; give it with --json {metavar}")
 
 
 def check_output_folder(path, option: str) -> Path:

@@ -13,7 +13,7 @@ import json
 import numpy as np
 
 from tinylatent._io import write_json, write_text
-from tinylatent.cli import check_output_file, int_in
+from tinylatent.cli import check_output_file, int_in, positive_int
 from tinylatent.backend import DEVICES, array_module, to_device, to_host
 from tinylatent.ambiguity import measure_ambiguity
 from tinylatent.language import (
@@ -193,15 +193,6 @@ def cmd_posterior(args) -> int:
         print(f"  {vocabulary[i]!r:>6}: {next_token[i]:.6f}")
     return 0
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text}")
-    return value
-
 def register(subparsers) -> None:
     p = subparsers.add_parser("language", help="write a language JSON from a preset (or a random one) and summarise it",
                               description="Summarise a language (a preset, a file, or with --random a new random "
@@ -256,7 +247,7 @@ def register(subparsers) -> None:
     p.add_argument("--prompt", required=True, help="the prompt text; type the delimiter as \\n")
     p.add_argument("--phase", choices=["start", "unknown"], default="start",
                    help="start: the prompt begins a message; unknown: a window from anywhere in the stream")
-    p.add_argument("--top", type=_positive_int, default=5, help="how many next tokens to list")
+    p.add_argument("--top", type=positive_int, default=5, help="how many next tokens to list")
     add_device_argument(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_posterior)

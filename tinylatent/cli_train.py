@@ -16,20 +16,19 @@ machine could hold fails at once, with the range, instead of running out of memo
 """
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import replace
 from pathlib import Path
 
 from tinylatent.backend import DEVICES
 from tinylatent.checkpoint import CHECKPOINT_FILENAME, load_checkpoint
-from tinylatent.cli import check_output_folder, int_in
+from tinylatent.cli import check_output_folder, int_in, non_negative_int, positive_int
+from tinylatent.cli_language import DEFAULT_PRESET, language_from_args
 from tinylatent.gpt import DTYPES, GPTConfig
-from tinylatent.language import PRESETS, as_generator, load_language, preset
+from tinylatent.language import PRESETS, as_generator
 from tinylatent.train import DATA_MODES, LOG_FILENAME, TrainConfig, train
 
 MODEL_PRESETS = ("small", "paper")
-DEFAULT_PRESET = "paper"
 DEFAULT_MODEL = "small"
 DEFAULT_OUT = "runs/train"
 DEFAULT_NEW_TOKENS = 200  # about nine messages of the paper's language (22 tokens each)
@@ -44,27 +43,6 @@ MAX_BATCH = 1_024
 MAX_CORPUS_MESSAGES = 10_000_000
 MAX_EVAL_WINDOWS = 100_000
 MAX_NEW_TOKENS = 1_000_000
-
-
-def _positive_int(text: str) -> int:
-    value = _integer(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = _integer(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer; got {text}")
-    return value
-
-
-def _integer(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer; got {text!r}") from None
 
 
 def _print_json(obj) -> None:
@@ -89,13 +67,9 @@ _MODEL_OPTIONS = (("n_layer", "n_layer"), ("n_head", "n_head"), ("d_model", "d_m
 
 def _language_from_args(args, stored=None):
     """The language named on the command line, or the checkpoint's when none is named."""
-    if args.language_file is not None:
-        if args.eta is not None:
-            raise ValueError("--eta sets the noise of a preset; it cannot be combined with --language-file")
-        return load_language(args.language_file)
-    if args.preset is None and args.eta is None and stored is not None:
+    if args.language_file is None and args.preset is None and args.eta is None and stored is not None:
         return stored
-    return preset(args.preset or DEFAULT_PRESET, 0.0 if args.eta is None else args.eta)
+    return language_from_args(args)
 
 
 def _model_config_from_args(args, vocab_size: int, stored=None) -> GPTConfig:
@@ -232,7 +206,7 @@ def register(subparsers) -> None:
                        help="the parameters' and activations' float type (default float32; float64 for "
                             "precision studies and device-against-CPU checks)")
     run = p.add_argument_group("training (defaults: TrainConfig, the paper's run)")
-    run.add_argument("--steps", type=_positive_int, default=None, help="optimiser steps (default 5000)")
+    run.add_argument("--steps", type=positive_int, default=None, help="optimiser steps (default 5000)")
     run.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=None,
                      help=f"windows per step, 1..{MAX_BATCH:,} (default 12)")
     run.add_argument("--lr", type=float, default=None, help="peak learning rate (default 6e-4); the cosine decays it to --min-lr")
@@ -245,17 +219,17 @@ def register(subparsers) -> None:
                           f"0..{MAX_BATCH:,} (default 0)")
     run.add_argument("--short-context", type=int_in(1, MAX_CONTEXT), default=None,
                      help="tokens of each short window, at most the context (default 8)")
-    run.add_argument("--warmup", type=_non_negative_int, default=None,
+    run.add_argument("--warmup", type=non_negative_int, default=None,
                      help="warm-up steps (default min(100, steps/10))")
-    run.add_argument("--seed", type=_non_negative_int, default=None, help="seed of every random stream (default 0)")
+    run.add_argument("--seed", type=non_negative_int, default=None, help="seed of every random stream (default 0)")
     run.add_argument("--data", choices=DATA_MODES, default=None,
                      help="stream: fresh windows every step (default); corpus: a fixed corpus, 10%% held out")
     run.add_argument("--corpus-messages", type=int_in(1, MAX_CORPUS_MESSAGES), default=None,
                      help=f"messages in the corpus for --data corpus, 1..{MAX_CORPUS_MESSAGES:,} (default 100000)")
-    run.add_argument("--eval-interval", type=_positive_int, default=None, help="steps between validations (default 100)")
+    run.add_argument("--eval-interval", type=positive_int, default=None, help="steps between validations (default 100)")
     run.add_argument("--eval-windows", type=int_in(1, MAX_EVAL_WINDOWS), default=None,
                      help=f"validation windows, 1..{MAX_EVAL_WINDOWS:,} (default 256)")
-    run.add_argument("--checkpoint-interval", type=_positive_int, default=None,
+    run.add_argument("--checkpoint-interval", type=positive_int, default=None,
                      help="steps between checkpoints (default 500)")
     run.add_argument("--device", choices=DEVICES, default=None, help="cpu (NumPy, default) or gpu (CuPy)")
     p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default {DEFAULT_OUT})")
@@ -276,8 +250,8 @@ def register(subparsers) -> None:
     g.add_argument("--tokens", type=int_in(0, MAX_NEW_TOKENS), default=DEFAULT_NEW_TOKENS,
                    help=f"tokens to generate, 0..{MAX_NEW_TOKENS:,} (default {DEFAULT_NEW_TOKENS})")
     g.add_argument("--temperature", type=float, default=1.0, help="divide the logits by this (default 1: the model's own p)")
-    g.add_argument("--top-k", type=_positive_int, default=None, help="sample among the k likeliest tokens only")
-    g.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the sampling (default 0)")
+    g.add_argument("--top-k", type=positive_int, default=None, help="sample among the k likeliest tokens only")
+    g.add_argument("--seed", type=non_negative_int, default=0, help="seed of the sampling (default 0)")
     g.add_argument("--device", choices=DEVICES, default="cpu", help="cpu (default) or gpu")
     g.add_argument("--json", action="store_true", help="print prompt and completion as JSON")
     g.set_defaults(func=cmd_generate)
