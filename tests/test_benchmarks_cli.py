@@ -5,6 +5,7 @@ import sys
 
 import pytest
 
+import one_line_errors
 from examples_loader import load_example
 
 
@@ -18,20 +19,8 @@ def bench_train():
     return load_example("bench_train", folder="benchmarks")
 
 
-def exit_status(main, argv) -> int:
-    """What the shell would see: ``main``'s return value, or the code of argparse's SystemExit."""
-    try:
-        return main(argv)
-    except SystemExit as exit_:
-        return exit_.code
-
-
 def assert_one_line_error(capsys, main, argv, message: str) -> None:
-    assert exit_status(main, argv) == 2
-    captured = capsys.readouterr()
-    assert captured.out == ""                                   # nothing ran
-    assert len(captured.err.strip().splitlines()) == 1, captured.err
-    assert "Traceback" not in captured.err and message in captured.err
+    one_line_errors.assert_one_line_error(capsys, main, argv, message, nothing_printed=True)
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+import one_line_errors
 from tinylatent import cli_eval, cli_train
 from tinylatent.checkpoint import load_checkpoint
 from tinylatent.cli import main
@@ -113,21 +114,8 @@ def test_train_from_a_language_file(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["language"] == "paper(eta=0.02)"
 
 
-def exit_status(argv) -> int:
-    """What the shell would see: ``main``'s return value, or the code of argparse's SystemExit (usage errors)."""
-    try:
-        return main(argv)
-    except SystemExit as exit_:
-        return exit_.code
-
-
 def assert_one_line_error(capsys, argv, message: str) -> None:
-    """The command exits 2 and prints one line on stderr, containing ``message``, and no traceback."""
-    assert exit_status(argv) == 2
-    err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1, err
-    assert "Traceback" not in err
-    assert message in err
+    one_line_errors.assert_one_line_error(capsys, main, argv, message)
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -15,6 +15,7 @@ import math
 import numpy as np
 import pytest
 
+from one_line_errors import assert_one_line_error
 from tinylatent import theorems as th
 from tinylatent.cli import main
 from tinylatent.evaluate import (
@@ -248,14 +249,6 @@ def test_eval_writes_json_atomically_and_prints_tables(checkpoint, tmp_path, cap
     assert json.loads(capsys.readouterr().out)["settings"]["prompts"] == 5
 
 
-def exit_status(arguments) -> int:
-    """main's return value, or the status of the SystemExit that argparse raises on a usage error."""
-    try:
-        return main(arguments)
-    except SystemExit as exc:
-        return exc.code
-
-
 @pytest.mark.parametrize("arguments", [
     ["eval", "--checkpoint", "no/such/ckpt.npz"],
     ["eval", "--checkpoint", "CHECKPOINT", "--prompts", "1"],
@@ -263,7 +256,4 @@ def exit_status(arguments) -> int:
     ["eval"],
 ])
 def test_eval_bad_input_is_one_line_and_exit_2(checkpoint, arguments, capsys):
-    status = exit_status([str(checkpoint) if a == "CHECKPOINT" else a for a in arguments])
-    err = capsys.readouterr().err
-    assert status == 2
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert_one_line_error(capsys, main, [str(checkpoint) if a == "CHECKPOINT" else a for a in arguments])
