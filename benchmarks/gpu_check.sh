@@ -7,14 +7,15 @@
 # nothing. Under 10 minutes on one H100 (its steps' time limits add up to 570 s): the device tests,
 # then the benchmark, then the rest of the suite. Results go to $OUT (default: out/gpu_check/).
 #
-#   bash benchmarks/gpu_check.sh
+#   bash benchmarks/gpu_check.sh            (PYTHON=... picks the interpreter; default python3)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-out/gpu_check}"
 mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+python="${PYTHON:-python3}"  # the interpreter that has CuPy and PyTorch (on the lent machines, python3)
 
-python - <<'PY' || exit 2
+"$python" - <<'PY' || exit 2
 import sys
 try:
     import cupy, numpy
@@ -25,20 +26,20 @@ props = cupy.cuda.runtime.getDeviceProperties(0)
 print(f"CuPy {cupy.__version__}, NumPy {numpy.__version__}, device {props['name'].decode()}, "
       f"{props['totalGlobalMem'] / 2**30:.0f} GiB")
 PY
-python -c "import torch; print('PyTorch', torch.__version__, 'CUDA', torch.cuda.is_available())" || true
+"$python" -c "import torch; print('PyTorch', torch.__version__, 'CUDA', torch.cuda.is_available())" || true
 
 status=0
 device_tests="tests/test_backend.py tests/test_device_paths.py tests/test_optim.py"  # every file with real-CuPy cases
 echo "== the device tests (the real-CuPy cases must run, not skip) =="
-timeout 240 python -m pytest -q -rs -p no:cacheprovider $device_tests 2>&1 | tee "$out/test_device.log" || status=1
+timeout 240 "$python" -m pytest -q -rs -p no:cacheprovider $device_tests 2>&1 | tee "$out/test_device.log" || status=1
 if grep -q "SKIPPED.*no CuPy" "$out/test_device.log"; then echo "gpu_check: the GPU tests were skipped" >&2; status=1; fi
 
 echo "== training step on the GPU: the paper's 21M configuration, ours against PyTorch eager =="
 rm -f "$out/bench_train_gpu.json"  # the summary below must never read an earlier run's figures
-timeout 180 python benchmarks/bench_train.py --device gpu --configs paper,medium --vs torch --steps 10 \
+timeout 180 "$python" benchmarks/bench_train.py --device gpu --configs paper,medium --vs torch --steps 10 \
     --json "$out/bench_train_gpu.json" --force 2>&1 | tee "$out/bench_train_gpu.log" || status=1
 if [ -f "$out/bench_train_gpu.json" ]; then
-python - "$out/bench_train_gpu.json" <<'PY' || status=1
+"$python" - "$out/bench_train_gpu.json" <<'PY' || status=1
 import json, sys
 figures = json.load(open(sys.argv[1]))
 judged = False
@@ -59,7 +60,7 @@ else
 fi
 
 echo "== the rest of the suite (the device files ran above) =="
-timeout 150 python -m pytest -q -p no:cacheprovider tests $(printf -- '--ignore=%s ' $device_tests) \
+timeout 150 "$python" -m pytest -q -p no:cacheprovider tests $(printf -- '--ignore=%s ' $device_tests) \
     > "$out/test_suite.log" 2>&1 || status=1
 tail -n 5 "$out/test_suite.log"
 echo "results in $out/"
