@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Callable
 
-from tinylatent.cli import OneLineParser, check_json_output, error_text, int_in
+from tinylatent.cli import OneLineParser, error_text, int_in
 
 MAX_THREADS = 1_024
 
@@ -40,11 +40,6 @@ def non_negative_float(text: str) -> float:
     if not (math.isfinite(value) and value >= 0.0):
         raise argparse.ArgumentTypeError(f"must be a finite number ≥ 0; got {text!r}")
     return value
-
-
-def check_json(args) -> None:
-    """The ``--json`` path, checked before the run (a run of minutes must not fail at its last line)."""
-    check_json_output(args.json, args.force)
 
 
 def run(program: str, main: Callable[[], int]) -> int:

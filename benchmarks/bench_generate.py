@@ -31,7 +31,7 @@ from _bench import blas_threads, set_blas_threads  # noqa: E402
 from bench_train import CONFIGS, synchroniser  # noqa: E402
 from tinylatent import backend  # noqa: E402
 from tinylatent._io import write_json  # noqa: E402
-from tinylatent.cli import int_in  # noqa: E402
+from tinylatent.cli import check_optional_output, int_in  # noqa: E402
 from tinylatent.gpt import GPT  # noqa: E402
 
 PROGRAM = "bench_generate.py"
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
 
 
 def run(args, config, contexts: list) -> int:
-    _bench.check_json(args)
+    check_optional_output(args.json, args.force)  # before the run: minutes of it must not fail at its end
     backend.array_module(args.device)  # a missing GPU: one line, before anything is timed
     limits = set_blas_threads(args.threads) if args.threads else None  # noqa: F841 (kept alive)
     sync = synchroniser(args.device)

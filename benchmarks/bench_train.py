@@ -72,7 +72,7 @@ from _bench import blas_threads, set_blas_threads  # noqa: E402
 
 from tinylatent import backend, gpt, layers  # noqa: E402
 from tinylatent._io import write_json  # noqa: E402
-from tinylatent.cli import int_in  # noqa: E402
+from tinylatent.cli import check_optional_output, int_in  # noqa: E402
 from tinylatent.gpt import GPT, GPTConfig  # noqa: E402
 from tinylatent.optim import AdamW  # noqa: E402
 
@@ -599,7 +599,7 @@ def main(argv=None) -> int:
 
 
 def run(args, names: list) -> int:
-    _bench.check_json(args)
+    check_optional_output(args.json, args.force)  # before the run: minutes of it must not fail at its end
     backend.array_module(args.device)  # a missing GPU: one line, before anything is timed
     limits = set_blas_threads(args.threads) if args.threads else None  # noqa: F841 (kept alive)
     threads = blas_threads()

@@ -31,7 +31,7 @@ except ModuleNotFoundError:  # run from a checkout without `pip install -e .`
 
 from tinylatent._io import write_json  # noqa: E402
 from tinylatent.checkpoint import CHECKPOINT_FILENAME  # noqa: E402
-from tinylatent.cli import check_json_output, check_output_folder, error_text  # noqa: E402
+from tinylatent.cli import check_optional_output, check_output_folder, error_text  # noqa: E402
 from tinylatent.evaluate import predictor_log_probs  # noqa: E402
 from tinylatent.gpt import GPTConfig  # noqa: E402
 from tinylatent.language import DELIMITER_ID, Language  # noqa: E402
@@ -165,7 +165,7 @@ def check_outputs(args: argparse.Namespace) -> None:
     each run (as :func:`train_fresh` replaces its checkpoints)."""
     try:
         check_output_folder(args.out, "--out")
-        check_json_output(args.json, args.force)
+        check_optional_output(args.json, args.force)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 

@@ -402,25 +402,27 @@ def parse_args(argv) -> argparse.Namespace:
 
 def trained_model(args: argparse.Namespace) -> Optional[TrainedModel]:
     """The model of ``--model`` (loaded) or ``--train`` (trained now), or None."""
-    from tinylatent.checkpoint import load_checkpoint
+    from tinylatent.checkpoint import CHECKPOINT_FILENAME, load_checkpoint
     if args.model is not None:
         checkpoint = load_checkpoint(args.model)
         return TrainedModel(checkpoint.model(), checkpoint.language, name="model")
     if not args.train:
         return None
     from tinylatent.gpt import GPTConfig
-    from tinylatent.train import TrainConfig, train
+    from tinylatent.train import TrainConfig, TrainingDiverged, train
     language = preset(args.language[0], args.eta[0])
     # context 192 holds a leading delimiter, 8 examples of 22 tokens and the query
     config = dataclasses.replace(GPTConfig.small(language.vocab_size), context_length=192)
     settings = TrainConfig(steps=args.train_steps, batch_size=32, max_lr=3e-3, seed=args.seed,
                            eval_interval=max(1, args.train_steps // 5), checkpoint_interval=args.train_steps)
     out_dir = args.out / f"icl_decay_model_{language.name}".replace("(", "_").replace(")", "").replace("=", "")
-    reuse = (out_dir / "ckpt.npz").exists()
+    reuse = (out_dir / CHECKPOINT_FILENAME).exists()
     print(f"{'continuing the' if reuse else 'training a'} small model on {language.name} for {args.train_steps} "
           f"steps in {out_dir} ...")
     try:
         result = train(language, config, settings, out_dir, resume=reuse, progress=True)
+    except TrainingDiverged:
+        raise                                                   # a ValueError too, but not the settings' fault
     except ValueError as exc:
         if reuse:
             raise ValueError(f"{out_dir} holds a model trained with other settings ({exc}); choose another --out, "

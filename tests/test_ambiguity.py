@@ -68,14 +68,16 @@ def test_bad_arguments():
 
 
 def enumerated_statistics(language):
-    """fraction_ambiguous and mean_posterior_error by enumerating every message, in log space and
-    without the oracle: log q(x | θ) = log q(length) + log s_θ[x_1] + Σ log A_θ[x_i, x_{i+1}]."""
+    """fraction_ambiguous, mean_posterior_error and map_error by enumerating every message, in log
+    space and without the oracle: log q(x | θ) = log q(length) + log s_θ[x_1] + Σ log A_θ[x_i, x_{i+1}].
+    (The MAP guess is the paper code's rule, ``map_intentions``; what is checked is the sum.)"""
     import itertools
     from scipy.special import logsumexp
+    from tinylatent.ambiguity import map_intentions
     prior = language.stationary_intentions()
     with np.errstate(divide="ignore"):
         log_prior, log_s, log_a = np.log(prior), np.log(language.first_letter), np.log(language.letter_transition)
-    fraction = mean_error = 0.0
+    fraction = mean_error = map_error = 0.0
     for length in np.nonzero(language.length_probs)[0]:
         for letters in itertools.product(range(language.n_letters), repeat=int(length)):
             log_joint = log_prior + np.log(language.length_probs[length]) + log_s[:, letters[0]]
@@ -89,7 +91,9 @@ def enumerated_statistics(language):
             posterior = np.exp(log_joint - log_marginal)
             for true in np.flatnonzero(writers):  # Σ_θ* q(θ*, x) Σ_{θ≠θ*} q(θ | x)
                 mean_error += np.exp(log_joint[true]) * np.delete(posterior, true).sum()
-    return fraction, mean_error
+            guess = map_intentions(language, np.array([letters]))[0]
+            map_error += np.exp(np.delete(log_joint, guess)).sum()  # Σ_{θ≠MAP(x)} q(θ, x)
+    return fraction, mean_error, map_error
 
 
 def test_tiny_ambiguities_count_exact_and_sampled():
@@ -111,8 +115,9 @@ def test_tiny_ambiguities_count_exact_and_sampled():
     assert epsilon_theta0 < 1e-16
     exact = measure_ambiguity(language, exact=True)
     assert exact.fraction_ambiguous.value == pytest.approx(fraction, rel=1e-12)
-    assert exact.mean_posterior_error.value == pytest.approx(mean_error, rel=1e-9)
-    np.testing.assert_allclose(enumerated_statistics(language), [fraction, mean_error], rtol=1e-9)
+    assert exact.mean_posterior_error.value == pytest.approx(mean_error, rel=1e-9, abs=0.0)
+    np.testing.assert_allclose(enumerated_statistics(language)[:2], [fraction, mean_error], rtol=1e-9)
+    assert exact.map_error.value == pytest.approx(enumerated_statistics(language)[2], rel=1e-9, abs=0.0)
     sampled = measure_ambiguity(language, n_messages=4000, seed=3, exact=False)
     assert sampled.fraction_ambiguous.low <= fraction <= sampled.fraction_ambiguous.high, sampled.fraction_ambiguous
 
@@ -130,10 +135,11 @@ def test_exact_statistics_match_an_independent_enumeration_with_tiny_noise(eta):
     language = Language(initial=[0.5, 0.5], transition=np.eye(2), first_letter=first_letter,
                         letter_transition=letter_transition, length_probs=fixed_length(6))
     report = measure_ambiguity(language, exact=True)
-    fraction, mean_error = enumerated_statistics(language)
+    fraction, mean_error, map_error = enumerated_statistics(language)
     assert fraction == pytest.approx(1.0, abs=1e-12)
     assert report.fraction_ambiguous.value == pytest.approx(1.0, abs=1e-12)
-    assert report.mean_posterior_error.value == pytest.approx(mean_error, rel=1e-9)
+    assert report.mean_posterior_error.value == pytest.approx(mean_error, rel=1e-9, abs=0.0)
+    assert report.map_error.value == pytest.approx(map_error, rel=1e-9, abs=0.0)  # tiny: summed, not 1 − q(MAP)
     sampled = measure_ambiguity(language, n_messages=2000, seed=0, exact=False)
     assert sampled.fraction_ambiguous.value == 1.0
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from one_line_errors import assert_one_line_error
 from tinylatent.cli import main
 
 
@@ -92,14 +93,14 @@ def test_malformed_language_file(tmp_path):
 def test_outputs_are_checked_before_any_work(tmp_path, capsys):
     afile = tmp_path / "f.txt"
     afile.write_text("mine")
-    code, _, err = run(capsys, "sample", "--messages", "3", "--out", str(afile / "x"))
-    assert code == 2 and "is a file, not a folder" in err
-    code, _, err = run(capsys, "language", "--out", str(tmp_path / "newout") + "/")
-    assert code == 2 and "names a folder" in err and not (tmp_path / "newout").exists()
-    code, _, err = run(capsys, "language", "--out", str(tmp_path))
-    assert code == 2 and "is a folder" in err
-    code, _, err = run(capsys, "sample", "--messages", "3", "--out", str(afile))
-    assert code == 2 and "--force" in err and afile.read_text() == "mine"
+    for argv, message in ((["sample", "--messages", "3", "--out", str(afile / "x")], "is a file, not a folder"),
+                          (["language", "--out", str(tmp_path / "newout") + "/"], "names a folder"),
+                          (["language", "--out", str(tmp_path)], "is a folder"),
+                          (["sample", "--messages", "3", "--out", str(afile)], "exists; pass --force"),
+                          (["sample", "--messages", "3", "--force"], "--force replaces the --out file"),
+                          (["language", "--force"], "--force replaces the --out file")):
+        assert_one_line_error(capsys, main, argv, message, nothing_printed=True, program="tinylatent " + argv[0])
+    assert afile.read_text() == "mine" and not (tmp_path / "newout").exists()
 
 
 @pytest.mark.parametrize("command", [["language"], ["sample", "--messages", "2"], ["ambiguity", "--messages", "100"],
@@ -153,16 +154,26 @@ def test_out_of_memory_is_one_line(monkeypatch, capsys):
     def no_memory(*args, **kwargs):
         raise MemoryError()
     monkeypatch.setattr(cli_language, "sample_corpus", no_memory)
-    code, _, err = run(capsys, "sample", "--messages", "5")
-    assert code == 2 and "out of memory" in err and len(err.splitlines()) == 1
+    assert_one_line_error(capsys, main, ["sample", "--messages", "5"], "out of memory")
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def assert_cites_documents_that_exist(text: str, where: str) -> None:
+    """Every docs/*.md that ``text`` names is in the repository (and none is the team's THEORY.md)."""
+    assert "THEORY.md" not in text, where
+    for name in re.findall(r"docs/\w+\.md", text):
+        assert (ROOT / name).exists(), (where, name)
 
 
 def test_help_points_to_documents_that_exist(capsys):
-    root = Path(__file__).resolve().parents[1]
     for command in ("language", "sample", "ambiguity", "posterior", "train", "generate", "eval"):
         with pytest.raises(SystemExit):
             main([command, "--help"])
-        text = capsys.readouterr().out
-        assert "THEORY.md" not in text
-        for name in re.findall(r"docs/\w+\.md", text):
-            assert (root / name).exists(), name
+        assert_cites_documents_that_exist(capsys.readouterr().out, command)
+
+
+def test_the_examples_and_benchmarks_cite_documents_that_exist():
+    for script in [*(ROOT / "examples").glob("*.py"), *(ROOT / "benchmarks").glob("*.py")]:
+        assert_cites_documents_that_exist(script.read_text(), script.name)

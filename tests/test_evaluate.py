@@ -253,6 +253,8 @@ def test_eval_writes_json_atomically_and_prints_tables(checkpoint, tmp_path, cap
     ["eval", "--checkpoint", "no/such/ckpt.npz"],
     ["eval", "--checkpoint", "CHECKPOINT", "--prompts", "1"],
     ["eval", "--checkpoint", "CHECKPOINT", "--max-examples", "-1"],
+    ["eval", "--checkpoint", "CHECKPOINT", "--max-examples", "100000000"],  # refused before any task is drawn
+    ["eval", "--checkpoint", "CHECKPOINT", "--max-letters", "100000000"],
     ["eval"],
 ])
 def test_eval_bad_input_is_one_line_and_exit_2(checkpoint, arguments, capsys):

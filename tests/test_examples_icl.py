@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from examples_loader import load_example
+from one_line_errors import assert_one_line_error
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "icl_decay.py"
 TINY = ["--trials", "5", "--max-examples", "3"]
@@ -158,9 +159,7 @@ def test_output_paths_are_checked_before_anything_is_computed(icl_decay, tmp_pat
     for argv, message in ((["--json", str(mine)], "exists; pass --force"),
                           (["--json", str(mine / "x.json")], "is a file, not a folder"),
                           (["--out", str(mine)], "is a file, not a folder")):
-        assert icl_decay.main(TINY + argv) == 2
-        captured = capsys.readouterr()
-        assert captured.out == "" and message in captured.err and len(captured.err.splitlines()) == 1
+        assert_one_line_error(capsys, icl_decay.main, TINY + argv, message, nothing_printed=True)
     assert mine.read_text() == "mine"
     assert icl_decay.main(TINY + ["--language", "paper", "--eta", "0", "--out", str(tmp_path), "--json", str(mine),
                                   "--force"]) == 0

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from examples_loader import load_example
+from one_line_errors import assert_one_line_error
 
 from tinylatent.evaluate import OraclePredictor
 from tinylatent.gpt import GPT
@@ -306,11 +307,7 @@ BAD_OPTIONS = [
 @pytest.mark.parametrize("script, argv", BAD_OPTIONS)
 def test_bad_options_exit_2_with_one_line(script, argv, request, capsys, tmp_path):
     module = request.getfixturevalue({"cot": "cot", "tuning": "tuning", "emergence": "emergence"}[script])
-    status = module.main(argv + ["--out", str(tmp_path)])
-    captured = capsys.readouterr()
-    assert status == 2
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"{module.PROGRAM}: error: ")
+    assert_one_line_error(capsys, module.main, argv + ["--out", str(tmp_path)], program=module.PROGRAM)
     assert not list(tmp_path.iterdir())                                   # nothing was trained or written
 
 
@@ -325,18 +322,5 @@ def test_output_paths_are_checked_before_any_training(script, request, capsys, t
                           (["--out", str(mine)], "is a file, not a folder"),
                           (["--out", str(mine / "sub")], "is a file, not a folder"),
                           (["--out", str(out), "--force"], "give it with --json PATH")):
-        assert module.main(["--smoke", "--no-progress", *argv]) == 2
-        captured = capsys.readouterr()
-        assert captured.out == "" and message in captured.err and len(captured.err.splitlines()) == 1
+        assert_one_line_error(capsys, module.main, ["--smoke", "--no-progress", *argv], message, nothing_printed=True)
     assert mine.read_text() == "mine" and not out.exists()                 # nothing was trained or written
-
-
-def test_the_examples_cite_documents_of_the_repository():
-    from pathlib import Path
-    import re
-    root = Path(__file__).resolve().parents[1]
-    for script in [*(root / "examples").glob("*.py"), *(root / "benchmarks").glob("*.py")]:
-        text = script.read_text()
-        assert "THEORY.md" not in text, script.name
-        for name in re.findall(r"docs/\w+\.md", text):
-            assert (root / name).exists(), (script.name, name)

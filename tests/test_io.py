@@ -75,3 +75,16 @@ def test_a_fifo_is_written_to_not_replaced(tmp_path):
     write_text(fifo, "through the pipe")
     reader.join(timeout=10)
     assert received == ["through the pipe"] and stat.S_ISFIFO(os.stat(fifo).st_mode)
+
+
+def test_a_folder_that_takes_no_new_file_is_an_error_naming_the_path_asked_for(tmp_path, monkeypatch):
+    """The temporary file is an implementation detail: an error creating it names the user's path."""
+    import tempfile
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / ".out.json.abc123.tmp"))
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    with pytest.raises(PermissionError) as caught:
+        write_json(tmp_path / "out.json", {"a": 1})
+    assert caught.value.filename == str(tmp_path / "out.json") and caught.value.errno == 13
+    assert list(tmp_path.iterdir()) == []

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from examples_loader import load_example
+from one_line_errors import assert_one_line_error
 from tinylatent.checkpoint import load_checkpoint
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "reproduce_paper.py"
@@ -95,9 +96,7 @@ def test_one_process_trains_the_same_models_as_two(reproduce, smoke, tmp_path):
 
 def test_a_run_folder_of_another_budget_is_refused(reproduce, smoke, capsys):
     _, out = smoke
-    status = reproduce.main(["--quick", "--out", str(out)])
-    err = capsys.readouterr().err
-    assert status == 2 and len(err.strip().splitlines()) == 1
+    err = assert_one_line_error(capsys, reproduce.main, ["--quick", "--out", str(out)])
     assert "holds a different run" in err and "choose another --out" in err
 
 
@@ -113,16 +112,12 @@ def test_a_subset_of_the_experiments_with_its_own_steps(reproduce, tmp_path):
                                        ["--seed", "x"], ["--steps", "0"], ["--only", "paper-eta0.5"],
                                        ["--jobs", "0"]])
 def test_bad_options_are_one_line_and_exit_2(reproduce, arguments, capsys):
-    assert reproduce.main(arguments) == 2
-    err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and err.startswith("reproduce_paper.py: error:")
-    assert "Traceback" not in err
+    assert_one_line_error(capsys, reproduce.main, arguments, program="reproduce_paper.py")
 
 
 def test_an_existing_json_file_is_refused_before_any_training(reproduce, tmp_path, capsys):
     mine = tmp_path / "mine.json"
     mine.write_text("mine")
-    status = reproduce.main(["--smoke", "--no-progress", "--out", str(tmp_path / "out"), "--json", str(mine)])
-    err = capsys.readouterr().err
-    assert status == 2 and "exists; pass --force" in err and len(err.strip().splitlines()) == 1
+    assert_one_line_error(capsys, reproduce.main, ["--smoke", "--no-progress", "--out", str(tmp_path / "out"),
+                                                   "--json", str(mine)], "exists; pass --force")
     assert mine.read_text() == "mine" and not (tmp_path / "out").exists()

@@ -454,11 +454,10 @@ def test_chain_of_thought_exact_expectations(language, n_steps):
     step-by-step answer has MAP accuracy ≥ and entropy ≤ the direct answer's."""
     messages = all_messages(language)
     documents = [np.concatenate(parts) for parts in itertools.product(messages, repeat=n_steps)]
-    first_lengths = np.array([len(parts[0]) for parts in itertools.product(messages, repeat=n_steps)])
     first_index = np.repeat(np.arange(len(messages)), len(messages) ** (n_steps - 1))
     probability = np.exp(th.final_state(language, documents, prior=language.initial).log_marginal)
     first_probability = np.exp(th.final_state(language, messages, prior=language.initial).log_marginal)
-    direct, step = th.chain_of_thought_posteriors(language, documents, first_lengths, n_steps)
+    direct, step = th.chain_of_thought_posteriors(language, documents, n_steps)
     np.testing.assert_allclose(probability.sum(), 1.0, atol=TOL)
     possible_first = first_probability > 0
     # tower rule, per x_0
@@ -581,16 +580,14 @@ def test_chain_of_thought_posteriors_checks_the_documents():
     for θ_{m−1} instead of θ_m; a document of another number of messages answers for another θ."""
     language = random_language(3, 4, message_length=2, transition="random", seed=1)
     document = language.encode("ab\ncd\n")
-    direct, step = th.chain_of_thought_posteriors(language, [document], [3], 2)        # the valid case runs
+    direct, step = th.chain_of_thought_posteriors(language, [document], 2)        # the valid case runs
     assert direct.shape == step.shape == (1, 3)
     with pytest.raises(ValueError, match=r"m = 2 whole messages .* ending with the delimiter"):
-        th.chain_of_thought_posteriors(language, [document[:-1]], [3], 2)
+        th.chain_of_thought_posteriors(language, [document[:-1]], 2)
     with pytest.raises(ValueError, match="m = 3 whole messages"):
-        th.chain_of_thought_posteriors(language, [document], [3], 3)
-    with pytest.raises(ValueError, match=r"first_message_lengths\[0\] must be the length of x_0"):
-        th.chain_of_thought_posteriors(language, [document], [2], 2)
-    with pytest.raises(ValueError, match="one per document"):
-        th.chain_of_thought_posteriors(language, [document, document], [3], 2)
+        th.chain_of_thought_posteriors(language, [document], 3)
+    with pytest.raises(ValueError, match="documents\\[0\\] must be m = 2 whole messages"):  # an empty message
+        th.chain_of_thought_posteriors(language, [language.encode("\ncd\n")], 2)
 
 
 # ----------------------------------------------------------------------------------------

@@ -57,7 +57,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], mode: str
     target = Path(os.path.realpath(given))   # through symbolic links, as open(path, "w") would
     target.parent.mkdir(parents=True, exist_ok=True)
     permissions = _mode_for(target)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:                  # named by the path asked for, not the temporary file's
+        raise type(exc)(exc.errno, exc.strerror, str(given)) from None
     try:
         with os.fdopen(fd, mode) as handle:
             write(handle)

@@ -197,6 +197,7 @@ def _exact(language: Language, message_length, device) -> AmbiguityReport:
     oracle = Oracle(language)
     map_error = mean_error = fraction = 0.0
     n_possible = 0
+    others = 1.0 - np.eye(language.n_intentions, dtype=np.float64)                 # [θ*, θ] = 1 where θ ≠ θ*
     for length in np.nonzero(language.length_probs)[0]:
         letters = np.array(list(itertools.product(range(language.n_letters), repeat=int(length))), dtype=np.int64)
         tokens = np.concatenate([letters + 1, np.full((len(letters), 1), DELIMITER_ID)], axis=1)
@@ -210,9 +211,9 @@ def _exact(language: Language, message_length, device) -> AmbiguityReport:
         marginal = np.exp(log_marginal)                                            # q(x), (M,)
         joint = posterior * marginal                                               # q(θ, x), (K, M)
         map_guess = map_intentions(language, letters)                              # (M,)
-        map_error += float(joint.sum() - joint[map_guess, np.arange(len(map_guess))].sum())
+        # q(MAP wrong) = Σ_x Σ_{θ ≠ MAP(x)} q(θ, x): a sum, not q(x) − q(MAP(x), x), so no cancellation
+        map_error += float(posterior_error(joint.T, map_guess).sum())
         # E[ε] = Σ_x Σ_θ* q(θ*, x) ε(x; θ*), with ε(x; θ*) = Σ_{θ ≠ θ*} q(θ | x): a sum, no 1 − q(θ* | x)
-        others = 1.0 - np.eye(language.n_intentions, dtype=np.float64)             # [θ*, θ] = 1 where θ ≠ θ*
         mean_error += float((joint * (others @ posterior)).sum())
         # q(ε(x) > 0): the probability of the messages two or more intentions can write
         fraction += float(marginal[ambiguous].sum())

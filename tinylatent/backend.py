@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from tinylatent._checks import checked_ids
+
 DEVICES = ("cpu", "gpu")
 
 _cupy_module = None  # cached after the first successful import
@@ -132,12 +134,5 @@ def check_token_ids(tokens: Any, vocab_size: int, what: str = "token ids") -> No
     This runs on the host before any indexing: CuPy wraps out-of-range indices silently
     instead of raising, so a bad id must never reach the device.
     """
-    host = to_host(tokens)
-    if host.size == 0:
-        return
-    if not np.issubdtype(host.dtype, np.integer):
-        raise ValueError(f"{what} must be integers; got dtype {host.dtype}")
-    low, high = int(host.min()), int(host.max())
-    if low < 0 or high >= vocab_size:
-        bad = low if low < 0 else high
-        raise ValueError(f"{what} must lie in [0, {vocab_size}); found {bad}")
+    checked_ids(to_host(tokens), vocab_size, what, "integers",
+                lambda bad: f"{what} must lie in [0, {vocab_size}); found {bad}")

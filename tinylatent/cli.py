@@ -9,7 +9,7 @@ traceback. That covers a bad value (ValueError), a file that cannot be read or w
 
 It also holds what the project's command lines share: :class:`OneLineParser` and
 :func:`int_in` for bounded sizes (here and in the benchmarks), :func:`error_text`, and
-:func:`check_output_file` / :func:`check_output_folder` / :func:`check_json_output`, which
+:func:`check_output_file` / :func:`check_output_folder` / :func:`check_optional_output`, which
 refuse an output path before any work is done (an existing file is replaced only with
 ``--force``; the examples and benchmarks use them too).
 """
@@ -97,14 +97,16 @@ def check_output_file(path, force: bool, option: str) -> Path:
     return out
 
 
-def check_json_output(path, force: bool, stdout: str | None = None, metavar: str = "PATH") -> None:
-    """``--json PATH`` with ``--force``, as every command, example and benchmark takes them:
-    the path checked by :func:`check_output_file` (``stdout``, when given, is the value that
-    prints the JSON instead), and ``--force`` refused without a file for it to replace."""
-    if path is not None and path != stdout:
-        check_output_file(path, force, "--json")
+def check_optional_output(path, force: bool, option: str = "--json", stdout: str | None = None,
+                          metavar: str = "PATH") -> None:
+    """An optional output file with ``--force``, as every command, example and benchmark takes
+    ``--json PATH`` (and ``language`` and ``sample`` take ``--out``): the path checked by
+    :func:`check_output_file` (``stdout``, when given, is the value that prints to standard
+    output instead), and ``--force`` refused without a file for it to replace."""
+    if path and path != stdout:
+        check_output_file(path, force, option)
     elif force:
-        raise ValueError(f"--force replaces the --json file; give it with --json {metavar}")
+        raise ValueError(f"--force replaces the {option} file; give it with {option} {metavar}")
 
 
 def check_output_folder(path, option: str) -> Path:

@@ -21,12 +21,14 @@ import json
 from tinylatent._io import write_json
 from tinylatent.backend import DEVICES
 from tinylatent.checkpoint import load_checkpoint
-from tinylatent.cli import check_json_output, int_in, non_negative_int, positive_int
+from tinylatent.cli import check_optional_output, int_in, non_negative_int
+from tinylatent.cli_train import MAX_CONTEXT
 from tinylatent.evaluate import DEFAULT_PROMPTS, DEFAULT_WINDOWS, ICL_MAX_EXAMPLES, UNDERSTANDING_LETTERS, evaluate
 
 STDOUT = "-"
 PAPER_LABEL = "paper's"  # the row of the paper's target
 MAX_TRIALS = 100_000      # --windows and --prompts: a confidence interval needs at least 2
+MAX_PROMPT_PARTS = MAX_CONTEXT  # --max-letters, --max-examples: a longer prompt fits no model `train` makes
 
 
 def _fixed(value: float, digits: int) -> str:
@@ -85,7 +87,7 @@ def format_report(report: dict, header: str) -> str:
 
 
 def cmd_eval(args) -> int:
-    check_json_output(args.json, args.force, stdout=STDOUT, metavar="FILE")
+    check_optional_output(args.json, args.force, stdout=STDOUT, metavar="FILE")
     checkpoint = load_checkpoint(args.checkpoint)
     model = checkpoint.model(args.device)
     report = evaluate(model, checkpoint.language, n_windows=args.windows, n_prompts=args.prompts,
@@ -116,10 +118,11 @@ def register(subparsers) -> None:
                         f"(default {DEFAULT_WINDOWS})")
     p.add_argument("--prompts", type=int_in(2, MAX_TRIALS), default=DEFAULT_PROMPTS,
                    help=f"prompts per prompt length and per m, 2..{MAX_TRIALS:,} (default {DEFAULT_PROMPTS})")
-    p.add_argument("--max-letters", type=positive_int, default=UNDERSTANDING_LETTERS,
-                   help=f"understanding prompts of 1..N letters (default {UNDERSTANDING_LETTERS})")
-    p.add_argument("--max-examples", type=non_negative_int, default=ICL_MAX_EXAMPLES,
-                   help=f"ICL with m = 0..M examples (default {ICL_MAX_EXAMPLES})")
+    p.add_argument("--max-letters", type=int_in(1, MAX_PROMPT_PARTS), default=UNDERSTANDING_LETTERS,
+                   help=f"understanding prompts of 1..N letters, N in 1..{MAX_PROMPT_PARTS:,} "
+                        f"(default {UNDERSTANDING_LETTERS})")
+    p.add_argument("--max-examples", type=int_in(0, MAX_PROMPT_PARTS), default=ICL_MAX_EXAMPLES,
+                   help=f"ICL with m = 0..M examples, M in 0..{MAX_PROMPT_PARTS:,} (default {ICL_MAX_EXAMPLES})")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the windows, prompts and tasks (default 0)")
     p.add_argument("--device", choices=DEVICES, default="cpu", help="cpu (default) or gpu")
     p.add_argument("--json", nargs="?", const=STDOUT, default=None, metavar="FILE",

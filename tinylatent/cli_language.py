@@ -13,7 +13,7 @@ import json
 import numpy as np
 
 from tinylatent._io import write_json, write_text
-from tinylatent.cli import check_output_file, int_in, positive_int
+from tinylatent.cli import check_optional_output, int_in, positive_int
 from tinylatent.backend import DEVICES, array_module, to_device, to_host
 from tinylatent.ambiguity import measure_ambiguity
 from tinylatent.language import (
@@ -74,8 +74,7 @@ def _random_options_given(args) -> list:
 
 
 def cmd_language(args) -> int:
-    if args.out:
-        check_output_file(args.out, args.force, "--out")
+    check_optional_output(args.out, args.force, "--out")
     if args.random:
         given = [option for option, value in (("--preset", args.preset), ("--language-file", args.language_file))
                  if value is not None]
@@ -115,8 +114,7 @@ def cmd_language(args) -> int:
 # -- tinylatent sample ----------------------------------------------------------------------
 
 def cmd_sample(args) -> int:
-    if args.out:
-        check_output_file(args.out, args.force, "--out")
+    check_optional_output(args.out, args.force, "--out")
     language = language_from_args(args)
     corpus = sample_corpus(language, args.messages, args.seed)
     text = language.decode(corpus.tokens)

@@ -33,8 +33,9 @@ DEFAULT_MODEL = "small"
 DEFAULT_OUT = "runs/train"
 DEFAULT_NEW_TOKENS = 200  # about nine messages of the paper's language (22 tokens each)
 
-# Upper bounds of the size options: far above the paper's model (3 layers, 12 heads, width 768,
-# context 128, batch 12), below what fails for want of memory.
+# Upper bounds of the size options, each alone: far above the paper's model (3 layers, 12 heads,
+# width 768, context 128, batch 12), below what fails for want of memory. A combination too big
+# for the machine (64 layers of width 4,096) ends in the one-line out-of-memory error instead.
 MAX_CONTEXT = 2_048
 MAX_D_MODEL = 4_096
 MAX_LAYERS = 64

@@ -29,7 +29,7 @@ from typing import Optional
 import numpy as np
 
 from tinylatent import backend
-from tinylatent._checks import is_integer
+from tinylatent._checks import is_finite_real, is_integer
 from tinylatent.layers import (
     add_prefix,
     block_backward,
@@ -105,8 +105,7 @@ class GPTConfig:
         for name in ("bias", "tie_embeddings"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise ValueError(f"GPTConfig.{name} must be True or False; got {getattr(self, name)!r}")
-        if not (isinstance(self.init_std, (int, float)) and not isinstance(self.init_std, bool)
-                and math.isfinite(self.init_std) and self.init_std > 0):
+        if not (is_finite_real(self.init_std) and self.init_std > 0):
             raise ValueError(f"GPTConfig.init_std must be a positive finite number; got {self.init_std!r}")
         return self
 
@@ -418,7 +417,7 @@ class GPT:
         """
         if not is_integer(n_new_tokens) or n_new_tokens < 0:
             raise ValueError(f"n_new_tokens must be a non-negative integer; got {n_new_tokens!r}")
-        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        if not (is_finite_real(temperature) and temperature > 0):
             raise ValueError(f"temperature must be a positive finite number; got {temperature!r}")
         V = self.config.vocab_size
         if top_k is not None and (not is_integer(top_k) or not 1 <= top_k <= V):

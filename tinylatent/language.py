@@ -34,7 +34,7 @@ from typing import NamedTuple, Optional, Union
 
 import numpy as np
 
-from tinylatent._checks import is_integer
+from tinylatent._checks import checked_ids, is_integer
 from tinylatent._io import write_json
 
 DELIMITER_ID = 0  # the delimiter token ``\n`` has id 0; letter i has id i + 1
@@ -259,17 +259,17 @@ class Language:
 
     def check_tokens(self, token_ids, what: str = "tokens") -> np.ndarray:
         """Return ``token_ids`` as an int64 array after checking every id is in the vocabulary."""
-        return _checked_ids(token_ids, self.vocab_size, what, "integer token ids",
-                            lambda bad: f"token id {bad} is outside the vocabulary [0, {self.vocab_size})")
+        return checked_ids(token_ids, self.vocab_size, what, "integer token ids",
+                           lambda bad: f"{what}: token id {bad} is outside the vocabulary [0, {self.vocab_size})")
 
     def check_intentions(self, intentions, what: str = "intentions") -> np.ndarray:
         """Return ``intentions`` as an int64 array of the same shape after checking that each is
         an integer id θ in 0..K−1 (a float such as 1.7 is refused, not truncated; a negative
         id is refused, not wrapped around)."""
         last = self.n_intentions - 1
-        return _checked_ids(intentions, self.n_intentions, what, f"integer intention ids in 0..{last}",
-                            lambda bad: f"intention {bad} is outside 0..{last} (the language has "
-                                        f"K = {self.n_intentions} intentions; negative ids do not wrap)")
+        return checked_ids(intentions, self.n_intentions, what, f"integer intention ids in 0..{last}",
+                           lambda bad: f"{what}: intention {bad} is outside 0..{last} (the language has "
+                                       f"K = {self.n_intentions} intentions; negative ids do not wrap)")
 
     def check_prior(self, prior, what: str = "prior") -> np.ndarray:
         """Return ``prior`` as a (K,) float64 distribution over the intentions, held to the rule
@@ -391,19 +391,6 @@ def _stationary_of_irreducible(transition: np.ndarray) -> np.ndarray:
     for k in range(1, n):
         weights[k] = weights[:k] @ p[:k, k]
     return weights / weights.sum()
-
-
-def _checked_ids(values, n_ids: int, what: str, kind: str, outside) -> np.ndarray:
-    """``values`` as an int64 array of the same shape, each checked to be an integer id in
-    [0, n_ids): a float such as 1.7 (or a bool) is refused with "``what`` must be ``kind``",
-    an id out of range with "``what``: ``outside(id)``"."""
-    ids = np.asarray(values)
-    if ids.size and not np.issubdtype(ids.dtype, np.integer):   # bool is not an integer type here
-        raise ValueError(f"{what} must be {kind}; got dtype {ids.dtype}")
-    ids = ids.astype(np.int64, copy=False)
-    if ids.size and (ids.min() < 0 or ids.max() >= n_ids):
-        raise ValueError(f"{what}: {outside(int(ids.min()) if ids.min() < 0 else int(ids.max()))}")
-    return ids
 
 
 def _default_alphabet(n_letters: int) -> tuple:

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import numpy as np
 
 from tinylatent import backend
-from tinylatent._checks import is_integer, is_real
+from tinylatent._checks import is_finite_real, is_integer, is_real
 from tinylatent.layers import block_buffer, row_blocks
 
 
@@ -86,9 +86,9 @@ class AdamW:
                 and all(is_real(b) and 0.0 <= b < 1.0 for b in betas)):
             raise ValueError(f"betas must be two numbers in [0, 1); got {betas!r}")
         beta1, beta2 = float(betas[0]), float(betas[1])
-        if not (is_real(eps) and math.isfinite(eps) and eps > 0.0):
+        if not (is_finite_real(eps) and eps > 0.0):
             raise ValueError(f"eps must be a positive number; got {eps!r}")
-        if not (is_real(weight_decay) and math.isfinite(weight_decay) and weight_decay >= 0.0):
+        if not (is_finite_real(weight_decay) and weight_decay >= 0.0):
             raise ValueError(f"weight_decay must be a non-negative number; got {weight_decay!r}")
         self.weight_decay = float(weight_decay)
         self.beta1, self.beta2 = beta1, beta2

@@ -37,6 +37,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
+from tinylatent._checks import is_finite_real
 from tinylatent.language import DELIMITER_ID, Language, SeedLike, as_generator, sample_messages
 from tinylatent.oracle import PHASES, Oracle, posterior_error
 
@@ -207,10 +208,11 @@ def final_state(language: Language, sequences, prior=None, known_intention=None,
             known_intention = np.full(n, known_intention, dtype=np.asarray(known_intention).dtype)
         known_intention = _check_intentions(language, known_intention, n, "known_intention")
     prior = _prior_or_stationary(language, prior) if phase == "start" else None
-    return _final_state(language, sequences, prior, known_intention, phase, oracle)
+    return _final_state(language, sequences, prior, oracle, known=known_intention, phase=phase)
 
 
-def _final_state(language: Language, sequences, prior, known, phase: str, oracle: Optional[Oracle]) -> FinalState:
+def _final_state(language: Language, sequences, prior, oracle: Optional[Oracle] = None, known=None,
+                 phase: str = "start") -> FinalState:
     """:func:`final_state` on checked input (prior a (K,) array for phase "start", known (B,) or None)."""
     oracle = Oracle(language) if oracle is None else oracle
     n = _n_sequences(sequences)
@@ -336,12 +338,12 @@ def sparsity(language: Language, messages, true_intentions, prior=None, epsilon:
     messages = _check_sequences(language, messages, "messages")
     _require_messages(messages, "messages", end="optional")
     true_intentions = _check_intentions(language, true_intentions, _n_sequences(messages), "true_intentions")
-    if epsilon is not None and not (np.isfinite(epsilon) and 0.0 <= epsilon <= 1.0):
+    if epsilon is not None and not (is_finite_real(epsilon) and 0.0 <= epsilon <= 1.0):
         raise ValueError(f"epsilon is an ambiguity, a probability in [0, 1]; got {epsilon}")
     oracle = Oracle(language)
     prior = _prior_or_stationary(language, prior)
     rows = np.arange(true_intentions.shape[0])
-    state = _final_state(language, messages, prior, None, "start", oracle)
+    state = _final_state(language, messages, prior, oracle)
     with np.errstate(divide="ignore"):
         log_joint = np.log(prior[true_intentions]) + _log_likelihoods(language, messages, oracle)[rows, true_intentions]
         log_posterior_true = np.log(state.posterior[rows, true_intentions])
@@ -432,7 +434,7 @@ def understanding_next_token(language: Language, prompts, next_intentions, phase
     prompts = _check_sequences(language, prompts, "prompts")
     next_intentions = _check_intentions(language, next_intentions, _n_sequences(prompts), "next_intentions")
     prior = _prior_or_stationary(language, prior) if phase == "start" else None
-    state = _final_state(language, prompts, prior, next_intentions, phase, None)
+    state = _final_state(language, prompts, prior, known=next_intentions, phase=phase)
     ambiguity = posterior_error(state.next_posterior, next_intentions)
     return _understanding_result(state.predictive, state.known_intention_predictive, ambiguity)
 
@@ -501,8 +503,8 @@ def understanding_continuations(language: Language, message_prefixes, true_inten
     continuations = all_continuations(vocab, n_tokens)                                      # (N, k)
     batch = len(prefixes)
     extended = [np.concatenate([prefixes[b], y]) for b in range(batch) for y in continuations]  # B·N rows, prompt-major
-    prompt_state = _final_state(language, prefixes, prior, None, "start", oracle)
-    extended_log_marginal = _final_state(language, extended, prior, None, "start", oracle).log_marginal.reshape(batch, -1)
+    prompt_state = _final_state(language, prefixes, prior, oracle)
+    extended_log_marginal = _final_state(language, extended, prior, oracle).log_marginal.reshape(batch, -1)
     prompt_log_likelihood = _log_likelihoods(language, prefixes, oracle)                     # (B, K)
     extended_log_likelihood = _log_likelihoods(language, extended, oracle).reshape(batch, n_continuations, n_intentions)
     possible = np.isfinite(prompt_log_likelihood)[:, None, :]
@@ -586,7 +588,7 @@ def bayes_intention_error(language: Language, prompts, true_intentions, prior=No
     """
     prompts = _check_sequences(language, prompts, "prompts")
     true_intentions = _check_intentions(language, true_intentions, _n_sequences(prompts), "true_intentions")
-    state = _final_state(language, prompts, _prior_or_stationary(language, prior), None, "start", None)
+    state = _final_state(language, prompts, _prior_or_stationary(language, prior))
     return posterior_error(state.posterior, true_intentions)
 
 
@@ -603,8 +605,8 @@ def known_intention_next_token(language: Language, queries, intentions) -> np.nd
 
 def _known_intention_next_token(language: Language, queries, intentions, oracle: Optional[Oracle]) -> np.ndarray:
     """:func:`known_intention_next_token` on checked input."""
-    return _final_state(language, queries, language.stationary_intentions(), intentions, "start",
-                        oracle).known_intention_predictive
+    return _final_state(language, queries, language.stationary_intentions(), oracle,
+                        known=intentions).known_intention_predictive
 
 
 class ICLResult(NamedTuple):
@@ -725,15 +727,15 @@ def icl_posterior_concentration(language: Language, tasks: ICLTasks, n_examples:
     uniform = np.full(n_intentions, 1.0 / n_intentions)
     oracle = Oracle(language)
 
-    query_posterior = _final_state(language, tasks.queries, uniform, None, "start", oracle).posterior
+    query_posterior = _final_state(language, tasks.queries, uniform, oracle).posterior
     query_ambiguity = posterior_error(query_posterior, truth)
     query_odds = _odds_factors(query_posterior, truth)
     if n_examples:
         example_truth = np.repeat(truth, n_examples)
-        example_posterior = _final_state(language, tasks.example_messages(n_examples), uniform, None, "start", oracle).posterior
+        example_posterior = _final_state(language, tasks.example_messages(n_examples), uniform, oracle).posterior
         example_ambiguity = posterior_error(example_posterior, example_truth).reshape(batch, n_examples)
         example_odds = _odds_factors(example_posterior, example_truth).reshape(batch, n_examples)
-        error_examples = posterior_error(_final_state(language, tasks.example_prompts(n_examples), prior, None, "start",
+        error_examples = posterior_error(_final_state(language, tasks.example_prompts(n_examples), prior,
                                                       oracle).next_posterior, truth)
     else:
         example_ambiguity = example_odds = np.zeros((batch, 0), dtype=np.float64)
@@ -745,7 +747,7 @@ def icl_posterior_concentration(language: Language, tasks: ICLTasks, n_examples:
         bound = np.nan_to_num(bound_examples * query_odds, nan=0.0, posinf=np.inf)
 
     prompts = tasks.prompts(n_examples)
-    state = _final_state(language, prompts, prior, None, "start", oracle)
+    state = _final_state(language, prompts, prior, oracle)
     error = posterior_error(state.posterior, truth)
     target = _known_intention_next_token(language, tasks.queries, truth, oracle)
     tv = total_variation(state.predictive, target)
@@ -861,43 +863,35 @@ def _draw_rows(probs: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
     return (cdf <= (uniforms * cdf[:, -1])[:, None]).sum(axis=-1)
 
 
-def chain_of_thought_posteriors(language: Language, documents, first_message_lengths, n_steps: int,
-                                prior=None) -> tuple:
+def chain_of_thought_posteriors(language: Language, documents, n_steps: int, prior=None) -> tuple:
     """The direct and the step-by-step posterior of θ_m, for B documents x_0 x_1 … x_{m−1}.
 
     Returns (direct, step_by_step), each (B, K):
         direct[b]       = q(θ_m | x_0)           = q(θ_0 | x_0) · T^m,
         step_by_step[b] = q(θ_m | x_0 … x_{m−1}) = q(θ_{m−1} | x_0 … x_{m−1}) · T.
     ``documents`` start at a message boundary (θ_0 ~ prior, default ``language.initial``)
-    and hold exactly m whole messages, so they end with x_{m−1}'s delimiter; x_0 is the
-    first ``first_message_lengths[b]`` tokens, its letters and its delimiter. All of this
-    is checked: without the last delimiter the filter's ``next_posterior`` would skip the
-    step ·T and give q(θ_{m−1} | ·), the wrong intention, without a word.
+    and hold exactly m whole messages, so they end with x_{m−1}'s delimiter; x_0 is each
+    document's tokens up to and including its first delimiter. All of this is checked:
+    without the last delimiter the filter's ``next_posterior`` would skip the step ·T and
+    give q(θ_{m−1} | ·), the wrong intention, without a word.
     """
     if int(n_steps) != n_steps or n_steps < 1:
         raise ValueError(f"n_steps must be a positive integer; got {n_steps}")
     n_steps = int(n_steps)
     documents = list(_check_sequences(language, documents, "documents"))
-    first_message_lengths = np.asarray(first_message_lengths)
-    if first_message_lengths.shape != (len(documents),) or (
-            first_message_lengths.size and not np.issubdtype(first_message_lengths.dtype, np.integer)):
-        raise ValueError(f"first_message_lengths must be {len(documents)} integers, one per document; "
-                         f"got shape {first_message_lengths.shape}, dtype {first_message_lengths.dtype}")
+    first_messages = []                                                        # x_0 of each document
     for b, document in enumerate(documents):
         delimiters = np.flatnonzero(document == DELIMITER_ID)
         if document[-1] != DELIMITER_ID or delimiters.size != n_steps or np.any(np.diff(np.concatenate([[-1], delimiters])) < 2):
             raise ValueError(f"documents[{b}] must be m = {n_steps} whole messages x_0 … x_{{m−1}}, each at least one "
                              f"letter then the delimiter, ending with the delimiter; it has {delimiters.size} "
                              f"delimiter(s) and ends with token id {int(document[-1])}")
-        if first_message_lengths[b] != delimiters[0] + 1:
-            raise ValueError(f"first_message_lengths[{b}] must be the length of x_0 with its delimiter, "
-                             f"{int(delimiters[0]) + 1}; got {first_message_lengths[b]}")
+        first_messages.append(document[:delimiters[0] + 1])
     prior = _prior_or_initial(language, prior)
     oracle = Oracle(language)
-    first_messages = [document[:length] for document, length in zip(documents, first_message_lengths)]
-    after_first = _final_state(language, first_messages, prior, None, "start", oracle).posterior      # q(θ_0 | x_0)
+    after_first = _final_state(language, first_messages, prior, oracle).posterior      # q(θ_0 | x_0)
     direct = after_first @ np.linalg.matrix_power(language.transition, n_steps)
-    step_by_step = _final_state(language, documents, prior, None, "start", oracle).next_posterior
+    step_by_step = _final_state(language, documents, prior, oracle).next_posterior
     return direct, step_by_step
 
 
@@ -976,8 +970,7 @@ def chain_of_thought(language: Language, n_steps: int, n_chains: int, seed: Seed
         chains[:, step] = _draw_rows(language.transition[chains[:, step - 1]], rng.random(n_chains))
     messages = sample_messages(language, chains[:, :n_steps].ravel(), rng)     # x_0 … x_{m−1}, chain-major
     documents = [np.concatenate(messages[b * n_steps:(b + 1) * n_steps]) for b in range(n_chains)]
-    first_lengths = np.array([len(messages[b * n_steps]) for b in range(n_chains)], dtype=np.int64)
-    direct, step = chain_of_thought_posteriors(language, documents, first_lengths, n_steps, prior=prior)
+    direct, step = chain_of_thought_posteriors(language, documents, n_steps, prior=prior)
     final = chains[:, -1]
     direct_accuracy, step_accuracy = direct.max(axis=1), step.max(axis=1)
     direct_entropy, step_entropy = entropy(direct), entropy(step)
@@ -1077,8 +1070,8 @@ def instruction_tuning(language: Language, prompts, prompt_intentions, responses
 
     response = given_intention(language, oracle)
     mixture = np.einsum("bk,bk->b", language.transition[prompt_intentions], per_intention)
-    prompt_state = _final_state(language, prompts, prior, None, "start", oracle)
-    bayes = np.exp(_final_state(language, dialogues, prior, None, "start", oracle).log_marginal - prompt_state.log_marginal)
+    prompt_state = _final_state(language, prompts, prior, oracle)
+    bayes = np.exp(_final_state(language, dialogues, prior, oracle).log_marginal - prompt_state.log_marginal)
     bayes_mixture = np.einsum("bk,bk->b", prompt_state.next_posterior, per_intention)
     gaps = [_relative_gap(response, mixture), _relative_gap(bayes, bayes_mixture)]
     edited_response = edited_mixture = change = None

@@ -61,7 +61,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from tinylatent._checks import is_integer, is_real
+from tinylatent._checks import is_finite_real, is_integer
 from tinylatent._io import atomic_write
 from tinylatent.backend import check_device, to_device, to_host, xp_of
 from tinylatent.checkpoint import CHECKPOINT_FILENAME, load_checkpoint, save_checkpoint
@@ -143,20 +143,20 @@ class TrainConfig:
         if self.warmup_steps is not None and (not is_integer(self.warmup_steps) or not 0 <= self.warmup_steps < self.steps):
             raise ValueError(f"TrainConfig.warmup_steps must be an integer in [0, steps) = [0, {self.steps}); "
                              f"got {self.warmup_steps!r}")
-        if not _is_number(self.max_lr) or self.max_lr <= 0:
+        if not is_finite_real(self.max_lr) or self.max_lr <= 0:
             raise ValueError(f"TrainConfig.max_lr must be a positive number; got {self.max_lr!r}")
-        if self.min_lr is not None and (not _is_number(self.min_lr) or not 0 <= self.min_lr <= self.max_lr):
+        if self.min_lr is not None and (not is_finite_real(self.min_lr) or not 0 <= self.min_lr <= self.max_lr):
             raise ValueError(f"TrainConfig.min_lr must be a number in [0, max_lr] = [0, {self.max_lr}]; got {self.min_lr!r}")
-        if not _is_number(self.weight_decay) or self.weight_decay < 0:
+        if not is_finite_real(self.weight_decay) or self.weight_decay < 0:
             raise ValueError(f"TrainConfig.weight_decay must be a non-negative number; got {self.weight_decay!r}")
         if not isinstance(self.betas, tuple) or len(self.betas) != 2 \
-                or not all(_is_number(b) and 0 <= b < 1 for b in self.betas):
+                or not all(is_finite_real(b) and 0 <= b < 1 for b in self.betas):
             raise ValueError(f"TrainConfig.betas must be two numbers in [0, 1); got {self.betas!r}")
-        if not _is_number(self.grad_clip) or self.grad_clip <= 0:
+        if not is_finite_real(self.grad_clip) or self.grad_clip <= 0:
             raise ValueError(f"TrainConfig.grad_clip must be a positive number; got {self.grad_clip!r}")
         if self.data not in DATA_MODES:
             raise ValueError(f"TrainConfig.data must be one of {', '.join(DATA_MODES)}; got {self.data!r}")
-        if not _is_number(self.validation_fraction) or not 0 < self.validation_fraction < 1:
+        if not is_finite_real(self.validation_fraction) or not 0 < self.validation_fraction < 1:
             raise ValueError(f"TrainConfig.validation_fraction must lie in (0, 1); got {self.validation_fraction!r}")
         check_device(self.device)
         return self
@@ -195,11 +195,6 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown TrainConfig field(s) {unknown}; allowed: {sorted(known)}")
         return cls(**data)
-
-
-def _is_number(value) -> bool:
-    """A finite real number (not a bool)."""
-    return is_real(value) and math.isfinite(value)
 
 
 class TrainingDiverged(ValueError):
