@@ -329,9 +329,17 @@ def test_generate_samples_from_the_model_distribution():
     np.testing.assert_allclose(observed, expected, atol=0.03)
 
 
+def test_generate_takes_a_numpy_temperature(tiny_model):
+    as_float = tiny_model.generate(np.array([[1, 2]]), 3, np.random.default_rng(0), temperature=0.5)
+    as_numpy = tiny_model.generate(np.array([[1, 2]]), 3, np.random.default_rng(0), temperature=np.float32(0.5))
+    np.testing.assert_array_equal(as_numpy, as_float)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(n_new_tokens=-1), "n_new_tokens"),
     (dict(n_new_tokens=2, temperature=0.0), "temperature"),
+    (dict(n_new_tokens=2, temperature=True), "temperature"),        # not read as 1.0
+    (dict(n_new_tokens=2, temperature=float("nan")), "temperature"),
     (dict(n_new_tokens=2, top_k=0), "top_k"),
     (dict(n_new_tokens=2, top_k=8), "top_k"),
 ])
