@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Callable
 
-from tinylatent.cli import OneLineParser, error_text, int_in
+from tinylatent.cli import OneLineParser, error_text, int_in, path_arg
 
 MAX_THREADS = 1_024
 
@@ -27,7 +27,7 @@ def add_threads_argument(p: OneLineParser, help_text: str) -> None:
 
 
 def add_json_arguments(p: OneLineParser) -> None:
-    p.add_argument("--json", metavar="PATH", help="write the figures as JSON (an existing file only with --force)")
+    p.add_argument("--json", type=path_arg, metavar="PATH", help="write the figures as JSON (an existing file only with --force)")
     p.add_argument("--force", action="store_true", help="replace the --json file if it exists")
 
 

@@ -31,7 +31,7 @@ except ModuleNotFoundError:  # run from a checkout without `pip install -e .`
 
 from tinylatent._io import write_json  # noqa: E402
 from tinylatent.checkpoint import CHECKPOINT_FILENAME  # noqa: E402
-from tinylatent.cli import check_optional_output, check_output_folder, error_text  # noqa: E402
+from tinylatent.cli import check_optional_output, check_output_folder, error_text, path_arg  # noqa: E402
 from tinylatent.evaluate import predictor_log_probs  # noqa: E402
 from tinylatent.gpt import GPTConfig  # noqa: E402
 from tinylatent.language import DELIMITER_ID, Language  # noqa: E402
@@ -133,15 +133,20 @@ class RaisingParser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def path_type(text: str) -> Path:
+    """An argparse type for the scripts' paths: :func:`tinylatent.cli.path_arg` (not empty), as a Path."""
+    return Path(path_arg(text))
+
+
 def experiment_parser(program: str, description: str, default_out: str) -> argparse.ArgumentParser:
     """A parser with the options every experiment has; each script adds its own."""
     parser = RaisingParser(prog=program, description=description)
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--smoke", action="store_true", help="a tiny budget (seconds): checks that everything runs")
     size.add_argument("--quick", action="store_true", help="a small budget (a few minutes on 2 cores)")
-    parser.add_argument("--out", type=Path, default=Path(default_out), help=f"output folder (default {default_out})")
+    parser.add_argument("--out", type=path_type, default=Path(default_out), help=f"output folder (default {default_out})")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random stream (default 0)")
-    parser.add_argument("--json", type=Path, default=None,
+    parser.add_argument("--json", type=path_type, default=None,
                         help="where to write the numbers (default OUT/<name>.json, replaced by each run)")
     parser.add_argument("--force", action="store_true", help="replace the --json file if it exists")
     parser.add_argument("--no-progress", action="store_true", help="print nothing while training")

@@ -367,10 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--language", choices=DEFAULT_LANGUAGES, nargs="+", default=list(DEFAULT_LANGUAGES),
                         help="which languages (default all four)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--out", type=Path, default=Path("out"), help="folder for the plot (default out/)")
-    parser.add_argument("--json", type=Path, default=None, help="also write every number to this JSON file")
+    parser.add_argument("--out", type=common.path_type, default=Path("out"), help="folder for the plot (default out/)")
+    parser.add_argument("--json", type=common.path_type, default=None, help="also write every number to this JSON file")
     parser.add_argument("--force", action="store_true", help="replace the --json file if it exists")
-    parser.add_argument("--model", type=Path, default=None, metavar="CHECKPOINT",
+    parser.add_argument("--model", type=common.path_type, default=None, metavar="CHECKPOINT",
                         help="a checkpoint of `tinylatent train`: add the model's KL curve for its language")
     parser.add_argument("--train", action="store_true",
                         help="train a small model on the spot on the first --language and --eta, and add its curve")

@@ -31,6 +31,7 @@ def assert_one_line_error(capsys, main, argv, message: str) -> None:
     (["--sequences", "1000000", "--length", "1000"], "at most 20,000,000 letters"),
     (["--no-such-option"], "unrecognized arguments"),
     (["--force"], "give it with --json PATH"),
+    (["--json", ""], "--json: must be a file or folder path; got an empty string"),
 ])
 def test_bench_oracle_bad_options_are_one_line(bench_oracle, capsys, argv, message):
     assert_one_line_error(capsys, bench_oracle.main, argv, message)

@@ -103,6 +103,19 @@ def test_outputs_are_checked_before_any_work(tmp_path, capsys):
     assert afile.read_text() == "mine" and not (tmp_path / "newout").exists()
 
 
+@pytest.mark.parametrize("argv", [["language", "--out", ""], ["sample", "--out", ""],
+                                  ["ambiguity", "--language-file", ""], ["train", "--language-file", ""],
+                                  ["train", "--out", ""], ["generate", "--checkpoint", ""],
+                                  ["eval", "--checkpoint", ""], ["eval", "--checkpoint", "x.npz", "--json", ""]])
+def test_an_empty_path_is_refused(argv, capsys, tmp_path, monkeypatch):
+    # An empty --out used to write nothing (language, sample) or train into the current folder (train).
+    monkeypatch.chdir(tmp_path)
+    option = argv[-2]
+    assert_one_line_error(capsys, main, argv, f"argument {option}: must be a file or folder path; got an empty string",
+                          nothing_printed=True, program="tinylatent " + argv[0])
+    assert not list(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("command", [["language"], ["sample", "--messages", "2"], ["ambiguity", "--messages", "100"],
                                      ["posterior", "--prompt", "ab"]])
 def test_a_language_file_is_not_combined_with_a_preset_or_eta(tmp_path, capsys, command):

@@ -100,6 +100,9 @@ def test_plot_is_saved_when_matplotlib_is_installed(icl_decay, tmp_path, capsys)
     (["--max-examples", "0"], "--max-examples must be at least 1"),
     (["--language", "english"], "invalid choice"),
     (["--query-letters", "100"], "--query-letters must be in 1..21"),
+    (["--out", ""], "--out: must be a file or folder path; got an empty string"),
+    (["--json", ""], "--json: must be a file or folder path; got an empty string"),
+    (["--model", ""], "--model: must be a file or folder path; got an empty string"),
 ])
 def test_bad_options_exit_2_with_one_line(icl_decay, capsys, argv, message):
     assert icl_decay.main(argv) == 2

@@ -321,6 +321,8 @@ def test_output_paths_are_checked_before_any_training(script, request, capsys, t
                           (["--out", str(out), "--json", str(mine / "x.json")], "is a file, not a folder"),
                           (["--out", str(mine)], "is a file, not a folder"),
                           (["--out", str(mine / "sub")], "is a file, not a folder"),
-                          (["--out", str(out), "--force"], "give it with --json PATH")):
+                          (["--out", str(out), "--force"], "give it with --json PATH"),
+                          (["--out", ""], "--out: must be a file or folder path; got an empty string"),
+                          (["--out", str(out), "--json", ""], "--json: must be a file or folder path")):
         assert_one_line_error(capsys, module.main, ["--smoke", "--no-progress", *argv], message, nothing_printed=True)
     assert mine.read_text() == "mine" and not out.exists()                 # nothing was trained or written

@@ -8,7 +8,8 @@ traceback. That covers a bad value (ValueError), a file that cannot be read or w
 (OSError: missing, a folder, a full disk) and a request too large for memory (MemoryError).
 
 It also holds what the project's command lines share: :class:`OneLineParser` and
-:func:`int_in` for bounded sizes (here and in the benchmarks), :func:`error_text`, and
+:func:`int_in` for bounded sizes (here and in the benchmarks), :func:`path_arg` for paths,
+:func:`error_text`, and
 :func:`check_output_file` / :func:`check_output_folder` / :func:`check_optional_output`, which
 refuse an output path before any work is done (an existing file is replaced only with
 ``--force``; the examples and benchmarks use them too).
@@ -76,6 +77,17 @@ def int_in(low: int, high: int):
             raise argparse.ArgumentTypeError(f"must be an integer in {low:,}..{high:,}; got {text}")
         return value
     return parse
+
+
+def path_arg(text: str) -> str:
+    """An argparse type: a file or folder path, which must not be empty.
+
+    An empty path would otherwise mean "no file" to some options (nothing written, silently)
+    and the current folder to others (a training run written into it).
+    """
+    if not text:
+        raise argparse.ArgumentTypeError("must be a file or folder path; got an empty string")
+    return text
 
 
 def check_output_file(path, force: bool, option: str) -> Path:

@@ -21,7 +21,7 @@ import json
 from tinylatent._io import write_json
 from tinylatent.backend import DEVICES
 from tinylatent.checkpoint import load_checkpoint
-from tinylatent.cli import check_optional_output, int_in, non_negative_int
+from tinylatent.cli import check_optional_output, int_in, non_negative_int, path_arg
 from tinylatent.cli_train import MAX_CONTEXT
 from tinylatent.evaluate import DEFAULT_PROMPTS, DEFAULT_WINDOWS, ICL_MAX_EXAMPLES, UNDERSTANDING_LETTERS, evaluate
 
@@ -112,7 +112,7 @@ def register(subparsers) -> None:
                     "KL(target ‖ p) split into the language's ambiguity part and the model's approximation "
                     "part. Every number has a 95% confidence interval. See docs/evaluation.md.",
     )
-    p.add_argument("--checkpoint", required=True, metavar="PATH", help="a checkpoint file (OUT/ckpt.npz)")
+    p.add_argument("--checkpoint", type=path_arg, required=True, metavar="PATH", help="a checkpoint file (OUT/ckpt.npz)")
     p.add_argument("--windows", type=int_in(2, MAX_TRIALS), default=DEFAULT_WINDOWS,
                    help=f"convergence windows of the model's context + 1 tokens, 2..{MAX_TRIALS:,} "
                         f"(default {DEFAULT_WINDOWS})")
@@ -125,7 +125,7 @@ def register(subparsers) -> None:
                    help=f"ICL with m = 0..M examples, M in 0..{MAX_PROMPT_PARTS:,} (default {ICL_MAX_EXAMPLES})")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the windows, prompts and tasks (default 0)")
     p.add_argument("--device", choices=DEVICES, default="cpu", help="cpu (default) or gpu")
-    p.add_argument("--json", nargs="?", const=STDOUT, default=None, metavar="FILE",
+    p.add_argument("--json", type=path_arg, nargs="?", const=STDOUT, default=None, metavar="FILE",
                    help="print every number as JSON, or with FILE write it there (atomically)")
     p.add_argument("--force", action="store_true", help="replace the --json FILE if it exists")
     p.set_defaults(func=cmd_eval)

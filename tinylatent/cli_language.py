@@ -13,7 +13,7 @@ import json
 import numpy as np
 
 from tinylatent._io import write_json, write_text
-from tinylatent.cli import check_optional_output, int_in, positive_int
+from tinylatent.cli import check_optional_output, int_in, path_arg, positive_int
 from tinylatent.backend import DEVICES, array_module, to_device, to_host
 from tinylatent.ambiguity import measure_ambiguity
 from tinylatent.language import (
@@ -43,7 +43,7 @@ def add_language_arguments(parser: argparse.ArgumentParser) -> None:
                        help=f"a named language (default {DEFAULT_PRESET}: the paper's, docs/claims.md §1; "
                             "`tinylatent language --preset NAME` summarises one)")
     group.add_argument("--eta", type=float, default=None, help="the noise level η ≥ 0 of a preset (default 0)")
-    group.add_argument("--language-file", metavar="PATH",
+    group.add_argument("--language-file", type=path_arg, metavar="PATH",
                        help="a language JSON (docs/language_format.md); not with --preset or --eta")
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
@@ -211,7 +211,7 @@ def register(subparsers) -> None:
     r.add_argument("--transition", choices=["random", "identity", "uniform", "circular"], default=None,
                    help=f"the outer chain between messages (default {RANDOM_DEFAULTS['transition']})")
     r.add_argument("--seed", type=int, default=None, help=f"seed (default {RANDOM_DEFAULTS['seed']})")
-    p.add_argument("--out", metavar="PATH", help="write the language JSON here")
+    p.add_argument("--out", type=path_arg, metavar="PATH", help="write the language JSON here")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_language)
@@ -221,7 +221,7 @@ def register(subparsers) -> None:
     p.add_argument("--messages", type=int_in(1, MAX_MESSAGES), default=1000,
                    help=f"number of messages, 1..{MAX_MESSAGES:,} (default 1000)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", metavar="PATH", help="write the corpus here (default: print it)")
+    p.add_argument("--out", type=path_arg, metavar="PATH", help="write the corpus here (default: print it)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--json", action="store_true", help="print a summary as JSON")
     p.set_defaults(func=cmd_sample)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tinylatent.backend import DEVICES
 from tinylatent.checkpoint import CHECKPOINT_FILENAME, load_checkpoint
-from tinylatent.cli import check_output_folder, int_in, non_negative_int, positive_int
+from tinylatent.cli import check_output_folder, int_in, non_negative_int, path_arg, positive_int
 from tinylatent.cli_language import DEFAULT_PRESET, language_from_args
 from tinylatent.gpt import DTYPES, GPTConfig
 from tinylatent.language import PRESETS, as_generator
@@ -189,7 +189,7 @@ def register(subparsers) -> None:
     choice = language.add_mutually_exclusive_group()
     choice.add_argument("--language", "--preset", dest="preset", choices=PRESETS, default=None,
                         help=f"a named language (default {DEFAULT_PRESET}: the paper's, docs/claims.md §1)")
-    choice.add_argument("--language-file", metavar="JSON", default=None,
+    choice.add_argument("--language-file", type=path_arg, metavar="JSON", default=None,
                         help="a language JSON file (docs/language_format.md); not with --eta")
     language.add_argument("--eta", type=float, default=None, help="the noise level η ≥ 0 of a preset (default 0)")
     model = p.add_argument_group("model")
@@ -233,7 +233,7 @@ def register(subparsers) -> None:
     run.add_argument("--checkpoint-interval", type=positive_int, default=None,
                      help="steps between checkpoints (default 500)")
     run.add_argument("--device", choices=DEVICES, default=None, help="cpu (NumPy, default) or gpu (CuPy)")
-    p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default {DEFAULT_OUT})")
+    p.add_argument("--out", type=path_arg, default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default {DEFAULT_OUT})")
     p.add_argument("--resume", action="store_true", help="continue the run whose checkpoint is in --out")
     p.add_argument("--force", action="store_true",
                    help="start a new run even though --out holds a log.jsonl (of a run that saved no checkpoint); "
@@ -244,7 +244,7 @@ def register(subparsers) -> None:
 
     g = subparsers.add_parser("generate", help="sample text from a trained checkpoint",
                               description="Continue a prompt with text sampled from a trained model.")
-    g.add_argument("--checkpoint", required=True, metavar="PATH", help="a checkpoint file (OUT/ckpt.npz)")
+    g.add_argument("--checkpoint", type=path_arg, required=True, metavar="PATH", help="a checkpoint file (OUT/ckpt.npz)")
     g.add_argument("--prompt", default=None,
                    help="text to continue, over the language's vocabulary; the two characters \\n stand for the "
                         "delimiter (default: the delimiter alone, i.e. start a new message)")
