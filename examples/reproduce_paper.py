@@ -173,7 +173,7 @@ def configs_for(model_preset: ModelPreset, budget: Budget, seed: int, device: st
 def read_curve(run_dir: Path) -> dict:
     """The validation losses of a run's log: {"step": [...], "val_loss": [...], "bayes_val_loss": float}."""
     steps, losses, bayes = [], [], None
-    for line in (run_dir / LOG_FILENAME).read_text().splitlines():
+    for line in (run_dir / LOG_FILENAME).read_text(encoding="utf-8").splitlines():
         record = json.loads(line)
         if record.get("val_loss") is not None:
             steps.append(record["step"])

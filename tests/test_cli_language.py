@@ -1,5 +1,6 @@
 """The language subcommands: real output, --json, and bad input as one line with exit status 2."""
 import json
+import os
 import re
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import pytest
 
 from one_line_errors import assert_one_line_error
 from tinylatent.cli import main
+from tinylatent.language import paper_language
 
 
 def run(capsys, *argv):
@@ -88,6 +90,34 @@ def test_malformed_language_file(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 2 and "not valid JSON" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_files_are_utf8_whatever_the_locale(tmp_path):
+    """A language whose letters are not ASCII, written and read back, and its corpus sampled, in the
+    C locale with Python's UTF-8 mode off: there the default encoding of files is ASCII (standard
+    output, which shows the letters too, is set to UTF-8: this test is about the files)."""
+    greek = {**paper_language(0.02).to_dict(), "alphabet": "αβγδεζηθικλμνξοπρσ"}
+    (tmp_path / "greek.json").write_text(json.dumps(greek, ensure_ascii=False), encoding="utf-8")
+    ascii_locale = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0",
+                    "PYTHONIOENCODING": "utf-8"}
+    for argv in (["language", "--language-file", tmp_path / "greek.json", "--out", tmp_path / "copy.json"],
+                 ["sample", "--language-file", tmp_path / "copy.json", "--messages", "3",
+                  "--out", tmp_path / "corpus.txt"]):
+        result = subprocess.run([sys.executable, "-m", "tinylatent", *argv], capture_output=True, text=True,
+                                env=ascii_locale)
+        assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "copy.json").read_text(encoding="utf-8"))["alphabet"] == greek["alphabet"]
+    corpus = (tmp_path / "corpus.txt").read_text(encoding="utf-8").split("\n")
+    assert len([line for line in corpus if line]) == 3 and set("".join(corpus)) <= set(greek["alphabet"])
+
+
+def test_a_terminal_that_cannot_show_the_output_is_one_line_that_says_what_to_do():
+    ascii_locale = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    result = subprocess.run([sys.executable, "-m", "tinylatent", "ambiguity", "--messages", "100"],
+                            capture_output=True, text=True, env=ascii_locale)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.startswith("tinylatent ambiguity: error: the output's encoding, ascii, cannot show '\\u03b5'; "
+                                    "use a UTF-8 locale or set PYTHONIOENCODING=utf-8"), result.stderr
 
 
 def test_outputs_are_checked_before_any_work(tmp_path, capsys):

@@ -234,5 +234,8 @@ def test_bad_files_are_value_errors(tmp_path):
         (tmp_path / name).write_text(text)
         with pytest.raises(ValueError, match=name):
             load_language(tmp_path / name)
+    (tmp_path / "binary.json").write_bytes(b'{"format": "\xff\xfe"}')
+    with pytest.raises(ValueError, match="binary.json is not a language file: .* byte 12 of this file is not UTF-8"):
+        load_language(tmp_path / "binary.json")
     with pytest.raises(FileNotFoundError):
         load_language(tmp_path / "absent.json")

@@ -253,6 +253,19 @@ def test_ctrl_c_during_the_optimiser_update_is_held_until_the_step_is_whole(tmp_
     assert without_timing(read_log(tmp_path / "interrupted")) == without_timing(straight_log)
 
 
+def test_resume_drops_damaged_log_lines_and_those_after_the_checkpoint(tmp_path):
+    """A log line cut short or with bytes that are not UTF-8 (a crash, a bad disk) is dropped on
+    resume, as are the steps after the checkpoint, which the resumed run makes again."""
+    language = tiny_language()
+    train(language, tiny_model(language), tiny_run(steps=6, checkpoint_interval=100), tmp_path, progress=False)
+    with open(tmp_path / LOG_FILENAME, "ab") as handle:
+        handle.write(b'{"step": 7, "loss": 1.0}\n\xff\xfe{"step": 2\n{"step": 8, "lo')
+    train(language, tiny_model(language), tiny_run(steps=8, checkpoint_interval=100), tmp_path, resume=True,
+          progress=False)
+    log = read_log(tmp_path)
+    assert [r["step"] for r in log] == list(range(9)) and log[7]["loss"] != 1.0
+
+
 def test_a_fresh_run_will_not_overwrite_an_existing_checkpoint(tmp_path):
     language = tiny_language()
     train(language, tiny_model(language), tiny_run(steps=3), tmp_path, progress=False)

@@ -45,13 +45,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], mode: str
     replaced, the link stays. Something that exists but is not a file (a FIFO, a device
     such as ``/dev/stdout``) cannot be replaced and is written to directly; a directory
     (or a path ending in a separator) raises ``IsADirectoryError`` naming it. Returns the
-    path written, as given.
+    path written, as given. Text (a mode without ``"b"``) is written as UTF-8, whatever the locale.
     """
+    encoding = None if "b" in mode else "utf-8"
     given = Path(path)
     if given.is_dir() or str(path).endswith(("/", os.sep)):
         raise IsADirectoryError(errno.EISDIR, "is a directory; give a file name", str(given))
     if given.exists() and not given.is_file():       # a FIFO, /dev/stdout, ...: nothing to rename over
-        with open(given, mode) as handle:
+        with open(given, mode, encoding=encoding) as handle:
             write(handle)
         return given
     target = Path(os.path.realpath(given))   # through symbolic links, as open(path, "w") would
@@ -62,7 +63,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], mode: str
     except OSError as exc:                  # named by the path asked for, not the temporary file's
         raise type(exc)(exc.errno, exc.strerror, str(given)) from None
     try:
-        with os.fdopen(fd, mode) as handle:
+        with os.fdopen(fd, mode, encoding=encoding) as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())

@@ -142,6 +142,9 @@ def error_text(exc: BaseException) -> str:
     """One line for an error: an OSError's reason and file, or the exception's own first line."""
     if isinstance(exc, MemoryError):
         return "out of memory: the request is too large for this machine; ask for less"
+    if isinstance(exc, UnicodeEncodeError):  # files are UTF-8, so this is the terminal's (or pipe's) encoding
+        return (f"the output's encoding, {exc.encoding}, cannot show {exc.object[exc.start:exc.end]!r}; "
+                "use a UTF-8 locale or set PYTHONIOENCODING=utf-8")
     if isinstance(exc, OSError) and exc.strerror:
         return f"{exc.strerror}: {exc.filename}" if exc.filename is not None else exc.strerror
     text = str(exc).strip()

@@ -418,9 +418,12 @@ def load_language(path: Union[str, os.PathLike]) -> Language:
     """Read and validate a language JSON written by :func:`save_language`."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except IsADirectoryError:
         raise ValueError(f"{path} is a folder, not a language file") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not a language file: a language is JSON text in UTF-8, and byte "
+                         f"{exc.start} of this file is not UTF-8 (docs/language_format.md)") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:

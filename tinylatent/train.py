@@ -448,7 +448,8 @@ class JsonLog:
         self.path = path
         kept = []
         if keep_through_step is not None and path.exists():
-            for line in path.read_text().splitlines():
+            # a byte that is not UTF-8 (a damaged line) becomes U+FFFD, and its line is dropped like a cut one
+            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError:  # a line cut short by a crash
@@ -457,7 +458,7 @@ class JsonLog:
                     kept.append(line)
         # the kept lines replace the file atomically, so a crash here loses none of them
         atomic_write(path, lambda handle: handle.writelines(line + "\n" for line in kept))
-        self.handle = open(path, "a")
+        self.handle = open(path, "a", encoding="utf-8")
 
     def write(self, record: dict) -> None:
         clean = {key: (None if isinstance(value, float) and not math.isfinite(value) else value)
