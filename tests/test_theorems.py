@@ -14,7 +14,7 @@ import itertools
 
 import numpy as np
 import pytest
-from hypothesis import Phase, given, settings, strategies as st
+from hypothesis import Phase, example, given, settings, strategies as st
 
 import brute_force
 from tinylatent import theorems as th
@@ -361,7 +361,8 @@ def test_icl_bound_is_a_mixture_statement():
 
 @pytest.mark.xfail(strict=True, reason="the paper's stated form ε_m ≤ ε_0^{m+2} (ε_0 = max_i ε_i) is false: "
                                        "with a uniform prior and m = 1, ε_1 = ε_0 > ε_0^3 whenever 0 < ε_0 < 1")
-@settings(phases=[Phase.explicit, Phase.reuse, Phase.generate])  # a known failure: no need to shrink it
+@settings(phases=[Phase.explicit])  # the known counterexample (pinned below); a search would add nothing
+@example(seed=0, m=1)
 @given(st.integers(0, 2**16), st.integers(1, 4))
 def test_paper_stated_exponent_m_plus_2(seed, m):
     language = preset("paper-noisy-first-mixture", 0.04)
