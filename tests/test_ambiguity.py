@@ -65,6 +65,13 @@ def test_bad_arguments():
         measure_ambiguity(paper_language(0.02), exact=True)
     with pytest.raises(ValueError, match="n_messages"):
         measure_ambiguity(paper_language(0.02), n_messages=1, exact=False)
+    with pytest.raises(ValueError, match="n_messages must be an integer ≥ 2; got None"):
+        measure_ambiguity(paper_language(0.02), n_messages=None, exact=False)
+    with pytest.raises(ValueError, match="exact must be True, False or None"):
+        measure_ambiguity(paper_language(0.02), exact="no")        # a non-empty string used to mean True
+    for successes, trials in ((0, 0), (3, 2), (-1, 5), (1.5, 4), (True, 3)):
+        with pytest.raises(ValueError, match="wilson_interval needs integers 0 ≤ successes ≤ trials"):
+            wilson_interval(successes, trials)
 
 
 def enumerated_statistics(language):

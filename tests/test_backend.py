@@ -61,6 +61,7 @@ def test_scatter_add_accumulates_repeated_indices():
 
 @pytest.mark.parametrize("ids, fragment", [
     (np.array([0, 19]), "found 19"), (np.array([-1, 2]), "found -1"), (np.array([0.5]), "integers"),
+    (np.array([2**63 + 5], dtype=np.uint64), "found 9223372036854775813"),   # not wrapped to a negative id
 ])
 def test_token_ids_are_checked_on_the_host(ids, fragment):
     with pytest.raises(ValueError, match=fragment):

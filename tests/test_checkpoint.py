@@ -234,3 +234,113 @@ def test_a_crash_while_writing_leaves_the_old_checkpoint_whole(saved, monkeypatc
     assert os.listdir(path.parent) == [path.name]  # the temporary file is gone too
     monkeypatch.undo()
     assert load_checkpoint(path).step == 2
+
+
+# -- save refuses what load would refuse; load checks every entry ------------------------------
+
+def _with_param(name, change):
+    """An edit of make_state()'s keyword arguments that replaces the parameter ``name`` by ``change(it)``."""
+    def edit(state):
+        state["params"] = {**state["params"], name: change(state["params"][name])}
+    return edit
+
+
+def _other_language(state):
+    state["language"] = random_language(n_intentions=2, n_letters=5, letters_per_intention=2, message_length=4, seed=0)
+
+
+SAVE_REFUSES = [   # (id, edit of the keyword arguments, what the message says)
+    ("negative step", lambda s: s.update(step=-1), r"'step' must be a non-negative integer; got -1"),
+    ("fractional step", lambda s: s.update(step=1.7), r"'step' must be a non-negative integer; got 1\.7"),
+    ("string step", lambda s: s.update(step="3"), r"'step' must be a non-negative integer; got '3'"),
+    ("bool step", lambda s: s.update(step=True), r"'step' must be a non-negative integer; got True"),
+    ("no step", lambda s: s.update(step=None), r"'step' must be a non-negative integer; got None"),
+    ("NaN parameter", _with_param("wpe", lambda p: np.full_like(p, np.nan)), r"'wpe' contains NaN or inf"),
+    ("parameter shape", _with_param("wpe", lambda p: p[:4]), r"'wpe' has shape \(4, 16\) but the model config needs \(8, 16\)"),
+    ("parameter dtype", _with_param("wpe", lambda p: p.astype(np.float64)), r"'wpe' has dtype float64; the model config says float32"),
+    ("rng state", lambda s: s.update(rng_state={"x": 1}), r"generator state must be a dict with a 'bit_generator' entry"),
+    ("no rng state", lambda s: s.update(rng_state=None), r"generator state must be a dict with a 'bit_generator' entry"),
+    ("no train config", lambda s: s.update(train_config=None), r"'train_config' must be a JSON object"),
+    ("bad train config", lambda s: s.update(train_config={"steps": -5}), r"TrainConfig\.steps must be a positive integer; got -5"),
+    ("another vocabulary", _other_language, r"the language has 6 tokens but the model config has vocab_size 5"),
+    ("no language", lambda s: s.update(language=None), r"language must be a tinylatent Language; got NoneType"),
+    ("no optimizer state", lambda s: s.update(optimizer_state=None), r"optimizer state must be a dict with 'step', 'm' and 'v'"),
+    ("metrics list", lambda s: s.update(metrics=[("train_loss", 1.0)]), r"'metrics' must be a JSON object"),
+    ("integer metric key", lambda s: s.update(metrics={1: 0.5}), r"metrics keys must be strings; got 1"),
+]
+
+
+@pytest.mark.parametrize("edit, message", [case[1:] for case in SAVE_REFUSES], ids=[case[0] for case in SAVE_REFUSES])
+def test_save_refuses_what_load_would_refuse_and_keeps_the_old_file(saved, edit, message):
+    """Each of these was written (or crashed with a TypeError) and then refused or changed by load."""
+    path, state = saved
+    before = path.read_bytes()
+    state = dict(state)
+    edit(state)
+    with pytest.raises(ValueError, match=message) as error:
+        save_checkpoint(path, **state)
+    assert str(error.value).startswith(f"cannot save a checkpoint to {path}: ")
+    assert path.read_bytes() == before and os.listdir(path.parent) == [path.name]
+
+
+def test_numpy_numbers_in_metrics_and_configs_are_stored_as_python_numbers(tmp_path):
+    state = make_state()
+    state.update(step=np.int64(2), metrics={"train_loss": np.float32(1.25), "val_loss": np.float64(1.5)},
+                 train_config={"steps": np.int64(10), "max_lr": np.float32(1e-3), "betas": (np.float32(0.9), 0.95)})
+    checkpoint = load_checkpoint(save_checkpoint(tmp_path / "c.npz", **state))
+    assert checkpoint.step == 2 and type(checkpoint.step) is int
+    assert checkpoint.metrics == {"train_loss": 1.25, "val_loss": 1.5}
+    assert all(type(value) is float for value in checkpoint.metrics.values())
+    assert checkpoint.train_config == {"steps": 10, "max_lr": float(np.float32(1e-3)), "betas": [float(np.float32(0.9)), 0.95]}
+
+
+def test_a_generator_state_that_holds_arrays_round_trips(tmp_path):
+    """MT19937's state holds a NumPy array (its key): stored as a list, it restores the same stream."""
+    state = make_state()
+    original = np.random.Generator(np.random.MT19937(5))
+    state["rng_state"] = original.bit_generator.state
+    checkpoint = load_checkpoint(save_checkpoint(tmp_path / "c.npz", **state))
+    assert np.array_equal(checkpoint.generator().random(5), original.random(5))
+
+
+def _moment_of_another_shape(arrays, metadata):
+    arrays["optimizer/m/wpe"] = arrays["optimizer/m/wpe"][:4]
+    arrays["optimizer/v/wpe"] = arrays["optimizer/v/wpe"][:4]
+
+
+LOAD_REFUSES = [   # (id, edit of the raw archive, what the message says)
+    ("bad train config", lambda arrays, metadata: metadata.update(train_config={"steps": -5}),
+     r"bad train config: TrainConfig\.steps must be a positive integer; got -5"),
+    ("train context too long", lambda arrays, metadata: metadata["train_config"].update(context_length=9),
+     r"bad train config: TrainConfig\.context_length \(9\) exceeds the model's context_length \(8\)"),
+    ("no optimizer state", lambda arrays, metadata: metadata.update(optimizer_state=None),
+     r"optimizer state must be a dict with 'step', 'm' and 'v'; got NoneType"),
+    ("moment shape", _moment_of_another_shape, r"optimizer state: m\['wpe'\] has shape \(4, 16\); its parameter has \(8, 16\)"),
+    ("metrics list", lambda arrays, metadata: metadata.update(metrics=[1.0]),
+     r"'metrics' must be a JSON object of name -> number; got list"),
+    ("metric text", lambda arrays, metadata: metadata["metrics"].update(val_loss="low"),
+     r"metric 'val_loss' must be a number or None; got 'low'"),
+]
+
+
+@pytest.mark.parametrize("edit, message", [case[1:] for case in LOAD_REFUSES], ids=[case[0] for case in LOAD_REFUSES])
+def test_load_refuses_contents_it_used_to_take_blindly(saved, edit, message):
+    path, _ = saved
+    rewrite(path, edit)
+    with pytest.raises(ValueError, match=message) as error:
+        load_checkpoint(path)
+    assert str(error.value).startswith(f"{path}: ")
+
+
+def test_a_folder_is_named_as_a_folder(tmp_path):
+    with pytest.raises(ValueError, match=r"is a folder, not a checkpoint file"):
+        load_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize("path", [None, "", 3], ids=["None", "empty", "number"])
+def test_a_path_that_names_no_file_is_a_value_error(saved, path):
+    _, state = saved
+    with pytest.raises(ValueError, match=r"checkpoint path (must be a str or os\.PathLike|is empty)"):
+        load_checkpoint(path)
+    with pytest.raises(ValueError, match=r"checkpoint path (must be a str or os\.PathLike|is empty)"):
+        save_checkpoint(path, **state)

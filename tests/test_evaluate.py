@@ -20,7 +20,7 @@ from tinylatent import theorems as th
 from tinylatent.cli import main
 from tinylatent.evaluate import (
     Estimate, OraclePredictor, UniformPredictor, convergence, evaluate, has_circular_chain, in_context_learning,
-    language_understanding, paper_icl_target, sample_understanding_prompts, split_kl,
+    language_understanding, paper_icl_target, predictor_log_probs, sample_understanding_prompts, split_kl,
 )
 from tinylatent.gpt import GPT, GPTConfig
 from tinylatent.language import DELIMITER_ID, preset, random_language
@@ -215,6 +215,94 @@ def test_evaluate_rejects_bad_sizes(untrained_gpt, bad):
 def test_understanding_prompts_need_messages_as_long_as_the_prompt():
     with pytest.raises(ValueError, match="fewer than 6 letters"):
         sample_understanding_prompts(random_language(message_length=4), 5, n_letters=6)
+
+
+# -- bad input is refused with a ValueError that names it -------------------------------------
+
+FLOAT_INTENTIONS = np.array([0.7, 1.2, 5.9])           # once truncated to [0, 1, 5] and used
+
+
+@pytest.mark.parametrize("measure", ["understanding", "icl"])
+def test_float_or_out_of_range_intentions_and_float_ids_are_refused_not_truncated(measure):
+    if measure == "understanding":
+        tasks = sample_understanding_prompts(PAPER, 3, n_letters=2, seed=12)
+        read = lambda tasks: language_understanding(UniformPredictor(VOCAB), PAPER, tasks, leading_delimiter=True)
+    else:
+        tasks = th.sample_icl_tasks(PAPER, 3, 1, seed=12)
+        read = lambda tasks: in_context_learning(UniformPredictor(VOCAB), PAPER, tasks)
+    with pytest.raises(ValueError, match=r"intentions must be integer intention ids in 0\.\.5; got dtype float64"):
+        read(tasks._replace(intentions=FLOAT_INTENTIONS))
+    with pytest.raises(ValueError, match=r"intention 6 is outside 0\.\.5"):
+        read(tasks._replace(intentions=np.array([0, 1, 6])))
+    with pytest.raises(ValueError, match=r"B ≥ 1 tasks.*got intentions of shape \(2,\), 3 example lists and 3 queries"):
+        read(tasks._replace(intentions=tasks.intentions[:2]))
+    float_queries = [query.astype(np.float64) for query in tasks.queries]
+    with pytest.raises(ValueError, match=r"\(examples and queries\) must be integer token ids; got dtype float64"):
+        read(tasks._replace(queries=float_queries))
+
+
+def test_icl_refuses_float_examples_and_a_fractional_max_examples():
+    tasks = th.sample_icl_tasks(PAPER, 3, 2, seed=13)
+    float_examples = [[message + 0.5 for message in examples] for examples in tasks.examples]
+    with pytest.raises(ValueError, match="must be integer token ids; got dtype float64"):
+        in_context_learning(UniformPredictor(VOCAB), PAPER, tasks._replace(examples=float_examples))
+    for bad in (1.5, np.True_):
+        with pytest.raises(ValueError, match=r"max_examples must be an integer in 0\.\.2"):
+            in_context_learning(UniformPredictor(VOCAB), PAPER, tasks, max_examples=bad)
+
+
+@pytest.mark.parametrize("intentions, words", [
+    ([1.7], "integer intention ids in 0..5; got dtype float64"),
+    ([-1], "intention -1 is outside 0..5 .*negative ids do not wrap"),
+    ([6], "intention 6 is outside 0..5"),
+    (2, r"one θ\* per task; got shape \(\)"),
+])
+def test_the_papers_icl_target_refuses_bad_intentions(intentions, words):
+    with pytest.raises(ValueError, match=words):
+        paper_icl_target(PAPER, intentions)
+
+
+def test_predictor_log_probs_reads_b_by_t_integer_ids_in_positive_batches():
+    tokens = stream_windows(PAPER, 5, 4, np.random.default_rng(14))
+    oracle_model = OraclePredictor(PAPER)
+    np.testing.assert_array_equal(predictor_log_probs(oracle_model, tokens, batch_size=2),
+                                  predictor_log_probs(oracle_model, tokens))         # chunks change nothing
+    with pytest.raises(ValueError, match="tokens must be integer token ids; got dtype float64"):
+        predictor_log_probs(oracle_model, tokens + 0.5)                              # once floored
+    with pytest.raises(ValueError, match=r"tokens: token id 19 is outside the vocabulary \[0, 19\)"):
+        predictor_log_probs(UniformPredictor(VOCAB), np.full((1, 3), VOCAB))
+    with pytest.raises(ValueError, match=r"tokens must be a \(B, T\) array.*got shape \(4,\)"):
+        predictor_log_probs(oracle_model, tokens[0])                                 # once a (T, V + 1) answer
+    for bad in (0, -1, True, 2.0):
+        with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+            predictor_log_probs(oracle_model, tokens, batch_size=bad)
+
+
+@pytest.mark.parametrize("model_vocab", [5, 30])
+def test_convergence_refuses_a_predictor_over_another_vocabulary(model_vocab):
+    windows = stream_windows(PAPER, 3, 6, np.random.default_rng(15))
+    with pytest.raises(ValueError, match=rf"\(B, T, V \+ 1\).*V \+ 1 = 19 tokens.*got shape \(3, 5, {model_vocab}\)"):
+        convergence(UniformPredictor(model_vocab), PAPER, windows)
+
+
+@pytest.mark.parametrize("bad", [2.5, 0, -3, None, True, "19"])
+def test_a_uniform_predictor_needs_a_positive_integer_vocabulary(bad):
+    with pytest.raises(ValueError, match="vocab_size .* must be a positive integer"):
+        UniformPredictor(bad)
+
+
+def test_an_oracle_predictor_refuses_an_unknown_phase_at_once():
+    with pytest.raises(ValueError, match="phase must be one of start, unknown; got 'x'"):
+        OraclePredictor(PAPER, phase="x")
+
+
+@pytest.mark.parametrize("name, bad", [("n_windows", None), ("n_prompts", math.inf), ("max_examples", np.True_),
+                                       ("max_examples", 1.0), ("seed", 2.0), ("max_letters", 2.0), ("window_length", 2.5),
+                                       ("window_length", 1)])
+def test_evaluate_refuses_counts_that_are_not_integers(name, bad):
+    small = dict(n_windows=4, n_prompts=4, max_letters=2, max_examples=1, window_length=9)  # fast, should one slip by
+    with pytest.raises(ValueError, match=f"{name} must be an integer ≥"):
+        evaluate(UniformPredictor(VOCAB), PAPER, **{**small, name: bad})
 
 
 # -- the command line ------------------------------------------------------------------------

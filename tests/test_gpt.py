@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tinylatent.gpt import GPT, GPTConfig, init_params, param_shapes
+from tinylatent.gpt import GPT, GPTConfig, init_params, param_shapes, sample_next_tokens
 
 EPS = 1e-6
 FEW = settings(max_examples=10, deadline=None)
@@ -251,6 +251,30 @@ def test_model_rejects_parameters_that_do_not_match_the_config():
 @pytest.fixture(scope="module")
 def tiny_model():
     return GPT.create(tiny_config(), np.random.default_rng(0))
+
+
+def test_a_seed_stands_for_its_generator_in_create_and_generate(tiny_model):
+    """Randomness comes from a Generator or a seed, everywhere (a seed used to be an AttributeError)."""
+    seeded, from_generator = GPT.create(tiny_config(), 0), tiny_model
+    for name in from_generator.params:
+        np.testing.assert_array_equal(seeded.params[name], from_generator.params[name])
+    np.testing.assert_array_equal(tiny_model.generate(np.array([[1, 2]]), 4, rng=5),
+                                  tiny_model.generate(np.array([[1, 2]]), 4, rng=np.random.default_rng(5)))
+    with pytest.raises(ValueError, match="seed must be an int, a numpy.random.Generator or None"):
+        GPT.create(tiny_config(), "0")
+
+
+@pytest.mark.parametrize("logits, kwargs, message", [
+    (np.full((2, 5), np.nan), {}, "the logits contain NaN"),         # used to sample token 0 for ever
+    (np.zeros(5), {}, r"shape \(batch, vocabulary\); got \(5,\)"),
+    (np.zeros((2, 5)), dict(top_k=9), r"top_k must be None or an integer in \[1, 5\]; got 9"),  # dropped the best
+    (np.zeros((2, 5)), dict(top_k=0), "top_k"),
+    (np.zeros((2, 5)), dict(temperature=-1.0), "temperature must be a positive finite number"),  # inverted p
+    (np.zeros((2, 5)), dict(temperature=0.0), "temperature"),
+])
+def test_sampling_refuses_what_it_cannot_sample_from(logits, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        sample_next_tokens(logits, np.random.default_rng(0), **kwargs)
 
 
 @pytest.mark.parametrize("idx, message", [

@@ -183,6 +183,25 @@ def test_bad_languages_are_value_errors(field, value, message):
         Language(**fields)
 
 
+def test_a_language_copies_the_arrays_it_is_given():
+    """It freezes its own arrays, not the caller's, and a later edit of the caller's array
+    (or of the array a view was taken from) cannot reach the validated language."""
+    first_letter = np.full((2, 3), 1.0 / 3.0)
+    source = np.full((2, 3, 3), 1.0 / 3.0)
+    language = Language(initial=[0.5, 0.5], transition=np.eye(2), first_letter=first_letter,
+                        letter_transition=source[:, :, :], length_probs=[0.0, 0.0, 1.0])
+    assert first_letter.flags.writeable and source.flags.writeable
+    first_letter[0] = [1.0, 5.0, -3.0]
+    source[0, 0] = [2.0, -1.0, 0.0]
+    np.testing.assert_array_equal(language.first_letter, np.full((2, 3), 1.0 / 3.0))
+    np.testing.assert_array_equal(language.letter_transition, np.full((2, 3, 3), 1.0 / 3.0))
+    assert not language.first_letter.flags.writeable
+    prior = np.array([0.25, 0.75])
+    mixture = mixture_language(language, prior)
+    prior[0] = -1.0
+    np.testing.assert_array_equal(mixture.initial, [0.25, 0.75])
+
+
 def test_bad_constructor_arguments():
     with pytest.raises(ValueError, match="eta"):
         paper_language(-0.01)
@@ -207,6 +226,18 @@ def test_bad_constructor_arguments():
     (lambda language: random_language(2, 4, letters_per_intention=1.5), "letters_per_intention must be an integer"),
     (lambda language: random_language(2, 4, message_length=(1.5, 3)), "pair .* of integers"),
     (lambda language: random_language(2, 4, message_length=(1, 2, 3)), "pair .* of integers"),
+    (lambda language: random_language(2, 4, message_length=None), "a message length must be a positive integer; got None"),
+    (lambda language: random_language(True, 4), "n_intentions must be a positive integer; got True"),
+    (lambda language: random_language(2, 4, concentration="1"), "concentration must be a finite number > 0; got '1'"),
+    (lambda language: random_language(2, 4, eta=None), "eta must be a finite number ≥ 0; got None"),
+    (lambda language: paper_language(None), "eta must be a finite number ≥ 0; got None"),
+    (lambda language: paper_language("0.1"), "eta must be a finite number ≥ 0; got '0.1'"),
+    (lambda language: sample_corpus(language, True, 0), "non-negative integer; got True"),
+    (lambda language: sample_corpus(language, None, 0), "non-negative integer; got None"),
+    (lambda language: sample_intentions(language, float("inf"), 0), "non-negative integer; got inf"),
+    (lambda language: sample_windows(language, None, 5, 0), "n_windows must be a positive integer; got None"),
+    (lambda language: sample_windows(language, 2, 5.0, 0), "window_length must be a positive integer; got 5.0"),
+    (lambda language: fixed_length(float("nan")), "a message length must be a positive integer; got nan"),
 ])
 def test_bad_sampling_arguments_are_value_errors_not_truncated(call, message):
     with pytest.raises(ValueError, match=message):

@@ -267,6 +267,16 @@ def test_adamw_refuses_a_state_that_is_not_one(edit, message):
     assert optimizer.step_count == 0 and optimizer.m == {}          # nothing was half restored
 
 
+@pytest.mark.parametrize("lr", [math.nan, math.inf, -1e-3, "0.1", True, None])
+def test_adamw_rejects_a_learning_rate_that_is_not_a_finite_number_at_least_0(lr):
+    params = {"w": np.ones((2, 3)), "b": np.ones(3)}
+    grads = {"w": np.full((2, 3), 0.5), "b": np.full(3, 0.5)}
+    optimizer = AdamW()
+    with pytest.raises(ValueError, match="lr must be a finite number ≥ 0"):
+        optimizer.step(params, grads, lr)
+    assert optimizer.step_count == 0 and np.all(params["w"] == 1.0)        # nothing moved, no NaN written
+
+
 def test_adamw_rejects_mismatched_gradients():
     params = {"w": np.ones((2, 2))}
     with pytest.raises(ValueError, match="exactly the keys"):
@@ -299,6 +309,12 @@ def test_lr_schedule_values():
     ((0, 1e-3, 100, 100, 0.0), "warmup_steps < total_steps"),
     ((0, 1e-3, -1, 100, 0.0), "warmup_steps"),
     ((0, 1e-3, 10, 100, 1e-2), "min_lr <= max_lr"),
+    ((0, 1e-3, 1.5, 100, 0.0), "integers 0 <= warmup_steps < total_steps"),
+    ((0, 1e-3, True, 100, 0.0), "integers 0 <= warmup_steps < total_steps"),
+    ((0, 1e-3, 10, math.nan, 0.0), "integers 0 <= warmup_steps < total_steps"),
+    ((0, 1e-3, None, 100, 0.0), "integers 0 <= warmup_steps < total_steps"),
+    ((0, "1e-3", 10, 100, 0.0), "finite numbers 0 <= min_lr <= max_lr"),
+    ((0, math.inf, 10, 100, 0.0), "finite numbers 0 <= min_lr <= max_lr"),
 ])
 def test_lr_schedule_rejects_bad_arguments(args, message):
     with pytest.raises(ValueError, match=message):
@@ -341,3 +357,6 @@ def test_clipping_reports_a_non_finite_norm_without_touching_the_gradients():
     assert grads["b"][0] == 2.0
     with pytest.raises(ValueError, match="max_norm"):
         clip_grad_norm(grads, 0.0)
+    for bad in (math.nan, "1.0", None, True):
+        with pytest.raises(ValueError, match="max_norm must be a number > 0"):
+            clip_grad_norm(grads, bad)

@@ -8,7 +8,7 @@ import brute_force
 from tinylatent.language import (
     Language, mixture_language, paper_language, random_language, sample_corpus, sample_windows,
 )
-from tinylatent.oracle import Oracle, describe_impossible
+from tinylatent.oracle import Oracle, describe_impossible, posterior_error
 
 
 # A relative tolerance cannot hold for a log-probability whose exact value is 0 (a token of
@@ -346,6 +346,19 @@ def test_message_ambiguity_is_accurate_when_tiny():
         expected[m] = np.exp(np.logaddexp.reduce(log_joint[1:]) - np.logaddexp.reduce(log_joint))
     assert expected.min() < 1e-16 and expected.min() > 0.0
     np.testing.assert_allclose(epsilon, expected, rtol=1e-9)
+
+
+@pytest.mark.parametrize("true_intentions, message", [
+    ([7], r"true intentions must lie in \[0, 2\); found 7"),
+    ([-1], "found -1"),
+    ([0.5], "true intentions must be integers"),
+    ([True], "true intentions must be integers"),
+    (0, r"a \(B, K\) posterior and \(B,\) true intentions; got shapes \(1, 2\) and \(\)"),
+])
+def test_posterior_error_refuses_intentions_it_cannot_read(true_intentions, message):
+    """Each of these used to give an error of 1, 0.9 or an IndexError."""
+    with pytest.raises(ValueError, match=message):
+        posterior_error(np.array([[0.9, 0.1]]), true_intentions)
 
 
 def test_prior_and_intentions_are_checked():

@@ -540,6 +540,7 @@ def _bad_input_cases():
     mixture = preset("paper-mixture", 0.02)
     x, message = language.encode("abca"), language.encode("abc\n")
     tasks = th.sample_icl_tasks(mixture, 2, 2, seed=0)
+    clean = paper_language(0.0)
     return [
         ("negative intention", lambda: th.understanding_continuations(language, [x], [-1], 1), r"intention -1 is outside 0\.\.5"),
         ("float intention", lambda: th.understanding_next_token(language, x[None], [1.0]), "integer intention ids"),
@@ -566,6 +567,26 @@ def _bad_input_cases():
             mixture, tasks._replace(queries=[message, tasks.queries[1]])), "first letters of one message"),
         ("ICL prior of the wrong size", lambda: th.sample_icl_tasks(mixture, 2, 1, prior=[1.0, 0.0]), "K = 6 intentions"),
         ("CoT prior not a distribution", lambda: th.chain_of_thought(language, 2, 4, prior=np.full(6, 0.5)), "sum to 1"),
+        # a prompt of probability 0 (after 'a', θ writes no 'r' in the η = 0 paper language): no claim is
+        # about it, and the filter's frozen state used to be reported as a measurement that holds
+        ("impossible message", lambda: th.sparsity(clean, [x, clean.encode("ar\n")], [0, 0]),
+         r"messages\[1\]: the prompt is impossible under paper\(eta=0\): token 'r' at position 1"),
+        ("impossible prompt", lambda: th.understanding_next_token(clean, [clean.encode("ar")], [0]),
+         r"prompts\[0\]: the prompt is impossible"),
+        ("impossible prefix", lambda: th.understanding_continuations(clean, [clean.encode("ar")], [0], 1),
+         r"message_prefixes\[0\]: the prompt is impossible"),
+        ("impossible prompt, Bayes error", lambda: th.bayes_intention_error(clean, [x, x, clean.encode("ar")], [0, 0, 0]),
+         r"prompts\[2\]: the prompt is impossible"),
+        ("impossible instruction", lambda: th.instruction_tuning(clean, [clean.encode("ar\n")], [0], [message]),
+         r"prompts\[0\]: the prompt is impossible"),
+        ("n_tokens None", lambda: th.understanding_continuations(language, [x], [0], None), "n_tokens must be a positive integer; got None"),
+        ("n_tokens True", lambda: th.understanding_continuations(language, [x], [0], True), "n_tokens must be a positive integer; got True"),
+        ("n_tasks inf", lambda: th.sample_icl_tasks(mixture, float("inf"), 1), "n_tasks must be an integer ≥ 1; got inf"),
+        ("n_examples 1.0", lambda: th.icl_posterior_concentration(mixture, tasks, 1.0), "n_examples must be an integer in 0..2; got 1.0"),
+        ("CoT n_chains None", lambda: th.chain_of_thought(language, 2, None), "n_chains must be an integer ≥ 2; got None"),
+        ("fit_decay, lengths differ", lambda: th.fit_decay([0, 1, 2], [0.1, 0.01]), r"same length .* shapes \(3,\) and \(2,\)"),
+        ("fit_decay, 2-D errors", lambda: th.fit_decay([0, 1], [[0.1, 0.01]]), "two 1-D arrays"),
+        ("fit_decay, NaN m", lambda: th.fit_decay([0, np.nan, 2], [0.1, 0.01, 0.001]), "must be finite"),
     ]
 
 

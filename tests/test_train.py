@@ -19,7 +19,7 @@ from tinylatent.language import paper_language, random_language, sample_corpus, 
 from tinylatent.optim import AdamW
 from tinylatent.train import (
     LOG_FILENAME, RandomStreams, TrainConfig, TrainingData, TrainingDiverged, batches_loss_and_grads,
-    bayes_validation_loss, train,
+    bayes_validation_loss, train, validation_loss,
 )
 
 
@@ -120,6 +120,18 @@ def test_log_has_one_line_per_step_and_the_validations(tmp_path):
     assert lrs[:3] == pytest.approx([config.max_lr / 3, 2 * config.max_lr / 3, config.max_lr])
     assert all(later < earlier for earlier, later in zip(lrs[2:], lrs[3:]))
     assert lrs[-1] > config.max_lr / 10
+
+
+@pytest.mark.parametrize("windows, batch_size, message", [
+    (np.zeros((0, 9), dtype=np.int64), 4, r"windows must be a \(B, T \+ 1\) array .* got shape \(0, 9\)"),  # was 0/0
+    (np.zeros((3, 1), dtype=np.int64), 4, r"got shape \(3, 1\)"),
+    (np.zeros(9, dtype=np.int64), 4, r"got shape \(9,\)"),
+    (np.zeros((3, 9), dtype=np.int64), 0, "batch_size must be a positive integer; got 0"),
+])
+def test_validation_loss_refuses_windows_with_no_target(windows, batch_size, message):
+    language = tiny_language()
+    with pytest.raises(ValueError, match=message):
+        validation_loss(GPT.create(tiny_model(language), 0), windows, batch_size)
 
 
 def test_bayes_validation_loss_is_the_oracle_on_the_target_positions():

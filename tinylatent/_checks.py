@@ -29,9 +29,8 @@ def checked_ids(values, n_ids: int, what: str, kind: str, outside: Callable[[int
     ids = np.asarray(values)
     if ids.size and not np.issubdtype(ids.dtype, np.integer):   # bool is not an integer type here
         raise ValueError(f"{what} must be {kind}; got dtype {ids.dtype}")
-    ids = ids.astype(np.int64, copy=False)
-    if ids.size:
+    if ids.size:       # before the cast to int64, which would wrap a uint64 id ≥ 2**63 to a negative one
         low, high = int(ids.min()), int(ids.max())
         if low < 0 or high >= n_ids:
             raise ValueError(outside(low if low < 0 else high))
-    return ids
+    return ids.astype(np.int64, copy=False)

@@ -31,6 +31,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
+from tinylatent._checks import is_integer
 from tinylatent.backend import array_module, to_device, to_host
 from tinylatent.language import (DELIMITER_ID, Language, SeedLike, _draw, as_generator, fixed_length,
                                  sample_message_matrix)
@@ -80,6 +81,9 @@ class AmbiguityReport(NamedTuple):
 
 def wilson_interval(successes: int, trials: int, z: float = Z_95) -> Estimate:
     """A proportion with its Wilson score interval (good also near 0 and 1)."""
+    if not (is_integer(successes) and is_integer(trials) and 0 <= successes <= trials and trials >= 1):
+        raise ValueError(f"wilson_interval needs integers 0 ≤ successes ≤ trials, trials ≥ 1; "
+                         f"got successes={successes!r}, trials={trials!r}")
     p = successes / trials
     denominator = 1.0 + z * z / trials
     centre = (p + z * z / (2.0 * trials)) / denominator
@@ -154,13 +158,15 @@ def measure_ambiguity(language: Language, n_messages: int = 20_000, seed: SeedLi
     space = sum(language.n_letters ** int(n) for n in np.nonzero(language.length_probs)[0])  # Python ints: no overflow
     if exact is None:
         exact = space <= MAX_ENUMERATED_MESSAGES
+    elif not isinstance(exact, (bool, np.bool_)):
+        raise ValueError(f"exact must be True, False or None (enumerate when feasible); got {exact!r}")
     if exact:
         if space > MAX_ENUMERATED_MESSAGES:
             raise ValueError(f"{space} possible messages are too many to enumerate (at most {MAX_ENUMERATED_MESSAGES}); "
                              "sample instead")
         return _exact(language, message_length, device)
-    if int(n_messages) != n_messages or n_messages < 2:
-        raise ValueError(f"n_messages must be an integer ≥ 2; got {n_messages}")
+    if not is_integer(n_messages) or n_messages < 2:
+        raise ValueError(f"n_messages must be an integer ≥ 2; got {n_messages!r}")
     return _sampled(language, int(n_messages), as_generator(seed), message_length, device)
 
 

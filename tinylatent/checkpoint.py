@@ -23,6 +23,11 @@ Files are written with :func:`tinylatent._io.atomic_write` (a temporary file in 
 same folder, fsynced, then renamed over the old one): a crash or Ctrl-C in the middle
 of a write leaves the previous checkpoint whole.
 
+One function, :func:`_checked_contents`, says what a checkpoint may hold. ``load_checkpoint``
+runs it on what it read; ``save_checkpoint`` runs it on exactly what it is about to write
+(the metadata after its JSON round trip) and writes nothing if it fails, so every file
+``save_checkpoint`` writes is one that ``load_checkpoint`` reads back with the same values.
+
 The full list of keys is in docs/training.md.
 """
 from __future__ import annotations
@@ -37,10 +42,12 @@ from typing import Any, Optional
 import numpy as np
 
 from tinylatent import __version__
+from tinylatent._checks import is_real
 from tinylatent._io import atomic_write
 from tinylatent.backend import to_device, to_host
 from tinylatent.gpt import GPT, GPTConfig, param_shapes
 from tinylatent.language import Language
+from tinylatent.optim import AdamW
 
 FORMAT_NAME = "tinylatent-checkpoint"
 FORMAT_VERSION = 1
@@ -63,7 +70,7 @@ class Checkpoint:
 
     Attributes:
         params: name -> NumPy array, in the order of :func:`tinylatent.gpt.param_shapes`.
-        optimizer_state: the optimiser's ``state_dict()`` with every array a NumPy array.
+        optimizer_state: the optimiser's (AdamW's) ``state_dict()`` with every array a NumPy array.
         step: the number of optimiser updates made so far.
         model_config: the GPT's shape.
         train_config: the training settings as a plain dict
@@ -133,7 +140,7 @@ def _join_state(skeleton: Any, archive: dict) -> Any:
     if isinstance(skeleton, dict):
         if ARRAY_MARKER in skeleton:
             key = skeleton[ARRAY_MARKER]
-            if key not in archive:
+            if not isinstance(key, str) or key not in archive:
                 raise ValueError(f"the optimizer state refers to the array {key!r}, which the file does not hold")
             array = archive[key]
             return array[()] if skeleton.get("scalar") else array
@@ -164,6 +171,131 @@ def generator_from_state(state: dict) -> np.random.Generator:
 
 
 # ----------------------------------------------------------------------------------------
+# what a checkpoint may hold: one check, for save and load
+# ----------------------------------------------------------------------------------------
+
+def _as_json(value: Any, where: str) -> Any:
+    """``value`` in plain JSON types, or a ``ValueError`` naming ``where``.
+
+    NumPy (and CuPy) numbers and arrays become the Python numbers and lists they hold
+    (metrics and configs often come as ``np.float32``, and the ``json`` module refuses
+    them); tuples become lists. Dict keys must be strings: JSON would silently turn
+    ``{1: ...}`` into ``{"1": ...}``. Anything else cannot be stored.
+    """
+    if _is_array(value):
+        return _as_json(np.asarray(to_host(value)).tolist(), where)
+    if isinstance(value, dict):
+        for key in value:
+            if not isinstance(key, str):
+                raise ValueError(f"{where} keys must be strings; got {key!r}")
+        return {key: _as_json(item, f"{where}[{key!r}]") for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_as_json(item, f"{where}[{i}]") for i, item in enumerate(value)]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise ValueError(f"{where} is a {type(value).__name__}, which a checkpoint cannot store; allowed: "
+                     "numbers, strings, True/False, None, and lists and dicts of them")
+
+
+def _checked_contents(metadata: dict, arrays: dict) -> Checkpoint:
+    """The checkpoint that ``metadata`` (a JSON object, as ``json.loads`` gives it) and
+    ``arrays`` (npz key -> NumPy array) describe, or a ``ValueError`` saying what is wrong.
+
+    The one statement of what a checkpoint may hold: :func:`load_checkpoint` calls it on
+    what it read, :func:`save_checkpoint` on what it is about to write. The format name and
+    version are :func:`load_checkpoint`'s to check (``save_checkpoint`` always writes its own).
+    """
+    from tinylatent.train import TrainConfig   # here, not at the top: tinylatent.train imports this module
+
+    missing = [key for key in REQUIRED_METADATA if key not in metadata]
+    if missing:
+        raise ValueError(f"the metadata is missing the key(s) {', '.join(missing)}")
+    step = metadata["step"]
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"'step' must be a non-negative integer; got {step!r}")
+
+    # the configs: their own from_dict checks, with their messages
+    if not isinstance(metadata["model_config"], dict):
+        raise ValueError("'model_config' must be a JSON object (GPTConfig.to_dict())")
+    try:
+        model_config = GPTConfig.from_dict(metadata["model_config"])
+    except TypeError as exc:
+        raise ValueError(f"bad model config ({exc})") from None
+    train_config = metadata["train_config"]
+    if not isinstance(train_config, dict):
+        raise ValueError(f"'train_config' must be a JSON object (TrainConfig.to_dict()); got {type(train_config).__name__}")
+    try:
+        TrainConfig.from_dict(train_config).resolved(model_config)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"bad train config: {exc}") from None
+    language = Language.from_dict(metadata["language"])
+    if language.vocab_size != model_config.vocab_size:
+        raise ValueError(
+            f"the language has {language.vocab_size} tokens but the model config "
+            f"has vocab_size {model_config.vocab_size}"
+        )
+    generator_from_state(metadata["rng_state"])  # validates the state
+    metrics = metadata["metrics"]
+    if not isinstance(metrics, dict):
+        raise ValueError(f"'metrics' must be a JSON object of name -> number; got {type(metrics).__name__}")
+    for name, value in metrics.items():
+        if value is not None and not is_real(value):
+            raise ValueError(f"metric {name!r} must be a number or None; got {value!r}")
+
+    # the arrays: exactly the parameters the model config needs, and the optimiser's moments for them
+    params = {}
+    for name, shape in param_shapes(model_config).items():
+        key = PARAMS_PREFIX + name
+        if key not in arrays:
+            raise ValueError(f"parameter {name!r}, which the model config needs, is missing")
+        array = arrays[key]
+        if tuple(array.shape) != shape:
+            raise ValueError(
+                f"parameter {name!r} has shape {tuple(array.shape)} but the model config "
+                f"needs {shape}: the parameters do not match the config"
+            )
+        if str(array.dtype) != model_config.dtype:
+            raise ValueError(f"parameter {name!r} has dtype {array.dtype}; the model config says {model_config.dtype}")
+        if not np.all(np.isfinite(array)):
+            raise ValueError(f"parameter {name!r} contains NaN or inf")
+        params[name] = array
+    extra = sorted(key[len(PARAMS_PREFIX):] for key in arrays if key.startswith(PARAMS_PREFIX)
+                   and key[len(PARAMS_PREFIX):] not in params)
+    if extra:
+        raise ValueError(f"parameters {extra} are not part of the model config: the parameters do not match the config")
+    optimizer_state = _join_state(metadata["optimizer_state"], arrays)
+    AdamW().load_state_dict(optimizer_state)   # AdamW's checks of its state: keys, step, moments, hyperparameters
+    for moment in ("m", "v"):
+        for name, value in optimizer_state[moment].items():
+            if name not in params:
+                raise ValueError(f"optimizer state: {moment}[{name!r}] is the moment of no parameter of the model config")
+            if np.shape(value) != params[name].shape:
+                raise ValueError(f"optimizer state: {moment}[{name!r}] has shape {np.shape(value)}; "
+                                 f"its parameter has {params[name].shape}")
+    return Checkpoint(
+        params=params,
+        optimizer_state=optimizer_state,
+        step=step,
+        model_config=model_config,
+        train_config=train_config,
+        language=language,
+        rng_state=metadata["rng_state"],
+        metrics=metrics,
+        tinylatent_version=str(metadata["tinylatent_version"]),
+    )
+
+
+def _checked_path(path: Any) -> Path:
+    """``path`` as a Path, or a ``ValueError`` for what names no file (None, "", a number, ...)."""
+    name = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
+    if not isinstance(name, str):
+        raise ValueError(f"a checkpoint path must be a str or os.PathLike naming a file; got {type(path).__name__}")
+    if not name:
+        raise ValueError("the checkpoint path is empty; give a file name such as OUT/ckpt.npz")
+    return Path(name)
+
+
+# ----------------------------------------------------------------------------------------
 # save and load
 # ----------------------------------------------------------------------------------------
 
@@ -182,27 +314,42 @@ def save_checkpoint(
     """Write a checkpoint to ``path`` atomically and return the path.
 
     Arrays may live on either device; they are copied to the host. ``train_config`` is a
-    plain dict (``TrainConfig.to_dict()``); ``rng_state`` is ``generator.bit_generator.state``.
+    plain dict (``TrainConfig.to_dict()``); ``rng_state`` is ``generator.bit_generator.state``;
+    NumPy numbers in ``train_config``, ``rng_state`` and ``metrics`` are stored as the Python
+    numbers they hold.
+
+    Raises ``ValueError``, before anything is written, for contents that :func:`load_checkpoint`
+    would refuse (a negative or non-integer ``step``, a NaN parameter, a language of another
+    vocabulary, an invalid train config, ...): the same check runs on both sides.
     """
-    expected = param_shapes(model_config)
-    if list(params) != list(expected):
-        raise ValueError("params must have exactly the names of param_shapes(model_config), in that order")
-    arrays = {PARAMS_PREFIX + name: np.asarray(to_host(value)) for name, value in params.items()}
-    optimizer_skeleton = _split_state(optimizer_state, "", arrays)
-    metadata = {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "tinylatent_version": __version__,
-        "step": int(step),
-        "model_config": model_config.to_dict(),
-        "train_config": train_config,
-        "language": language.to_dict(),
-        "rng_state": rng_state,
-        "optimizer_state": optimizer_skeleton,
-        "metrics": dict(metrics or {}),
-    }
+    path = _checked_path(path)
+    try:
+        if not isinstance(model_config, GPTConfig):
+            raise ValueError(f"model_config must be a GPTConfig; got {type(model_config).__name__}")
+        if not isinstance(language, Language):
+            raise ValueError(f"language must be a tinylatent Language; got {type(language).__name__}")
+        if not isinstance(params, dict) or list(params) != list(param_shapes(model_config)):
+            raise ValueError("params must be a dict with exactly the names of param_shapes(model_config), in that order")
+        arrays = {PARAMS_PREFIX + name: np.asarray(to_host(value)) for name, value in params.items()}
+        optimizer_skeleton = _split_state(optimizer_state, "", arrays)
+        metadata = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "tinylatent_version": __version__,
+            "step": _as_json(step, "step"),
+            "model_config": model_config.to_dict(),
+            "train_config": _as_json(train_config, "train_config"),
+            "language": language.to_dict(),
+            "rng_state": _as_json(rng_state, "rng_state"),
+            "optimizer_state": optimizer_skeleton,
+            "metrics": _as_json({} if metrics is None else metrics, "metrics"),
+        }
+        text = json.dumps(metadata, allow_nan=True)
+        _checked_contents(json.loads(text), arrays)   # what load_checkpoint will see, checked as it will check it
+    except ValueError as exc:
+        raise ValueError(f"cannot save a checkpoint to {path}: {exc}") from None
     # A 0-d unicode array: stored as plain .npy, loadable without pickle.
-    arrays[METADATA_KEY] = np.array(json.dumps(metadata, allow_nan=True))
+    arrays[METADATA_KEY] = np.array(text)
     return atomic_write(path, lambda handle: np.savez(handle, **arrays), mode="wb")
 
 
@@ -212,6 +359,8 @@ def _read_archive(path: Path) -> dict:
     Reading every member in full is what makes zipfile check each CRC-32, so a flipped
     byte anywhere is found here and not later. Any failure becomes one ValueError.
     """
+    if path.is_dir():                    # as load_language says it: the OS's "Is a directory" names no kind of file
+        raise ValueError(f"{path} is a folder, not a checkpoint file")
     if path.is_file() and not zipfile.is_zipfile(path):   # a .npy, text, pickle, ...: np.load's own errors mislead
         raise ValueError(f"{path} is not a readable tinylatent checkpoint (corrupted or truncated?): "
                          "a checkpoint is a .npz (zip) archive, and this file is not one")
@@ -231,11 +380,14 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read and validate a checkpoint written by :func:`save_checkpoint`.
 
     Raises ``FileNotFoundError`` if there is no file, and ``ValueError`` saying what is
-    wrong for a corrupted or truncated file, a missing key, another format version,
-    parameters whose names, shapes or dtypes do not fit the model config, or a
-    non-finite parameter.
+    wrong for a path that names no file (None, a folder), a corrupted or truncated file,
+    a missing key, another format version, a step that is not a non-negative integer, a
+    model or train config their own checks refuse, a language of another vocabulary, an
+    invalid generator state, metrics that are not numbers, parameters whose names, shapes
+    or dtypes do not fit the model config, a non-finite parameter, or an optimiser state
+    that AdamW would refuse or whose moments do not fit the parameters.
     """
-    path = Path(path)
+    path = _checked_path(path)
     archive = _read_archive(path)
     if METADATA_KEY not in archive:
         raise ValueError(f"{path} has no {METADATA_KEY!r} entry: it is not a tinylatent checkpoint")
@@ -250,57 +402,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             f"{path} is checkpoint format version {metadata.get('format_version')!r}; "
             f"this tinylatent ({__version__}) reads version {FORMAT_VERSION}"
         )
-    missing = [key for key in REQUIRED_METADATA if key not in metadata]
-    if missing:
-        raise ValueError(f"{path}: the metadata is missing the key(s) {', '.join(missing)}")
-    step = metadata["step"]
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise ValueError(f"{path}: 'step' must be a non-negative integer; got {step!r}")
-    if not isinstance(metadata["train_config"], dict):
-        raise ValueError(f"{path}: 'train_config' must be a JSON object")
-    if not isinstance(metadata["model_config"], dict):
-        raise ValueError(f"{path}: 'model_config' must be a JSON object")
     try:
-        model_config = GPTConfig.from_dict(metadata["model_config"])
-    except TypeError as exc:
-        raise ValueError(f"{path}: bad model config ({exc})") from None
-    language = Language.from_dict(metadata["language"])
-    if language.vocab_size != model_config.vocab_size:
-        raise ValueError(
-            f"{path}: the language has {language.vocab_size} tokens but the model config "
-            f"has vocab_size {model_config.vocab_size}"
-        )
-    generator_from_state(metadata["rng_state"])  # validates the state
-
-    params = {}
-    for name, shape in param_shapes(model_config).items():
-        key = PARAMS_PREFIX + name
-        if key not in archive:
-            raise ValueError(f"{path}: parameter {name!r}, which the model config needs, is missing")
-        array = archive[key]
-        if tuple(array.shape) != shape:
-            raise ValueError(
-                f"{path}: parameter {name!r} has shape {tuple(array.shape)} but the model config "
-                f"needs {shape}: the parameters do not match the config"
-            )
-        if str(array.dtype) != model_config.dtype:
-            raise ValueError(f"{path}: parameter {name!r} has dtype {array.dtype}; the model config says {model_config.dtype}")
-        if not np.all(np.isfinite(array)):
-            raise ValueError(f"{path}: parameter {name!r} contains NaN or inf")
-        params[name] = array
-    extra = sorted(key[len(PARAMS_PREFIX):] for key in archive if key.startswith(PARAMS_PREFIX)
-                   and key[len(PARAMS_PREFIX):] not in params)
-    if extra:
-        raise ValueError(f"{path}: parameters {extra} are not part of the model config: the parameters do not match the config")
-    optimizer_state = _join_state(metadata["optimizer_state"], archive)
-    return Checkpoint(
-        params=params,
-        optimizer_state=optimizer_state,
-        step=step,
-        model_config=model_config,
-        train_config=metadata["train_config"],
-        language=language,
-        rng_state=metadata["rng_state"],
-        metrics=metadata["metrics"] if isinstance(metadata["metrics"], dict) else {},
-        tinylatent_version=str(metadata["tinylatent_version"]),
-    )
+        return _checked_contents(metadata, archive)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None

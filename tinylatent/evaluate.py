@@ -56,9 +56,10 @@ from typing import NamedTuple, Optional, Protocol
 import numpy as np
 
 from tinylatent import theorems as th
+from tinylatent._checks import checked_ids, is_integer
 from tinylatent.backend import to_host
 from tinylatent.language import DELIMITER_ID, Language, SeedLike
-from tinylatent.oracle import Oracle
+from tinylatent.oracle import PHASES, Oracle
 from tinylatent.train import EVAL_BATCH_SIZE, stream_windows
 
 UNDERSTANDING_LETTERS = 6     # the paper's understanding prompts had 1–6 letters (docs/claims.md §7)
@@ -83,6 +84,8 @@ class OraclePredictor:
     context_length = None  # the oracle reads prompts of any length
 
     def __init__(self, language: Language, phase: str = "unknown"):
+        if phase not in PHASES:   # refused here, not at the first read
+            raise ValueError(f"phase must be one of {', '.join(PHASES)}; got {phase!r}")
         self.language = language
         self.phase = phase
         self.oracle = Oracle(language)
@@ -99,6 +102,8 @@ class UniformPredictor:
     context_length = None
 
     def __init__(self, vocab_size: int):
+        if not is_integer(vocab_size) or vocab_size < 1:
+            raise ValueError(f"vocab_size (V + 1, the tokens a model scores) must be a positive integer; got {vocab_size!r}")
         self.vocab_size = int(vocab_size)
 
     def log_probs(self, idx) -> np.ndarray:
@@ -114,14 +119,60 @@ def context_length_of(predictor) -> Optional[int]:
     return None if limit is None else int(limit)
 
 
-def predictor_log_probs(predictor, tokens, batch_size: int = EVAL_BATCH_SIZE) -> np.ndarray:
-    """(B, T, V + 1) float64 log p(x_{t+1} | x_{≤t}) on the host, read ``batch_size`` sequences at a time."""
-    tokens = np.asarray(tokens, dtype=np.int64)
+def vocab_size_of(predictor) -> Optional[int]:
+    """The tokens a predictor scores, V + 1: its ``vocab_size``, a GPT's ``config.vocab_size``,
+    an :class:`OraclePredictor`'s ``language.vocab_size``, or None."""
+    for owner in (predictor, getattr(predictor, "config", None), getattr(predictor, "language", None)):
+        size = getattr(owner, "vocab_size", None)
+        if size is not None:
+            return int(size)
+    return None
+
+
+def predictor_log_probs(predictor, tokens, batch_size: int = EVAL_BATCH_SIZE,
+                        vocab_size: Optional[int] = None) -> np.ndarray:
+    """(B, T, V + 1) float64 log p(x_{t+1} | x_{≤t}) on the host, read ``batch_size`` sequences at a time.
+
+    Args:
+        tokens: (B, T) integer token ids, B ≥ 1 and T ≥ 1 (one prompt is (1, T), not (T,)).
+        batch_size: a positive integer, the sequences given to the predictor at once.
+        vocab_size: V + 1, the tokens of the language being read (default: the predictor's
+            own, :func:`vocab_size_of`). Every id must lie in [0, V + 1), and the predictor
+            must answer b sequences of T tokens with (b, T, V + 1) log-probabilities.
+    Anything else is refused with a ValueError (a float id is not floored, a predictor over
+    another vocabulary is not read).
+    """
+    if not is_integer(batch_size) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer (sequences read at once); got {batch_size!r}")
+    if vocab_size is None:
+        vocab_size = vocab_size_of(predictor)
+    elif not is_integer(vocab_size) or vocab_size < 1:
+        raise ValueError(f"vocab_size (V + 1, the tokens there are) must be a positive integer; got {vocab_size!r}")
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 2 or 0 in tokens.shape:
+        raise ValueError(f"tokens must be a (B, T) array of token ids with B ≥ 1 and T ≥ 1 (one prompt is (1, T)); "
+                         f"got shape {tokens.shape}")
+    if vocab_size is None:   # a predictor that does not say its vocabulary: ids are checked to be integers ≥ 0
+        tokens = checked_ids(tokens, np.iinfo(np.int64).max, "tokens", "integer token ids",
+                             lambda bad: f"tokens: token id {bad} is negative")
+    else:
+        tokens = checked_ids(tokens, vocab_size, "tokens", "integer token ids",
+                             lambda bad: f"tokens: token id {bad} is outside the vocabulary [0, {vocab_size})")
+    n_sequences, n_positions = tokens.shape
     limit = context_length_of(predictor)
-    if limit is not None and tokens.shape[1] > limit:
-        raise ValueError(f"prompts of {tokens.shape[1]} tokens do not fit the model's context of {limit} tokens")
-    chunks = [to_host(predictor.log_probs(tokens[start:start + batch_size])).astype(np.float64)
-              for start in range(0, tokens.shape[0], batch_size)]
+    if limit is not None and n_positions > limit:
+        raise ValueError(f"prompts of {n_positions} tokens do not fit the model's context of {limit} tokens")
+    chunks = []
+    for start in range(0, n_sequences, batch_size):
+        chunk = to_host(predictor.log_probs(tokens[start:start + batch_size])).astype(np.float64)
+        scored = vocab_size if vocab_size is not None else (chunks[0].shape[-1] if chunks else None)
+        n_read = min(batch_size, n_sequences - start)
+        if chunk.ndim != 3 or chunk.shape[:2] != (n_read, n_positions) or scored not in (None, chunk.shape[2]):
+            vocabulary = "its vocabulary" if scored is None else f"a vocabulary of V + 1 = {scored} tokens"
+            raise ValueError(f"the predictor must give (B, T, V + 1) log-probabilities: for {n_read} sequences of "
+                             f"{n_positions} tokens over {vocabulary}, ({n_read}, {n_positions}, "
+                             f"{'V + 1' if scored is None else scored}); got shape {chunk.shape}")
+        chunks.append(chunk)
     return np.concatenate(chunks)
 
 
@@ -212,7 +263,7 @@ def convergence(predictor, language: Language, windows) -> Convergence:
     if windows.ndim != 2 or windows.shape[1] < 2:
         raise ValueError(f"windows must be (B, T + 1) with T ≥ 1; got shape {windows.shape}")
     targets = windows[:, 1:]                                                           # (B, T) x_{2..T+1}
-    model = predictor_log_probs(predictor, windows[:, :-1])                            # (B, T, V + 1)
+    model = predictor_log_probs(predictor, windows[:, :-1], vocab_size=language.vocab_size)   # (B, T, V + 1)
     model_token_log_probs = np.take_along_axis(model, targets[..., None], axis=-1)[..., 0]   # (B, T)
     bayes_token_log_probs = Oracle(language).filter(windows, phase="unknown", predictive=False).token_log_probs[:, 1:]
     n_targets = targets.shape[1]
@@ -229,6 +280,33 @@ def convergence(predictor, language: Language, windows) -> Convergence:
 # ----------------------------------------------------------------------------------------
 # 2. Language understanding: prompts of 1..6 letters, with and without a leading delimiter
 # ----------------------------------------------------------------------------------------
+
+def _check_tasks(language: Language, tasks: th.ICLTasks, what: str) -> np.ndarray:
+    """``tasks.intentions`` as a (B,) int64 array, once the tasks are seen to be well formed.
+
+    B ≥ 1 tasks: B intentions (each checked by ``language.check_intentions``: a float such
+    as 1.7 is refused, not truncated), B example lists of equal length, B queries, every
+    example and query a 1-D array of token ids (all checked at once by
+    ``language.check_tokens``, on one concatenation: no loop over tokens).
+    """
+    n_tasks = len(tasks.queries)
+    intentions = language.check_intentions(tasks.intentions, f"{what}.intentions")
+    if n_tasks == 0 or intentions.shape != (n_tasks,) or len(tasks.examples) != n_tasks:
+        raise ValueError(f"{what} must hold B ≥ 1 tasks: a (B,) array of intentions, B example lists and B queries; "
+                         f"got intentions of shape {intentions.shape}, {len(tasks.examples)} example lists and "
+                         f"{n_tasks} queries")
+    if any(len(examples) != tasks.max_examples for examples in tasks.examples):
+        raise ValueError(f"{what}: every task must hold the same number of examples; got "
+                         f"{sorted({len(examples) for examples in tasks.examples})}")
+    sequences = [np.asarray(query) for query in tasks.queries]
+    sequences += [np.asarray(message) for examples in tasks.examples for message in examples]
+    if any(sequence.ndim != 1 for sequence in sequences):
+        raise ValueError(f"{what}: every example and query must be a 1-D array of token ids")
+    nonempty = [sequence for sequence in sequences if sequence.size]   # an empty list reads as float64: leave it out
+    if nonempty:
+        language.check_tokens(np.concatenate(nonempty), f"{what} (examples and queries)")
+    return intentions
+
 
 def sample_understanding_prompts(language: Language, n_prompts: int, n_letters: int = UNDERSTANDING_LETTERS,
                                  seed: SeedLike = 0) -> th.ICLTasks:
@@ -288,16 +366,21 @@ def language_understanding(predictor, language: Language, prompts: th.ICLTasks,
 
     The prediction after the n-th letter of the (B, N) letters is position n − 1 (n with
     the delimiter) of one causal read of the whole prompt, by the model and by the oracle.
+    ``prompts`` are B tasks (:func:`sample_understanding_prompts`) whose queries all have
+    the same N ≥ 1 letters; bad ids or intentions are refused (:func:`_check_tasks`).
     """
-    intentions = np.asarray(prompts.intentions, dtype=np.int64)
-    letters = np.stack(prompts.queries)                                                # (B, N)
+    intentions = _check_tasks(language, prompts, "prompts")
+    lengths = sorted({len(query) for query in prompts.queries})
+    if lengths[0] == 0 or len(lengths) > 1:
+        raise ValueError(f"prompts.queries must all hold the same number N ≥ 1 of letters; got lengths {lengths}")
+    letters = np.stack(prompts.queries).astype(np.int64)                               # (B, N)
     offset = 1 if leading_delimiter else 0
     tokens = np.concatenate([np.full((letters.shape[0], offset), DELIMITER_ID), letters], axis=1)
     oracle = Oracle(language)
     after_delimiter = language.stationary_intentions() @ language.transition          # q(θ of a message after a \n) = μT
     reading = oracle.filter(tokens, phase="unknown", known_intention=intentions)      # what the reader can know
     known_phase = oracle.filter(letters, phase="start", prior=after_delimiter, known_intention=intentions)  # start known too
-    model = predictor_log_probs(predictor, tokens)                                     # (B, N + offset, V + 1)
+    model = predictor_log_probs(predictor, tokens, vocab_size=language.vocab_size)    # (B, N + offset, V + 1)
     start_phase_difference = None
     if leading_delimiter:
         start_phase_difference = float(np.abs(reading.predictive[:, offset:] - known_phase.predictive).max())
@@ -334,8 +417,12 @@ def paper_icl_target(language: Language, intentions) -> np.ndarray:
     the 6 first letters of θ* and θ* + 1 (docs/claims.md §7). It is q(first letter of the next
     message | last example's intention θ*) under the circular chain, not the Bayes answer
     for a task whose next message is under θ*.
+
+    ``intentions``: (B,) integer θ* in 0..K−1 (checked by ``language.check_intentions``).
     """
-    intentions = np.asarray(intentions, dtype=np.int64)
+    intentions = language.check_intentions(intentions)
+    if intentions.ndim != 1:
+        raise ValueError(f"intentions must be a (B,) array, one θ* per task; got shape {intentions.shape}")
     successors = (intentions + 1) % language.n_intentions
     target = np.zeros((intentions.shape[0], language.vocab_size), dtype=np.float64)
     target[:, 1:] = 0.5 * (language.first_letter[intentions] + language.first_letter[successors])
@@ -370,7 +457,7 @@ def _read_behind_delimiter(predictor, oracle: Oracle, prompts, intentions) -> _R
     for rows, group in th.by_length(prompts):
         tokens = np.concatenate([np.full((len(rows), 1), DELIMITER_ID), group], axis=1)
         result = oracle.filter(tokens, phase="unknown", known_intention=intentions[rows])
-        model_log_probs[rows] = predictor_log_probs(predictor, tokens)[:, -1]
+        model_log_probs[rows] = predictor_log_probs(predictor, tokens, vocab_size=vocab)[:, -1]
         bayes[rows] = result.predictive[:, -1]
         known[rows] = result.known_intention_predictive[:, -1]
         posterior[rows] = result.posterior[:, -1]
@@ -418,12 +505,15 @@ def in_context_learning(predictor, language: Language, tasks: th.ICLTasks,
     """ICL with m = 0..M examples (docs/claims.md §4, §7); an m whose prompt exceeds the model's context is skipped.
 
     Both protocols put a delimiter first, so that the reader knows where the first example
-    begins, as it knows where every later one begins.
+    begins, as it knows where every later one begins. Bad ids or intentions in ``tasks``
+    are refused (:func:`_check_tasks`); ``max_examples`` is an integer in 0..M.
     """
-    max_examples = tasks.max_examples if max_examples is None else int(max_examples)
-    if not 0 <= max_examples <= tasks.max_examples:
-        raise ValueError(f"max_examples must be in 0..{tasks.max_examples} (the examples the tasks hold); got {max_examples}")
-    intentions = np.asarray(tasks.intentions, dtype=np.int64)
+    intentions = _check_tasks(language, tasks, "tasks")
+    if max_examples is None:
+        max_examples = tasks.max_examples
+    elif not is_integer(max_examples) or not 0 <= max_examples <= tasks.max_examples:
+        raise ValueError(f"max_examples must be an integer in 0..{tasks.max_examples} (the examples the tasks hold); "
+                         f"got {max_examples!r}")
     oracle = Oracle(language)
     circular = has_circular_chain(language)
     paper_target = paper_icl_target(language, intentions) if circular else None
@@ -510,18 +600,23 @@ def evaluate(predictor, language: Language, n_windows: int = DEFAULT_WINDOWS, wi
     """Convergence, understanding (with and without a leading delimiter) and ICL, as a JSON-ready dict.
 
     Args:
-        n_windows: convergence windows, each ``window_length`` tokens (default: the
-            predictor's context + 1, or 129 without a context limit).
+        n_windows: convergence windows, each ``window_length`` tokens (an integer ≥ 2; default:
+            the predictor's context + 1, or 129 without a context limit).
         n_prompts: prompts per prompt length and per m (the trials of every interval).
         max_letters: understanding prompts of 1..max_letters letters.
         max_examples: ICL with m = 0..max_examples.
         seed: spawns the windows', the understanding prompts' and the ICL tasks' randomness.
     Every number is an :class:`Estimate` dict ``{"mean", "low", "high"}`` (95% interval over trials).
     """
-    for name, value, low in [("n_windows", n_windows, 2), ("n_prompts", n_prompts, 2), ("max_letters", max_letters, 1),
-                             ("max_examples", max_examples, 0), ("seed", seed, 0)]:
-        if isinstance(value, bool) or int(value) != value or value < low:
-            raise ValueError(f"{name} must be an integer ≥ {low} (an interval needs two trials); got {value}")
+    for name, value, low, reason in [("n_windows", n_windows, 2, " (an interval needs two trials)"),
+                                     ("n_prompts", n_prompts, 2, " (an interval needs two trials)"),
+                                     ("max_letters", max_letters, 1, ""), ("max_examples", max_examples, 0, ""),
+                                     ("seed", seed, 0, "")]:
+        if not is_integer(value) or value < low:   # not a bool, not 2.0, not None or inf
+            raise ValueError(f"{name} must be an integer ≥ {low}{reason}; got {value!r}")
+    if window_length is not None and (not is_integer(window_length) or window_length < 2):
+        raise ValueError(f"window_length must be an integer ≥ 2 (a window reads T ≥ 1 tokens and is scored on the "
+                         f"next T); got {window_length!r}")
     limit = context_length_of(predictor)
     window_length = (limit if limit is not None else 128) + 1 if window_length is None else int(window_length)
     window_seed, prompt_seed, task_seed = np.random.SeedSequence(seed).spawn(3)

@@ -30,6 +30,7 @@ import numpy as np
 
 from tinylatent import backend
 from tinylatent._checks import is_finite_real, is_integer
+from tinylatent.language import SeedLike, as_generator
 from tinylatent.layers import (
     add_prefix,
     block_backward,
@@ -197,8 +198,8 @@ def param_shapes(config: GPTConfig) -> dict:
 # initialisation
 # --------------------------------------------------------------------------------------
 
-def init_params(config: GPTConfig, rng: np.random.Generator, device: str = "cpu") -> dict:
-    """GPT-2's initialisation, drawn on the host from ``rng`` and moved to ``device``.
+def init_params(config: GPTConfig, rng: SeedLike, device: str = "cpu") -> dict:
+    """GPT-2's initialisation, drawn on the host from ``rng`` (a Generator or a seed) and moved to ``device``.
 
     - every weight matrix and both embeddings ~ Normal(0, init_std);
     - the two projections that write into the residual stream (``attn.c_proj`` and
@@ -211,6 +212,7 @@ def init_params(config: GPTConfig, rng: np.random.Generator, device: str = "cpu"
     """
     config.validate()
     backend.check_device(device)
+    rng = as_generator(rng)
     residual_std = config.init_std / math.sqrt(2 * config.n_layer)
     params = {}
     for name, shape in param_shapes(config).items():
@@ -265,8 +267,8 @@ class GPT:
         self.params = {name: params[name] for name in expected}  # the canonical order
 
     @classmethod
-    def create(cls, config: GPTConfig, rng: np.random.Generator, device: str = "cpu") -> "GPT":
-        """A freshly initialised model (see :func:`init_params`)."""
+    def create(cls, config: GPTConfig, rng: SeedLike, device: str = "cpu") -> "GPT":
+        """A freshly initialised model (see :func:`init_params`); ``rng`` a Generator or a seed."""
         return cls(config, init_params(config, rng, device))
 
     @property
@@ -398,7 +400,7 @@ class GPT:
         logp, _ = log_softmax_forward(self.logits(idx))
         return logp
 
-    def generate(self, idx, n_new_tokens: int, rng: np.random.Generator,
+    def generate(self, idx, n_new_tokens: int, rng: SeedLike,
                  temperature: float = 1.0, top_k: Optional[int] = None, use_cache: bool = True) -> np.ndarray:
         """Append ``n_new_tokens`` sampled tokens to each prompt.
 
@@ -417,11 +419,9 @@ class GPT:
         """
         if not is_integer(n_new_tokens) or n_new_tokens < 0:
             raise ValueError(f"n_new_tokens must be a non-negative integer; got {n_new_tokens!r}")
-        if not (is_finite_real(temperature) and temperature > 0):
-            raise ValueError(f"temperature must be a positive finite number; got {temperature!r}")
         V = self.config.vocab_size
-        if top_k is not None and (not is_integer(top_k) or not 1 <= top_k <= V):
-            raise ValueError(f"top_k must be None or an integer in [1, {V}]; got {top_k!r}")
+        _check_sampling(temperature, top_k, V)
+        rng = as_generator(rng)
         tokens = np.array(backend.to_host(idx))
         one_sequence = tokens.ndim == 1
         if one_sequence:
@@ -502,15 +502,29 @@ class KVCache:
     length: int
 
 
-def sample_next_tokens(last_logits, rng: np.random.Generator, temperature: float = 1.0,
+def _check_sampling(temperature, top_k, vocab_size: int) -> None:
+    if not (is_finite_real(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a positive finite number; got {temperature!r}")
+    if top_k is not None and (not is_integer(top_k) or not 1 <= top_k <= vocab_size):
+        raise ValueError(f"top_k must be None or an integer in [1, {vocab_size}]; got {top_k!r}")
+
+
+def sample_next_tokens(last_logits, rng: SeedLike, temperature: float = 1.0,
                        top_k: Optional[int] = None) -> np.ndarray:
     """One token per row of ``last_logits`` (B, V), sampled from softmax(logits / temperature)
     restricted to the ``top_k`` largest logits (ties at the k-th value kept) -> (B,) int64.
 
     Inverse-CDF sampling with one uniform per row from ``rng`` (on the host, in float64).
     """
-    last_logits = np.array(last_logits, dtype=np.float64) / temperature
+    last_logits = np.array(last_logits, dtype=np.float64)
+    if last_logits.ndim != 2 or last_logits.shape[-1] < 1:
+        raise ValueError(f"last_logits must have shape (batch, vocabulary); got {last_logits.shape}")
     V = last_logits.shape[-1]
+    _check_sampling(temperature, top_k, V)
+    if np.isnan(last_logits).any():     # a diverged model: NaN would otherwise sample token 0 every time
+        raise ValueError("the logits contain NaN (has the model diverged?); nothing to sample from")
+    last_logits /= temperature
+    rng = as_generator(rng)
     if top_k is not None:
         kth_largest = np.sort(last_logits, axis=-1)[:, V - top_k][:, None]
         last_logits = np.where(last_logits < kth_largest, -np.inf, last_logits)

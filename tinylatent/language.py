@@ -34,7 +34,7 @@ from typing import NamedTuple, Optional, Union
 
 import numpy as np
 
-from tinylatent._checks import checked_ids, is_integer
+from tinylatent._checks import checked_ids, is_finite_real, is_integer
 from tinylatent._io import write_json
 
 DELIMITER_ID = 0  # the delimiter token ``\n`` has id 0; letter i has id i + 1
@@ -64,7 +64,8 @@ def as_generator(seed: SeedLike) -> np.random.Generator:
 # ----------------------------------------------------------------------------------------
 
 def _as_probability_array(values, name: str, shape: tuple) -> np.ndarray:
-    array = np.asarray(values, dtype=np.float64)
+    # a copy: the Language freezes its arrays, and must neither freeze the caller's nor share them
+    array = np.array(values, dtype=np.float64, copy=True)
     if array.shape != shape:
         raise ValueError(f"{name} must have shape {shape}; got {array.shape}")
     if not np.all(np.isfinite(array)):
@@ -402,8 +403,8 @@ def _default_alphabet(n_letters: int) -> tuple:
 
 def fixed_length(n_letters: int) -> np.ndarray:
     """``length_probs`` for messages of exactly ``n_letters`` letters."""
-    if int(n_letters) != n_letters or n_letters < 1:
-        raise ValueError(f"a message length must be a positive integer; got {n_letters}")
+    if not is_integer(n_letters) or n_letters < 1:
+        raise ValueError(f"a message length must be a positive integer; got {n_letters!r}")
     probs = np.zeros(int(n_letters) + 1, dtype=np.float64)
     probs[int(n_letters)] = 1.0
     return probs
@@ -478,9 +479,9 @@ def paper_language(eta: float = 0.0, noisy_first_letter: bool = False) -> Langua
     writes those letters); they are set to uniform, the η → 0 limit of the noised rows,
     so that every row is a distribution. The η = 0 language is unambiguous.
     """
+    if not (is_finite_real(eta) and eta >= 0.0):
+        raise ValueError(f"the noise level eta must be a finite number ≥ 0; got {eta!r}")
     eta = float(eta)
-    if not math.isfinite(eta) or eta < 0.0:
-        raise ValueError(f"the noise level eta must be a finite number ≥ 0; got {eta}")
     n_intentions, per = PAPER_INTENTIONS, PAPER_LETTERS_PER_INTENTION
     n_letters = n_intentions * per
     legacy = np.random.RandomState(PAPER_SEED)  # a local generator, not the global state
@@ -550,13 +551,13 @@ def random_language(
     """
     rng = as_generator(seed)
     for label, value in [("n_intentions", n_intentions), ("n_letters", n_letters)]:
-        if int(value) != value or value < 1:
-            raise ValueError(f"{label} must be a positive integer; got {value}")
+        if not is_integer(value) or value < 1:
+            raise ValueError(f"{label} must be a positive integer; got {value!r}")
     n_intentions, n_letters = int(n_intentions), int(n_letters)
-    if not (math.isfinite(concentration) and concentration > 0.0):
-        raise ValueError(f"concentration must be > 0; got {concentration}")
-    if not (math.isfinite(eta) and eta >= 0.0):
-        raise ValueError(f"the noise level eta must be ≥ 0; got {eta}")
+    if not (is_finite_real(concentration) and concentration > 0.0):
+        raise ValueError(f"concentration must be a finite number > 0; got {concentration!r}")
+    if not (is_finite_real(eta) and eta >= 0.0):
+        raise ValueError(f"the noise level eta must be a finite number ≥ 0; got {eta!r}")
     block = n_letters if letters_per_intention is None else letters_per_intention
     if not is_integer(block) or not 1 <= block <= n_letters:
         raise ValueError(f"letters_per_intention must be an integer in 1..{n_letters} (or None); got {letters_per_intention!r}")
@@ -678,8 +679,8 @@ class Corpus(NamedTuple):
 def sample_intentions(language: Language, n_messages: int, rng: SeedLike, first: Optional[int] = None) -> np.ndarray:
     """The outer chain: intentions θ_1..θ_M, θ_1 ~ initial (or ``first``), θ_{j+1} ~ T[θ_j]."""
     rng = as_generator(rng)
-    if int(n_messages) != n_messages or n_messages < 0:
-        raise ValueError(f"the number of messages must be a non-negative integer; got {n_messages}")
+    if not is_integer(n_messages) or n_messages < 0:
+        raise ValueError(f"the number of messages must be a non-negative integer; got {n_messages!r}")
     n_messages = int(n_messages)
     uniforms = rng.random(n_messages)
     intentions = np.empty(n_messages, dtype=np.int64)
@@ -768,10 +769,10 @@ def sample_windows(language: Language, n_windows: int, window_length: int, seed:
     Returns an (n_windows, window_length) int64 array.
     """
     rng = as_generator(seed)
-    if int(window_length) != window_length or window_length < 1:
-        raise ValueError(f"window_length must be a positive integer; got {window_length}")
-    if int(n_windows) != n_windows or n_windows < 1:
-        raise ValueError(f"n_windows must be a positive integer; got {n_windows}")
+    if not is_integer(window_length) or window_length < 1:
+        raise ValueError(f"window_length must be a positive integer; got {window_length!r}")
+    if not is_integer(n_windows) or n_windows < 1:
+        raise ValueError(f"n_windows must be a positive integer; got {n_windows!r}")
     if not is_integer(burn_in_messages) or burn_in_messages < 0:
         raise ValueError(f"burn_in_messages must be an integer ≥ 0; got {burn_in_messages!r}")
     n_windows, window_length, burn_in_messages = int(n_windows), int(window_length), int(burn_in_messages)

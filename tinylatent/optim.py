@@ -144,6 +144,8 @@ class AdamW:
         (the tests check this on the fake CuPy), and the suite checks them against the
         formulas written out as such.
         """
+        if not (is_finite_real(lr) and lr >= 0.0):
+            raise ValueError(f"lr must be a finite number ≥ 0; got {lr!r}")
         self._prepare(params, grads)
         self.step_count += 1
         t = self.step_count
@@ -268,11 +270,11 @@ def lr_at(step: int, max_lr: float, warmup_steps: int, total_steps: int, min_lr:
     """
     if not is_integer(step) or step < 0:
         raise ValueError(f"step must be a non-negative integer; got {step!r}")
-    if warmup_steps < 0 or total_steps <= warmup_steps:
-        raise ValueError(f"need 0 <= warmup_steps < total_steps; got warmup_steps={warmup_steps}, "
-                         f"total_steps={total_steps}")
-    if not 0.0 <= min_lr <= max_lr:
-        raise ValueError(f"need 0 <= min_lr <= max_lr; got min_lr={min_lr}, max_lr={max_lr}")
+    if not (is_integer(warmup_steps) and is_integer(total_steps) and 0 <= warmup_steps < total_steps):
+        raise ValueError(f"need integers 0 <= warmup_steps < total_steps; got warmup_steps={warmup_steps!r}, "
+                         f"total_steps={total_steps!r}")
+    if not (is_finite_real(min_lr) and is_finite_real(max_lr) and 0.0 <= min_lr <= max_lr):
+        raise ValueError(f"need finite numbers 0 <= min_lr <= max_lr; got min_lr={min_lr!r}, max_lr={max_lr!r}")
     if step < warmup_steps:
         return max_lr * (step + 1) / (warmup_steps + 1)
     if step > total_steps:
@@ -291,8 +293,8 @@ def clip_grad_norm(grads: dict, max_norm: float) -> float:
     *before* clipping as a Python float (one device-to-host transfer). A non-finite norm
     is returned as is and the gradients are left untouched, for the caller to act on.
     """
-    if not max_norm > 0.0:
-        raise ValueError(f"max_norm must be positive; got {max_norm!r}")
+    if not (is_real(max_norm) and max_norm > 0.0):   # inf is allowed: measure the norm, clip nothing
+        raise ValueError(f"max_norm must be a number > 0; got {max_norm!r}")
     squared_norms = [backend.xp_of(g).vdot(g.reshape(-1), g.reshape(-1)) for g in grads.values()]
     total_norm = math.sqrt(float(backend.to_host(sum(squared_norms))))
     if math.isfinite(total_norm) and total_norm > max_norm:

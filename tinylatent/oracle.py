@@ -54,7 +54,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from tinylatent.backend import to_host, xp_of
+from tinylatent.backend import check_token_ids, to_host, xp_of
 from tinylatent.language import DELIMITER_ID, Language
 
 PHASES = ("start", "unknown")
@@ -93,10 +93,14 @@ def _log(xp, values):
 def posterior_error(posterior, true_intentions):
     """ε = 1 − q(θ* | ·), computed as Σ_{θ ≠ θ*} q(θ | ·) so that it stays accurate when tiny.
 
-    posterior (B, K), true_intentions θ* (B,) -> (B,); on the posterior's backend.
+    posterior (B, K), true_intentions θ* (B,) integer ids in [0, K) -> (B,); on the posterior's backend.
     """
     xp = xp_of(posterior)
     posterior = xp.asarray(posterior, dtype=xp.float64)
+    if posterior.ndim != 2 or np.shape(true_intentions) != posterior.shape[:1]:
+        raise ValueError(f"posterior_error needs a (B, K) posterior and (B,) true intentions; got shapes "
+                         f"{posterior.shape} and {np.shape(true_intentions)}")
+    check_token_ids(true_intentions, posterior.shape[1], what="true intentions")
     is_true = xp.arange(posterior.shape[-1])[None, :] == xp.asarray(true_intentions)[:, None]
     return xp.where(is_true, 0.0, posterior).sum(axis=-1)
 

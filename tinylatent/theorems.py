@@ -37,9 +37,9 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from tinylatent._checks import is_finite_real
+from tinylatent._checks import is_finite_real, is_integer
 from tinylatent.language import DELIMITER_ID, Language, SeedLike, as_generator, sample_messages
-from tinylatent.oracle import PHASES, Oracle, posterior_error
+from tinylatent.oracle import PHASES, Oracle, describe_impossible, posterior_error
 
 ROUNDING_TOLERANCE = 1e-12  # absolute slack that ``holds`` allows for float64 rounding of probabilities
 MAX_CONTINUATIONS = 200_000  # the most k-token continuations understanding_continuations enumerates
@@ -212,8 +212,13 @@ def final_state(language: Language, sequences, prior=None, known_intention=None,
 
 
 def _final_state(language: Language, sequences, prior, oracle: Optional[Oracle] = None, known=None,
-                 phase: str = "start") -> FinalState:
-    """:func:`final_state` on checked input (prior a (K,) array for phase "start", known (B,) or None)."""
+                 phase: str = "start", refuse_impossible: Optional[str] = None) -> FinalState:
+    """:func:`final_state` on checked input (prior a (K,) array for phase "start", known (B,) or None).
+
+    With ``refuse_impossible`` (the argument's name), a sequence of probability 0 raises ValueError
+    saying which and why: a claim about q(θ | x) says nothing of an x that q never writes, and the
+    filter's output for it (posterior and predictive frozen at the impossible token) is no answer.
+    """
     oracle = Oracle(language) if oracle is None else oracle
     n = _n_sequences(sequences)
     n_intentions, vocab = language.n_intentions, language.vocab_size
@@ -225,6 +230,10 @@ def _final_state(language: Language, sequences, prior, oracle: Optional[Oracle] 
     for rows, tokens in by_length(sequences):
         result = oracle.filter(tokens, phase=phase, prior=prior,
                                known_intention=None if known is None else known[rows])
+        if refuse_impossible is not None and not result.possible.all():
+            first = int(np.flatnonzero(~result.possible)[0])
+            raise ValueError(f"{refuse_impossible}[{rows[first]}]: "
+                             f"{describe_impossible(language, tokens, result, row=first)}")
         log_marginal[rows] = result.log_marginal
         posterior[rows] = result.posterior[:, -1]
         predictive[rows] = result.predictive[:, -1]
@@ -343,7 +352,7 @@ def sparsity(language: Language, messages, true_intentions, prior=None, epsilon:
     oracle = Oracle(language)
     prior = _prior_or_stationary(language, prior)
     rows = np.arange(true_intentions.shape[0])
-    state = _final_state(language, messages, prior, oracle)
+    state = _final_state(language, messages, prior, oracle, refuse_impossible="messages")
     with np.errstate(divide="ignore"):
         log_joint = np.log(prior[true_intentions]) + _log_likelihoods(language, messages, oracle)[rows, true_intentions]
         log_posterior_true = np.log(state.posterior[rows, true_intentions])
@@ -434,7 +443,7 @@ def understanding_next_token(language: Language, prompts, next_intentions, phase
     prompts = _check_sequences(language, prompts, "prompts")
     next_intentions = _check_intentions(language, next_intentions, _n_sequences(prompts), "next_intentions")
     prior = _prior_or_stationary(language, prior) if phase == "start" else None
-    state = _final_state(language, prompts, prior, known=next_intentions, phase=phase)
+    state = _final_state(language, prompts, prior, known=next_intentions, phase=phase, refuse_impossible="prompts")
     ambiguity = posterior_error(state.next_posterior, next_intentions)
     return _understanding_result(state.predictive, state.known_intention_predictive, ambiguity)
 
@@ -487,8 +496,8 @@ def understanding_continuations(language: Language, message_prefixes, true_inten
         n_tokens: k ≥ 1; (V + 1)^k continuations are enumerated for each prompt.
         prior: q(θ) of the message x begins; default the stationary intentions μ.
     """
-    if int(n_tokens) != n_tokens or n_tokens < 1:
-        raise ValueError(f"n_tokens must be a positive integer; got {n_tokens}")
+    if not is_integer(n_tokens) or n_tokens < 1:
+        raise ValueError(f"n_tokens must be a positive integer; got {n_tokens!r}")
     n_tokens = int(n_tokens)
     vocab, n_intentions = language.vocab_size, language.n_intentions
     n_continuations = vocab ** n_tokens
@@ -503,7 +512,7 @@ def understanding_continuations(language: Language, message_prefixes, true_inten
     continuations = all_continuations(vocab, n_tokens)                                      # (N, k)
     batch = len(prefixes)
     extended = [np.concatenate([prefixes[b], y]) for b in range(batch) for y in continuations]  # B·N rows, prompt-major
-    prompt_state = _final_state(language, prefixes, prior, oracle)
+    prompt_state = _final_state(language, prefixes, prior, oracle, refuse_impossible="message_prefixes")
     extended_log_marginal = _final_state(language, extended, prior, oracle).log_marginal.reshape(batch, -1)
     prompt_log_likelihood = _log_likelihoods(language, prefixes, oracle)                     # (B, K)
     extended_log_likelihood = _log_likelihoods(language, extended, oracle).reshape(batch, n_continuations, n_intentions)
@@ -567,8 +576,8 @@ def sample_icl_tasks(language: Language, n_tasks: int, max_examples: int, query_
     """
     rng = as_generator(seed)
     for label, value, low in [("n_tasks", n_tasks, 1), ("max_examples", max_examples, 0), ("query_letters", query_letters, 1)]:
-        if int(value) != value or value < low:
-            raise ValueError(f"{label} must be an integer ≥ {low}; got {value}")
+        if not is_integer(value) or value < low:
+            raise ValueError(f"{label} must be an integer ≥ {low}; got {value!r}")
     n_tasks, max_examples, query_letters = int(n_tasks), int(max_examples), int(query_letters)
     prior = _prior_or_stationary(language, prior)
     intentions = rng.choice(language.n_intentions, size=n_tasks, p=prior).astype(np.int64)
@@ -588,7 +597,7 @@ def bayes_intention_error(language: Language, prompts, true_intentions, prior=No
     """
     prompts = _check_sequences(language, prompts, "prompts")
     true_intentions = _check_intentions(language, true_intentions, _n_sequences(prompts), "true_intentions")
-    state = _final_state(language, prompts, _prior_or_stationary(language, prior))
+    state = _final_state(language, prompts, _prior_or_stationary(language, prior), refuse_impossible="prompts")
     return posterior_error(state.posterior, true_intentions)
 
 
@@ -717,8 +726,8 @@ def icl_posterior_concentration(language: Language, tasks: ICLTasks, n_examples:
         prior: π, the document's prior over θ; default ``language.initial`` (T = I keeps it).
     """
     _require_mixture(language, "the ICL bound")
-    if int(n_examples) != n_examples or not 0 <= n_examples <= tasks.max_examples:
-        raise ValueError(f"n_examples must be an integer in 0..{tasks.max_examples}; got {n_examples}")
+    if not is_integer(n_examples) or not 0 <= n_examples <= tasks.max_examples:
+        raise ValueError(f"n_examples must be an integer in 0..{tasks.max_examples}; got {n_examples!r}")
     n_examples = int(n_examples)
     n_intentions = language.n_intentions
     truth = _check_tasks(language, tasks, n_examples)
@@ -785,6 +794,11 @@ def fit_decay(n_examples, errors) -> DecayFit:
     """Fit error ≈ exp(intercept) · rate^m by least squares on log(error); zeros are left out."""
     n_examples = np.asarray(n_examples, dtype=np.float64)
     errors = np.asarray(errors, dtype=np.float64)
+    if n_examples.ndim != 1 or errors.shape != n_examples.shape:
+        raise ValueError(f"fit_decay needs two 1-D arrays of the same length (m and the error at m); got shapes "
+                         f"{n_examples.shape} and {errors.shape}")
+    if not np.all(np.isfinite(n_examples)):
+        raise ValueError("fit_decay: every number of examples m must be finite")
     usable = np.isfinite(errors) & (errors > 0.0)
     if usable.sum() < 2 or np.ptp(n_examples[usable]) == 0:
         return DecayFit(float("nan"), float("nan"), float("nan"), int(usable.sum()))
@@ -875,8 +889,8 @@ def chain_of_thought_posteriors(language: Language, documents, n_steps: int, pri
     without the last delimiter the filter's ``next_posterior`` would skip the step ·T and
     give q(θ_{m−1} | ·), the wrong intention, without a word.
     """
-    if int(n_steps) != n_steps or n_steps < 1:
-        raise ValueError(f"n_steps must be a positive integer; got {n_steps}")
+    if not is_integer(n_steps) or n_steps < 1:
+        raise ValueError(f"n_steps must be a positive integer; got {n_steps!r}")
     n_steps = int(n_steps)
     documents = list(_check_sequences(language, documents, "documents"))
     first_messages = []                                                        # x_0 of each document
@@ -891,6 +905,8 @@ def chain_of_thought_posteriors(language: Language, documents, n_steps: int, pri
     oracle = Oracle(language)
     after_first = _final_state(language, first_messages, prior, oracle).posterior      # q(θ_0 | x_0)
     direct = after_first @ np.linalg.matrix_power(language.transition, n_steps)
+    # documents of probability 0 are allowed (an expectation over every document weights them by 0);
+    # their rows hold the filter's state frozen at the impossible token
     step_by_step = _final_state(language, documents, prior, oracle).next_posterior
     return direct, step_by_step
 
@@ -958,10 +974,10 @@ def chain_of_thought(language: Language, n_steps: int, n_chains: int, seed: Seed
         prior: q(θ_0); default ``language.initial``.
     """
     rng = as_generator(seed)
-    if int(n_chains) != n_chains or n_chains < 2:
-        raise ValueError(f"n_chains must be an integer ≥ 2; got {n_chains}")
-    if int(n_steps) != n_steps or n_steps < 1:
-        raise ValueError(f"n_steps must be a positive integer; got {n_steps}")
+    if not is_integer(n_chains) or n_chains < 2:
+        raise ValueError(f"n_chains must be an integer ≥ 2; got {n_chains!r}")
+    if not is_integer(n_steps) or n_steps < 1:
+        raise ValueError(f"n_steps must be a positive integer; got {n_steps!r}")
     n_chains, n_steps = int(n_chains), int(n_steps)
     prior = _prior_or_initial(language, prior)
     chains = np.empty((n_chains, n_steps + 1), dtype=np.int64)                # θ_0 … θ_m
@@ -1070,7 +1086,7 @@ def instruction_tuning(language: Language, prompts, prompt_intentions, responses
 
     response = given_intention(language, oracle)
     mixture = np.einsum("bk,bk->b", language.transition[prompt_intentions], per_intention)
-    prompt_state = _final_state(language, prompts, prior, oracle)
+    prompt_state = _final_state(language, prompts, prior, oracle, refuse_impossible="prompts")
     bayes = np.exp(_final_state(language, dialogues, prior, oracle).log_marginal - prompt_state.log_marginal)
     bayes_mixture = np.einsum("bk,bk->b", prompt_state.next_posterior, per_intention)
     gaps = [_relative_gap(response, mixture), _relative_gap(bayes, bayes_mixture)]

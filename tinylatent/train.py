@@ -342,6 +342,11 @@ def batches_loss_and_grads(model: GPT, batches: list) -> tuple:
 
 def validation_loss(model: GPT, windows: np.ndarray, batch_size: int = EVAL_BATCH_SIZE) -> float:
     """Mean −log p(x_{t+1} | x_{≤t}) over every target position of ``windows`` (B, T + 1), in nats."""
+    if np.ndim(windows) != 2 or np.shape(windows)[0] < 1 or np.shape(windows)[1] < 2:
+        raise ValueError(f"windows must be a (B, T + 1) array with B ≥ 1 and T ≥ 1 (a target after each input); "
+                         f"got shape {np.shape(windows)}")
+    if not is_integer(batch_size) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
     total, count = 0.0, 0
     for start in range(0, windows.shape[0], batch_size):
         chunk = windows[start:start + batch_size]
