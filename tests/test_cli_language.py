@@ -64,6 +64,7 @@ def test_ambiguity_and_posterior(capsys):
     (["language", "--random", "--letters", "63"], "must be an integer in 1..62"),
     (["ambiguity", "--language-file", "/nonexistent/lang.json"], "No such file"),
     (["language", "--preset", "english"], "invalid choice"),
+    (["language", "--eta", "-1e-3"], "eta must be a finite number ≥ 0; got -0.001"),   # not "expected one argument"
     (["posterior"], "required"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, fragment):
@@ -92,6 +93,17 @@ def test_malformed_language_file(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_backslash_n_types_the_delimiter_whatever_it_is(tmp_path, capsys):
+    """posterior and generate read the two characters \\n the same way: as the language's
+    delimiter (posterior used to read them as a newline, generate not at all, with another one)."""
+    letters_z = {**paper_language(0.0).to_dict(), "delimiter": "z"}
+    (tmp_path / "z.json").write_text(json.dumps(letters_z), encoding="utf-8")
+    as_text = run(capsys, "posterior", "--language-file", str(tmp_path / "z.json"), "--prompt", "abcaaaaaaaaaaaaaaaaaa\\nab")
+    as_delimiter = run(capsys, "posterior", "--language-file", str(tmp_path / "z.json"), "--prompt", "abcaaaaaaaaaaaaaaaaaazab")
+    assert as_text[0] == as_delimiter[0] == 0
+    assert as_text[1].replace("\\n", "z") == as_delimiter[1]
+
+
 def test_files_are_utf8_whatever_the_locale(tmp_path):
     """A language whose letters are not ASCII, written and read back, and its corpus sampled, in the
     C locale with Python's UTF-8 mode off: there the default encoding of files is ASCII (standard
@@ -118,6 +130,15 @@ def test_a_terminal_that_cannot_show_the_output_is_one_line_that_says_what_to_do
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert result.stderr.startswith("tinylatent ambiguity: error: the output's encoding, ascii, cannot show '\\u03b5'; "
                                     "use a UTF-8 locale or set PYTHONIOENCODING=utf-8"), result.stderr
+
+
+def test_a_path_that_is_not_text_is_named_as_such():
+    """A file name holding a byte that is not UTF-8 reaches Python as a lone surrogate; printing it
+    fails even on a UTF-8 terminal, and "use a UTF-8 locale" would be wrong advice there."""
+    from tinylatent.cli import error_text
+    exc = UnicodeEncodeError("utf-8", "wrote v\udcff.json", 7, 8, "surrogates not allowed")
+    assert error_text(exc) == ("a path holds bytes that are not utf-8 text ('\\udcff'), so it cannot be printed; "
+                               "give file names in plain text")
 
 
 def test_outputs_are_checked_before_any_work(tmp_path, capsys):
@@ -189,6 +210,14 @@ def test_a_closed_pipe_is_quiet():
     reader.stdout.read(10)
     reader.stdout.close()
     assert reader.wait(timeout=120) == 0 and reader.stderr.read() == b""
+
+
+def test_a_closed_standard_output_is_not_an_error(tmp_path):
+    """`tinylatent language --out FILE >&-`: Python starts with sys.stdout None; the file is written."""
+    result = subprocess.run([sys.executable, "-m", "tinylatent", "language", "--out", tmp_path / "lang.json"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: os.close(1))
+    assert result.returncode == 0 and result.stderr == "" and (tmp_path / "lang.json").stat().st_size > 0
 
 
 def test_out_of_memory_is_one_line(monkeypatch, capsys):

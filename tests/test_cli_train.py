@@ -107,6 +107,20 @@ def test_resume_from_the_command_line_needs_only_the_folder(trained, capsys):
     assert load_checkpoint(out / "ckpt.npz").step == 7
 
 
+def test_resume_takes_the_documented_default_typed_out(trained, capsys):
+    """--min-lr defaults to a tenth of --lr: 6e-4 / 10 = 5.9999999999999995e-05 is stored. Typing the
+    documented 6e-5 on resume is the same run (it used to be refused as a different setting); the
+    stored bits are kept, so the run stays bit for bit. A real change is still refused."""
+    out, _ = trained
+    stored = load_checkpoint(out / "ckpt.npz").train_config["min_lr"]
+    assert stored == 6e-4 / 10 != 6e-5
+    assert main(["train", "--out", str(out), "--resume", "--steps", "6", "--min-lr", "6e-5", "--no-progress"]) == 0
+    assert load_checkpoint(out / "ckpt.npz").train_config["min_lr"] == stored
+    capsys.readouterr()
+    assert_one_line_error(capsys, ["train", "--out", str(out), "--resume", "--steps", "7", "--min-lr", "7e-5"],
+                          "min_lr 5.9999999999999995e-05 -> 7e-05")
+
+
 def test_train_from_a_language_file(tmp_path, capsys):
     path = save_language(paper_language(0.02), tmp_path / "lang.json")
     assert main(["train", "--language-file", str(path), "--steps", "3", "--out", str(tmp_path / "run"),
@@ -163,6 +177,14 @@ def test_resume_problems_are_one_line_and_exit_2(trained, tmp_path, capsys):
                           "dtype 'float32' -> 'float64'")
     assert_one_line_error(capsys, ["train", "--language-file", "x.json", "--eta", "0.1"],
                           "cannot be combined with --language-file")
+
+
+@pytest.mark.parametrize("folder, extra", [("log.jsonl", ["--force"]), ("ckpt.npz", ["--resume"])])
+def test_a_folder_in_place_of_the_runs_files_is_refused_before_any_work(tmp_path, capsys, folder, extra):
+    """It used to fail only after the validation windows' Bayes loss, naming a file the user never gave."""
+    (tmp_path / folder).mkdir()
+    assert_one_line_error(capsys, ["train", "--out", str(tmp_path), *TINY, *extra],
+                          f"{tmp_path / folder} is a folder, where the run writes its")
 
 
 def test_eval_refuses_an_existing_json_file_before_it_evaluates(trained, capsys):

@@ -67,6 +67,16 @@ def test_split_kl_on_a_hand_example():
     np.testing.assert_allclose(split.approximation, [-0.5 * math.log(2)], rtol=1e-15)
 
 
+def test_split_kl_total_is_finite_where_p_is_below_float64():
+    """log p = −800 on a target token: exp(−800) is 0 in float64, but KL(t‖p) is finite. The total
+    used to be computed from exp(log p) and read inf while its two parts were finite."""
+    target, bayes = [[0.5, 0.5, 0.0]], [[0.25, 0.25, 0.5]]
+    split = split_kl(target, bayes, [[-800.0, math.log(0.5), math.log(0.5)]])
+    expected = 0.5 * (math.log(0.5) + 800.0) + 0.5 * (math.log(0.5) - math.log(0.5))
+    np.testing.assert_allclose(split.total, [expected], rtol=1e-15)
+    np.testing.assert_allclose(split.total, split.ambiguity + split.approximation, rtol=1e-15)
+
+
 @pytest.mark.parametrize("leading_delimiter", [False, True])
 def test_the_three_parts_add_up_for_a_model(untrained_gpt, paper_tasks, leading_delimiter):
     prompts = sample_understanding_prompts(PAPER, 30, seed=3)

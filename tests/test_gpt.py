@@ -265,7 +265,9 @@ def test_a_seed_stands_for_its_generator_in_create_and_generate(tiny_model):
 
 
 @pytest.mark.parametrize("logits, kwargs, message", [
-    (np.full((2, 5), np.nan), {}, "the logits contain NaN"),         # used to sample token 0 for ever
+    (np.full((2, 5), np.nan), {}, "these hold NaN or inf"),          # used to sample token 0 for ever
+    (np.array([[0.0, np.inf, 1.0]]), {}, "these hold NaN or inf"),
+    (np.array([[-np.inf, -np.inf]]), {}, "some finite in each row"),
     (np.zeros(5), {}, r"shape \(batch, vocabulary\); got \(5,\)"),
     (np.zeros((2, 5)), dict(top_k=9), r"top_k must be None or an integer in \[1, 5\]; got 9"),  # dropped the best
     (np.zeros((2, 5)), dict(top_k=0), "top_k"),
@@ -273,8 +275,29 @@ def test_a_seed_stands_for_its_generator_in_create_and_generate(tiny_model):
     (np.zeros((2, 5)), dict(temperature=0.0), "temperature"),
 ])
 def test_sampling_refuses_what_it_cannot_sample_from(logits, kwargs, message):
+    """Each of these used to sample something anyway (or raise an IndexError)."""
     with pytest.raises(ValueError, match=message):
         sample_next_tokens(logits, np.random.default_rng(0), **kwargs)
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+@pytest.mark.parametrize("temperature", [1e-300, 1e-320, 5e-324])
+def test_a_tiny_temperature_samples_the_largest_logit(temperature):
+    """softmax(l / τ) → the argmax as τ → 0; 1e-320 used to overflow l / τ to inf and sample NaN
+    probabilities (token 0 every time, with warnings)."""
+    logits = np.array([[0.1, 2.5, -1.0, 2.4], [3.0, -2.0, 0.0, -np.inf]])
+    for seed in range(20):
+        np.testing.assert_array_equal(sample_next_tokens(logits, seed, temperature=temperature), [1, 0])
+
+
+def test_sampling_draws_softmax_frequencies_and_never_a_minus_infinity_token():
+    """Against the textbook softmax: 20,000 draws, each frequency within 5 standard errors."""
+    logits = np.array([[1.0, 0.0, -np.inf, 2.0]])
+    probs = np.exp(logits[0] - logits.max()) / np.exp(logits[0] - logits.max()).sum()
+    draws = sample_next_tokens(np.repeat(logits, 20000, axis=0), 0, temperature=1.0)
+    counts = np.bincount(draws, minlength=4) / 20000
+    assert counts[2] == 0.0
+    assert np.all(np.abs(counts - probs) <= 5 * np.sqrt(probs * (1 - probs) / 20000)), (counts, probs)
 
 
 @pytest.mark.parametrize("idx, message", [

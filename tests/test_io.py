@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tinylatent._io import atomic_write, write_json, write_text
+from tinylatent._io import atomic_write, json_text, write_json, write_text
 
 
 def _mode(path):
@@ -88,3 +88,19 @@ def test_a_folder_that_takes_no_new_file_is_an_error_naming_the_path_asked_for(t
         write_json(tmp_path / "out.json", {"a": 1})
     assert caught.value.filename == str(tmp_path / "out.json") and caught.value.errno == 13
     assert list(tmp_path.iterdir()) == []
+
+
+def test_json_is_valid_json_whatever_the_numbers(tmp_path):
+    """NaN and ±inf have no JSON form: they are written as null, not as NaN/Infinity (which
+    json.loads reads but strict readers refuse); NumPy numbers and arrays as plain ones."""
+    import json
+    import numpy as np
+
+    report = {"mean": float("inf"), "low": np.float32("nan"), "counts": np.arange(3), "ok": np.bool_(True),
+              "pair": (np.int64(2), -np.inf)}
+    expected = {"mean": None, "low": None, "counts": [0, 1, 2], "ok": True, "pair": [2, None]}
+    assert json.loads(json_text(report)) == expected
+    write_json(tmp_path / "report.json", report)
+    text = (tmp_path / "report.json").read_text(encoding="utf-8")
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in the file")) == expected

@@ -304,6 +304,26 @@ def test_unknown_phase_keeps_a_possible_prompt_possible_past_float64_range():
     np.testing.assert_allclose(result.known_intention_predictive[0, -1], [1.0, 0.0, 0.0])  # the message is full
 
 
+@pytest.mark.parametrize("phase", ["start", "unknown"])
+def test_a_language_whose_smallest_factors_multiply_below_float64_is_filtered_exactly(phase):
+    """Entries of 1e-170 in T, s_θ and A_θ: the product of the smallest one-step factors (the
+    underflow floor's denominator) is 0 in float64. Building the oracle used to divide by it
+    (ZeroDivisionError); the floor, computed with logs, is now above 1, so every sequence runs
+    in log space, and the answers are the enumeration's."""
+    tiny = 1e-170
+    language = Language(initial=[0.5, 0.5], transition=[[1 - tiny, tiny], [tiny, 1 - tiny]],
+                        first_letter=[[1 - tiny, tiny], [0.5, 0.5]],
+                        letter_transition=[[[1 - tiny, tiny], [0.5, 0.5]], [[0.5, 0.5], [tiny, 1 - tiny]]],
+                        length_probs=[0.0, 0.5, 0.5])
+    oracle = Oracle(language)
+    assert oracle.known_phase_floor > 1.0 and oracle.unknown_phase_floor > 1.0
+    prompt = language.encode("ab\nbb\na")
+    result = oracle.filter(prompt, phase=phase)
+    np.testing.assert_allclose(result.log_marginal[0], np.log(brute_force.marginal(language, prompt, phase)), rtol=1e-12)
+    np.testing.assert_allclose(result.posterior[0, -1], brute_force.posterior_last(language, prompt, phase), atol=1e-12)
+    np.testing.assert_allclose(result.predictive[0, -1], brute_force.predictive(language, prompt, phase), atol=1e-12)
+
+
 def test_near_underflow_rows_are_redone_alone_and_true_zeros_stay_impossible():
     """A batch mixing a near-underflow row, truly impossible rows and an ordinary row: each row
     is what it is alone, and an impossible prompt is reported at its first impossible token."""

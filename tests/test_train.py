@@ -335,17 +335,47 @@ def test_a_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkey
     assert [r["step"] for r in read_log(tmp_path)] == list(range(7))  # nothing logged for the bad step
 
 
-@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning", "ignore:invalid value encountered:RuntimeWarning")
-def test_an_exploding_learning_rate_is_caught_before_it_reaches_a_checkpoint(tmp_path):
-    """No monkeypatching: a learning rate of 1e30 drives the float32 weights to inf."""
+def test_an_update_that_overflows_never_replaces_the_last_good_checkpoint(tmp_path, monkeypatch):
+    """Step 8's update writes inf into a weight while its loss was finite; the checkpoint due right
+    after it is not written (it used to be, over step 4's, and then could not be loaded)."""
+    language = tiny_language()
+    original_step = AdamW.step
+    calls = []
+
+    def overflowing_step(optimizer, params, grads, lr):
+        calls.append(lr)
+        original_step(optimizer, params, grads, lr)
+        if len(calls) == 8:
+            params["wte"][0, 0] = np.inf
+
+    monkeypatch.setattr(AdamW, "step", overflowing_step)
+    with pytest.raises(TrainingDiverged, match=r"at step 8: its update .* made parameters infinite or NaN; "
+                                               r"nothing was saved after it, the checkpoint of step 4 .* is kept"):
+        train(language, tiny_model(language), tiny_run(steps=12, checkpoint_interval=4, eval_interval=100),
+              tmp_path, progress=False)
+    assert load_checkpoint(tmp_path / CHECKPOINT_FILENAME).step == 4
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")   # TrainingDiverged is the one message: no NumPy warnings
+@pytest.mark.parametrize("max_lr, kept", [(1e30, True), (1e308, False)])
+def test_an_exploding_learning_rate_is_caught_before_it_reaches_a_checkpoint(tmp_path, max_lr, kept):
+    """No monkeypatching: a learning rate of 1e30 drives the float32 weights to inf within a few
+    steps; one of 1e308 in the first update, whose loss was finite (no checkpoint is written: a
+    checkpoint of infinite weights used to replace the good one, and could not be loaded)."""
     language = paper_language(0.0)
-    config = TrainConfig(steps=6, batch_size=2, max_lr=1e30, warmup_steps=0, eval_interval=100, eval_windows=2,
+    config = TrainConfig(steps=6, batch_size=2, max_lr=max_lr, warmup_steps=0, eval_interval=100, eval_windows=2,
                          checkpoint_interval=1, seed=0)
     model_config = GPTConfig(vocab_size=language.vocab_size, context_length=8, n_layer=1, n_head=1, d_model=8)
-    with pytest.raises(TrainingDiverged, match="diverged"):
+    if not kept:
+        with pytest.raises(TrainingDiverged, match="at step 1: its update .* made parameters infinite or NaN; "
+                                                   "nothing was saved after it, no checkpoint had been written yet"):
+            train(language, model_config, config, tmp_path, progress=False)
+        assert not (tmp_path / CHECKPOINT_FILENAME).exists()
+        return
+    with pytest.raises(TrainingDiverged, match="diverged .* is kept"):
         train(language, model_config, config, tmp_path, progress=False)
-    kept = load_checkpoint(tmp_path / CHECKPOINT_FILENAME)
-    assert all(np.all(np.isfinite(p)) for p in kept.params.values())
+    checkpoint = load_checkpoint(tmp_path / CHECKPOINT_FILENAME)
+    assert all(np.all(np.isfinite(p)) for p in checkpoint.params.values())
 
 
 # -- progress and configs ----------------------------------------------------------------------

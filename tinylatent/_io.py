@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, IO
+
+import numpy as np
 
 
 def _mode_for(path: Path) -> int:
@@ -79,9 +82,33 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], mode: str
     return given
 
 
+def json_ready(value: Any) -> Any:
+    """``value`` in JSON's own types: NumPy scalars and arrays as Python numbers and lists, tuples as
+    lists, and NaN and ±inf, which JSON has no numbers for, as null (Python's ``json`` would write
+    ``NaN`` and ``Infinity``, which other readers refuse)."""
+    if isinstance(value, dict):
+        return {str(key): json_ready(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(item) for item in value]
+    if isinstance(value, np.ndarray):
+        return json_ready(value.tolist())
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def json_text(obj: Any) -> str:
+    """``obj`` as indented JSON text, through :func:`json_ready` (so it is valid JSON)."""
+    return json.dumps(json_ready(obj), indent=2, allow_nan=False)
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON, atomically."""
-    return atomic_write(path, lambda f: (json.dump(obj, f, indent=2, sort_keys=False), f.write("\n")))
+    """Write ``obj`` as indented JSON (:func:`json_text`: NaN and ±inf as null), atomically."""
+    return atomic_write(path, lambda f: f.write(json_text(obj) + "\n"))
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -33,7 +34,16 @@ COMMAND_MODULES = [
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """An ArgumentParser whose usage errors are one line and exit status 2 (the benchmarks use it too)."""
+    """An ArgumentParser whose usage errors are one line and exit status 2 (the benchmarks use it too).
+
+    It also reads ``--eta -1e-3`` as a value, as it reads ``--eta -0.001``: argparse's own test
+    for a negative number (before Python 3.14) knows no exponent, so it took ``-1e-3`` for an
+    option and said "expected one argument", though one was given.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")  # argparse's attribute
 
     def error(self, message: str) -> None:  # noqa: D401 - argparse API
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -143,7 +153,11 @@ def error_text(exc: BaseException) -> str:
     if isinstance(exc, MemoryError):
         return "out of memory: the request is too large for this machine; ask for less"
     if isinstance(exc, UnicodeEncodeError):  # files are UTF-8, so this is the terminal's (or pipe's) encoding
-        return (f"the output's encoding, {exc.encoding}, cannot show {exc.object[exc.start:exc.end]!r}; "
+        unshown = exc.object[exc.start:exc.end]
+        if all("\udc80" <= character <= "\udcff" for character in unshown):   # bytes of a path, not text
+            return (f"a path holds bytes that are not {exc.encoding} text ({unshown!r}), so it cannot be printed; "
+                    "give file names in plain text")
+        return (f"the output's encoding, {exc.encoding}, cannot show {unshown!r}; "
                 "use a UTF-8 locale or set PYTHONIOENCODING=utf-8")
     if isinstance(exc, OSError) and exc.strerror:
         return f"{exc.strerror}: {exc.filename}" if exc.filename is not None else exc.strerror
@@ -154,6 +168,8 @@ def error_text(exc: BaseException) -> str:
 def _quiet_stdout_after_failure() -> None:
     """After a write to standard output failed (a closed pipe, a full disk), point it at the null
     device, so that Python's own flush at exit does not fail again with a second message."""
+    if sys.stdout is None:  # closed by the shell (`>&-`): nothing to flush or point anywhere
+        return
     try:
         sys.stdout.flush()
         return
@@ -188,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         code = int(args.func(args) or 0)
-        sys.stdout.flush()  # a full disk or a closed pipe shows here, not after main has returned
+        if sys.stdout is not None:  # None when the shell closed it (`>&-`): print() then writes nothing
+            sys.stdout.flush()      # a full disk or a closed pipe shows here, not after main has returned
         return code
     except BrokenPipeError:  # e.g. `tinylatent ... | head`: the reader left, which is not an error
         _quiet_stdout_after_failure()

@@ -16,9 +16,8 @@ checkpoint and reports, each number with a 95% confidence interval over trials
 """
 from __future__ import annotations
 
-import json
 
-from tinylatent._io import write_json
+from tinylatent._io import json_text, write_json
 from tinylatent.backend import DEVICES
 from tinylatent.checkpoint import load_checkpoint
 from tinylatent.cli import check_optional_output, int_in, non_negative_int, path_arg
@@ -94,7 +93,7 @@ def cmd_eval(args) -> int:
                       max_letters=args.max_letters, max_examples=args.max_examples, seed=args.seed)
     report = {"checkpoint": str(args.checkpoint), "step": checkpoint.step, **report}
     if args.json == STDOUT:
-        print(json.dumps(report, indent=2))
+        print(json_text(report))
     elif args.json is not None:
         write_json(args.json, report)
         print(f"evaluation written to {args.json}")

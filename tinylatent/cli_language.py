@@ -8,11 +8,10 @@ constants below) so that a request no machine could hold fails at once, with the
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
 
-from tinylatent._io import write_json, write_text
+from tinylatent._io import json_text, write_json, write_text
 from tinylatent.cli import check_optional_output, int_in, path_arg, positive_int
 from tinylatent.backend import DEVICES, array_module, to_device, to_host
 from tinylatent.ambiguity import measure_ambiguity
@@ -64,9 +63,6 @@ def language_from_args(args: argparse.Namespace) -> Language:
         return load_language(args.language_file)
     return preset(args.preset or DEFAULT_PRESET, 0.0 if args.eta is None else args.eta)
 
-def _print_json(obj) -> None:
-    print(json.dumps(obj, indent=2))
-
 # -- tinylatent language -------------------------------------------------------------------
 
 def _random_options_given(args) -> list:
@@ -104,7 +100,7 @@ def cmd_language(args) -> int:
                    "mean_length": language.mean_length,
                    "stationary_intentions": language.stationary_intentions().tolist(),
                    "written_to": args.out}
-        _print_json(summary)
+        print(json_text(summary))
     else:
         print(language.summary())
         if args.out:
@@ -122,8 +118,8 @@ def cmd_sample(args) -> int:
         write_text(args.out, text)
     counts = np.bincount(corpus.intentions, minlength=language.n_intentions)
     if args.json:
-        _print_json({"language": language.name, "messages": args.messages, "tokens": int(len(corpus.tokens)),
-                     "seed": args.seed, "intention_counts": counts.tolist(), "written_to": args.out})
+        print(json_text({"language": language.name, "messages": args.messages, "tokens": int(len(corpus.tokens)),
+                         "seed": args.seed, "intention_counts": counts.tolist(), "written_to": args.out}))
     elif args.out:
         print(f"wrote {args.messages} messages ({len(corpus.tokens)} tokens) of {language.name} to {args.out}")
         print(f"intention counts: {counts.tolist()}")
@@ -139,7 +135,7 @@ def cmd_ambiguity(args) -> int:
     report = measure_ambiguity(language, n_messages=args.messages, seed=args.seed,
                                message_length=args.length, exact=exact, device=args.device)
     if args.json:
-        _print_json({"language": language.name, **report.as_dict()})
+        print(json_text({"language": language.name, **report.as_dict()}))
         return 0
     how = "exact (every message enumerated)" if report.method == "exact" else f"sampled ({report.n_messages} messages, 95% CI)"
     length = f"{report.message_length} letters" if report.message_length else "the language's own length rule"
@@ -155,13 +151,14 @@ def cmd_ambiguity(args) -> int:
 
 # -- tinylatent posterior -------------------------------------------------------------------
 
-def _unescape(prompt: str) -> str:
-    """Let a shell user type the delimiter as ``\\n``."""
-    return prompt.replace("\\n", "\n")
+def prompt_text(prompt: str, delimiter: str) -> str:
+    """The prompt with the two characters ``\\n`` read as the language's delimiter, whatever
+    character that is (a shell cannot easily type a newline); ``posterior`` and ``generate``."""
+    return prompt.replace("\\n", delimiter)
 
 def cmd_posterior(args) -> int:
     language = language_from_args(args)
-    prompt = _unescape(args.prompt)
+    prompt = prompt_text(args.prompt, language.delimiter)
     if not prompt:
         raise ValueError("the prompt is empty: give at least one character")
     tokens = language.encode(prompt)
@@ -174,12 +171,12 @@ def cmd_posterior(args) -> int:
     log_marginal = to_host(result.log_marginal)
     vocabulary = language.vocabulary
     if args.json:
-        _print_json({
+        print(json_text({
             "language": language.name, "prompt": prompt, "phase": args.phase,
             "log_marginal": float(log_marginal[0]),
             "posterior": posterior.tolist(),
             "next_token": {vocabulary[i]: float(p) for i, p in enumerate(next_token)},
-        })
+        }))
         return 0
     print(f"prompt {prompt!r} under {language.name}, phase {args.phase}: log q(x) = {log_marginal[0]:.6f}")
     print("posterior over the intention of the current message, q(θ | x):")

@@ -16,14 +16,14 @@ machine could hold fails at once, with the range, instead of running out of memo
 """
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
+from tinylatent._io import json_text
 from tinylatent.backend import DEVICES
 from tinylatent.checkpoint import CHECKPOINT_FILENAME, load_checkpoint
 from tinylatent.cli import check_output_folder, int_in, non_negative_int, path_arg, positive_int
-from tinylatent.cli_language import DEFAULT_PRESET, language_from_args
+from tinylatent.cli_language import DEFAULT_PRESET, language_from_args, prompt_text
 from tinylatent.gpt import DTYPES, GPTConfig
 from tinylatent.language import PRESETS, as_generator
 from tinylatent.train import DATA_MODES, LOG_FILENAME, TrainConfig, train
@@ -45,9 +45,6 @@ MAX_CORPUS_MESSAGES = 10_000_000
 MAX_EVAL_WINDOWS = 100_000
 MAX_NEW_TOKENS = 1_000_000
 
-
-def _print_json(obj) -> None:
-    print(json.dumps(obj, indent=2))
 
 
 # -- tinylatent train ------------------------------------------------------------------------
@@ -104,6 +101,14 @@ def _check_resume_steps(args, checkpoint, out_dir: Path) -> None:
                          f"(got {args.steps})")
 
 
+def _check_run_files_are_not_folders(out_dir: Path) -> None:
+    """The run writes OUT/ckpt.npz and OUT/log.jsonl: refuse, before any work, a folder in their place."""
+    for name, what in ((CHECKPOINT_FILENAME, "checkpoint"), (LOG_FILENAME, "log")):
+        if (out_dir / name).is_dir():
+            raise ValueError(f"{out_dir / name} is a folder, where the run writes its {what} file: "
+                             "move it away, or choose another --out")
+
+
 def _check_fresh_out(out_dir: Path, force: bool) -> None:
     """A fresh run must not silently replace another run's files in ``out_dir``."""
     if (out_dir / CHECKPOINT_FILENAME).exists():
@@ -117,6 +122,7 @@ def _check_fresh_out(out_dir: Path, force: bool) -> None:
 
 def cmd_train(args) -> int:
     out_dir = check_output_folder(args.out, "--out")
+    _check_run_files_are_not_folders(out_dir)
     checkpoint = None
     if args.resume and args.force:
         raise ValueError("--force starts a new run over an old log; --resume continues a run: give one or the other")
@@ -134,7 +140,7 @@ def cmd_train(args) -> int:
     _, summary = train(language, model_config, train_config, out_dir, resume=args.resume,
                        progress=not args.no_progress)
     if args.json:
-        _print_json(summary)
+        print(json_text(summary))
         return 0
     excess = summary["excess_val_loss"]
     print(f"trained {summary['language']} for {summary['steps']} steps "
@@ -149,15 +155,10 @@ def cmd_train(args) -> int:
 
 # -- tinylatent generate ---------------------------------------------------------------------
 
-def _prompt_text(prompt: str, delimiter: str) -> str:
-    """The prompt with the two characters ``\\n`` read as the delimiter (a shell cannot easily type a newline)."""
-    return prompt.replace("\\n", delimiter) if delimiter == "\n" else prompt
-
-
 def cmd_generate(args) -> int:
     checkpoint = load_checkpoint(args.checkpoint)
     language = checkpoint.language
-    prompt = language.delimiter if args.prompt is None else _prompt_text(args.prompt, language.delimiter)
+    prompt = language.delimiter if args.prompt is None else prompt_text(args.prompt, language.delimiter)
     if not prompt:
         raise ValueError("the prompt is empty; give at least one character (the default is the delimiter, "
                          "which starts a new message)")
@@ -167,9 +168,9 @@ def cmd_generate(args) -> int:
                             temperature=args.temperature, top_k=args.top_k)
     completion = language.decode(tokens[len(prompt_ids):])
     if args.json:
-        _print_json({"checkpoint": str(args.checkpoint), "step": checkpoint.step, "language": language.name,
-                     "prompt": prompt, "completion": completion, "seed": args.seed,
-                     "temperature": args.temperature, "top_k": args.top_k})
+        print(json_text({"checkpoint": str(args.checkpoint), "step": checkpoint.step, "language": language.name,
+                         "prompt": prompt, "completion": completion, "seed": args.seed,
+                         "temperature": args.temperature, "top_k": args.top_k}))
         return 0
     print(prompt + completion, end="" if (prompt + completion).endswith("\n") else "\n")
     return 0

@@ -225,8 +225,12 @@ def split_kl(target, bayes, model_log_probs) -> KLSplit:
     with np.errstate(divide="ignore", invalid="ignore"):
         log_ratio = np.log(bayes) - model_log_probs                          # log q(y|x) − log p(y|x)
         approximation = np.where(target > 0.0, target * log_ratio, 0.0).sum(axis=-1)
+        # from the log-probabilities themselves: exp(log p) rounds a p below ~1e-308 to 0, and the
+        # total would read inf while its two parts are finite
+        log_target = np.log(np.where(target > 0.0, target, 1.0))
+        total = np.where(target > 0.0, target * (log_target - model_log_probs), 0.0).sum(axis=-1)
     return KLSplit(
-        total=th.kl_divergence(target, np.exp(model_log_probs)),
+        total=total,
         ambiguity=th.kl_divergence(target, bayes),
         approximation=approximation,
     )

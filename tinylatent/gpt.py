@@ -521,14 +521,20 @@ def sample_next_tokens(last_logits, rng: SeedLike, temperature: float = 1.0,
         raise ValueError(f"last_logits must have shape (batch, vocabulary); got {last_logits.shape}")
     V = last_logits.shape[-1]
     _check_sampling(temperature, top_k, V)
-    if np.isnan(last_logits).any():     # a diverged model: NaN would otherwise sample token 0 every time
-        raise ValueError("the logits contain NaN (has the model diverged?); nothing to sample from")
-    last_logits /= temperature
+    largest = last_logits.max(axis=-1, keepdims=True)                              # (B, 1)
+    # NaN or +inf (a diverged model: NaN used to sample token 0 every time), or a row of −inf only
+    if np.isnan(last_logits).any() or not np.isfinite(largest).all():
+        raise ValueError("the logits must be numbers, some finite in each row, −inf allowed (for a token never to "
+                         "be drawn); these hold NaN or inf (has the model diverged?): nothing to sample from")
     rng = as_generator(rng)
+    # softmax(l / τ) = softmax((l − max l) / τ): every scaled logit is ≤ 0, so a tiny τ sends the
+    # others to −inf (probability 0, the greedy choice) instead of overflowing to inf − inf = NaN
+    with np.errstate(over="ignore"):
+        scaled = (last_logits - largest) / temperature                             # (B, V), max 0
     if top_k is not None:
-        kth_largest = np.sort(last_logits, axis=-1)[:, V - top_k][:, None]
-        last_logits = np.where(last_logits < kth_largest, -np.inf, last_logits)
-    probs = np.exp(last_logits - last_logits.max(axis=-1, keepdims=True))
+        kth_largest = np.sort(scaled, axis=-1)[:, V - top_k][:, None]
+        scaled = np.where(scaled < kth_largest, -np.inf, scaled)
+    probs = np.exp(scaled)
     probs /= probs.sum(axis=-1, keepdims=True)
     cdf = np.cumsum(probs, axis=-1)
     uniforms = rng.random(last_logits.shape[0])[:, None]

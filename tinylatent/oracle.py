@@ -50,6 +50,8 @@ checked on the host before any indexing, is done there and moved once).
 """
 from __future__ import annotations
 
+import math
+import sys
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -74,6 +76,15 @@ def _smallest_positive(*arrays) -> float:
         if positive.size:
             smallest = min(smallest, float(positive.min()))
     return smallest
+
+
+def _underflow_floor(*smallest_factors: float) -> float:
+    """UNDERFLOW_MARGIN / (the product of ``smallest_factors``), the floor below which a filtered
+    probability is at risk. Computed with logs: the product of a few tiny factors (a language
+    with entries near 1e-170, or subnormal ones) can itself underflow to 0; the floor is then
+    inf, and every sequence is run in log space, which is exact at any size."""
+    log_floor = math.log(UNDERFLOW_MARGIN) - sum(math.log(factor) for factor in smallest_factors)
+    return math.exp(log_floor) if log_floor < math.log(sys.float_info.max) else math.inf
 
 
 def logsumexp(xp, values, axis):
@@ -194,16 +205,16 @@ class Oracle:
         # times the smallest positive factor of one step, stays ≥ UNDERFLOW_MARGIN.
         #   phase "start": q(x_t | x_{<t}, θ) = pair likelihood × length factor; a message that
         #   opens mixes by T first.
-        self.known_phase_floor = UNDERFLOW_MARGIN / (
-            _smallest_positive(self.pair_likelihood) * _smallest_positive(self.length_factor_by_kind)
-            * _smallest_positive(self.transition))
+        self.known_phase_floor = _underflow_floor(
+            _smallest_positive(self.pair_likelihood), _smallest_positive(self.length_factor_by_kind),
+            _smallest_positive(self.transition))
         #   phase "unknown": (1 − h[n]) A_θ[ℓ, c] (or s_θ A_θ^n[c] for token 1), T[θ, θ'] s_θ'[c], h[n]
         #   (the product of all the smallest factors: a floor at least as high as any one step
         #   needs, so a cautious one).
-        self.unknown_phase_floor = UNDERFLOW_MARGIN / (
-            _smallest_positive(self.go_on[: max_length + 1]) * _smallest_positive(self.stop[: max_length + 1])
-            * _smallest_positive(self.letter_transition, self.stationary_next_letter)
-            * _smallest_positive(self.transition) * _smallest_positive(self.first_letter))
+        self.unknown_phase_floor = _underflow_floor(
+            _smallest_positive(self.go_on[: max_length + 1]), _smallest_positive(self.stop[: max_length + 1]),
+            _smallest_positive(self.letter_transition, self.stationary_next_letter),
+            _smallest_positive(self.transition), _smallest_positive(self.first_letter))
         self._device_copies = {}
 
     _TABLES = ("stop", "go_on", "transition", "first_letter", "letter_transition", "stationary_state",

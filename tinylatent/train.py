@@ -201,6 +201,13 @@ class TrainingDiverged(ValueError):
     """The loss or the gradient norm became NaN or infinite; the last good checkpoint is kept."""
 
 
+def _divergence_checked_below():
+    """NumPy's overflow and invalid-value warnings, off for a training step: a step that overflows
+    makes its loss or gradient norm non-finite, which :func:`train` checks and reports as one
+    :class:`TrainingDiverged` (the warnings would only print the same news first, in many lines)."""
+    return np.errstate(over="ignore", invalid="ignore", divide="ignore")
+
+
 class TrainResult(NamedTuple):
     """What :func:`train` returns: the trained model and a summary dict (see :func:`train`)."""
 
@@ -514,6 +521,14 @@ def _same_language(a: Language, b: Language) -> bool:
     return True
 
 
+def _same_setting(saved, given) -> bool:
+    """Equal, or for two floats equal up to rounding: ``--min-lr 6e-5`` is the run whose stored
+    min_lr is 6e-4 / 10 = 5.9999999999999995e-05 (the resumed run then uses the stored value)."""
+    if isinstance(saved, float) and isinstance(given, float):
+        return math.isclose(saved, given, rel_tol=1e-12, abs_tol=0.0)
+    return saved == given
+
+
 def check_resumable(checkpoint, language: Language, model_config: GPTConfig, config: TrainConfig) -> None:
     """Raise ``ValueError`` unless the checkpoint's run is the one described by these configs.
 
@@ -530,7 +545,7 @@ def check_resumable(checkpoint, language: Language, model_config: GPTConfig, con
         raise ValueError("the checkpoint's model config differs: " + ", ".join(differences))
     saved_train = TrainConfig.from_dict(checkpoint.train_config).to_dict()
     differences = [f"{key} {saved_train[key]!r} -> {value!r}" for key, value in config.to_dict().items()
-                   if key not in RESUMABLE_CHANGES and saved_train.get(key) != value]
+                   if key not in RESUMABLE_CHANGES and not _same_setting(saved_train.get(key), value)]
     if differences:
         raise ValueError("cannot resume with a different train config (only "
                          f"{', '.join(RESUMABLE_CHANGES)} may change): " + ", ".join(differences))
@@ -583,6 +598,9 @@ def train(language: Language, model_config: GPTConfig, train_config: TrainConfig
                                                 if getattr(train_config, name) is None})
         config = train_config.resolved(model_config)
         check_resumable(checkpoint, language, model_config, config)
+        saved = TrainConfig.from_dict(stored)       # equal up to rounding: keep the stored bits, for a bit-for-bit run
+        config = replace(config, **{field.name: getattr(saved, field.name) for field in fields(TrainConfig)
+                                    if field.name not in RESUMABLE_CHANGES})
         model = checkpoint.model(config.device)
         optimizer = AdamW(config.weight_decay, config.betas)
         optimizer.load_state_dict(checkpoint.optimizer_state)
@@ -610,6 +628,12 @@ def train(language: Language, model_config: GPTConfig, train_config: TrainConfig
     log = JsonLog(out_dir / LOG_FILENAME, keep_through_step=step if resume else None)
     bar = Progress(progress, config.steps, step)
     last_checkpoint_step = step if resume else None
+
+    def diverged(at_step: int, what: str) -> TrainingDiverged:
+        kept = (f"the checkpoint of step {last_checkpoint_step} in {checkpoint_path} is kept"
+                if last_checkpoint_step is not None else "no checkpoint had been written yet")
+        return TrainingDiverged(f"training diverged at step {at_step}: {what}; nothing was saved after it, {kept}; "
+                                f"train again with a lower learning rate (now max_lr={config.max_lr:g})")
 
     def save() -> None:
         nonlocal last_checkpoint_step
@@ -639,22 +663,18 @@ def train(language: Language, model_config: GPTConfig, train_config: TrainConfig
         while step < config.steps:
             started = time.perf_counter()
             lr = lr_at(step, config.max_lr, config.warmup_steps, config.steps, config.min_lr)
-            loss, grads = batches_loss_and_grads(model, data.train_batch(data_rng))
-            train_loss = float(to_host(loss))
-            grad_norm = clip_grad_norm(grads, config.grad_clip) if math.isfinite(train_loss) else math.nan
+            with _divergence_checked_below():
+                loss, grads = batches_loss_and_grads(model, data.train_batch(data_rng))
+                train_loss = float(to_host(loss))
+                grad_norm = clip_grad_norm(grads, config.grad_clip) if math.isfinite(train_loss) else math.nan
             if not (math.isfinite(train_loss) and math.isfinite(grad_norm)):
-                kept = (f"the checkpoint of step {last_checkpoint_step} in {checkpoint_path} is kept"
-                        if last_checkpoint_step is not None else "no checkpoint had been written yet")
-                raise TrainingDiverged(
-                    f"training diverged at step {step + 1}: the loss is {train_loss} and the gradient norm "
-                    f"{grad_norm} (lr {lr:.3g}); nothing was saved after it, {kept}; "
-                    f"train again with a lower learning rate (now max_lr={config.max_lr:g})"
-                )
+                raise diverged(step + 1, f"the loss is {train_loss} and the gradient norm {grad_norm} (lr {lr:.3g})")
             # A step is done when its update, its metrics and its log line (and validation, when
             # due) are: a Ctrl-C in the middle waits for all of them, so the checkpoint it saves
             # and the log agree, and the resumed run's log has no gap.
             with keyboard_interrupt_deferred():
-                optimizer.step(model.params, grads, lr)
+                with _divergence_checked_below():
+                    optimizer.step(model.params, grads, lr)
                 step += 1
                 rng_state_at_step_boundary = data_rng.bit_generator.state
                 step_seconds = time.perf_counter() - started
@@ -677,6 +697,9 @@ def train(language: Language, model_config: GPTConfig, train_config: TrainConfig
                 eta = (config.steps - step) * config.tokens_per_step / interval_rate
                 bar.report(step, train_loss, val_loss, bayes_loss, interval_rate, eta)
             if step % config.checkpoint_interval == 0 or step == config.steps:
+                if not all(bool(xp_of(p).isfinite(p).all()) for p in model.params.values()):
+                    # the update itself overflowed (its loss was finite): this state must not replace a good checkpoint
+                    raise diverged(step, f"its update (lr {lr:.3g}) made parameters infinite or NaN")
                 save()
         if evaluated_at != step:  # a resume of a finished run: nothing was trained
             evaluate()
