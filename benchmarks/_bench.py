@@ -1,5 +1,5 @@
-"""What the benchmarks share: the command line (one-line errors, exit status 2, as `tinylatent`'s),
-the output file checked before the run, and the BLAS thread count.
+"""What the benchmarks share: the command line (one-line errors, exit status 2, as `tinylatent`'s;
+a closed output pipe stops nothing), the output file checked before the run, and the BLAS thread count.
 
 Import it after putting this folder and the repository root on ``sys.path`` (each benchmark
 does so first).
@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Callable
 
-from tinylatent.cli import OneLineParser, error_text, int_in, path_arg
+from tinylatent.cli import OneLineParser, error_text, int_in, path_arg, stdout_reader_may_leave
 
 MAX_THREADS = 1_024
 
@@ -43,12 +43,15 @@ def non_negative_float(text: str) -> float:
 
 
 def run(program: str, main: Callable[[], int]) -> int:
-    """``main()``, with a bad setting, an unwritable file or too little memory as one line on stderr and exit 2."""
-    try:
-        return main()
-    except (ValueError, OSError, MemoryError) as exc:
-        print(f"{program}: error: {error_text(exc)}", file=sys.stderr)
-        return 2
+    """``main()``, with a bad setting, an unwritable file or too little memory as one line on stderr and exit 2.
+    A reader of standard output that leaves early (``| head -1``) stops nothing: the figures are still
+    measured and the ``--json`` file written."""
+    with stdout_reader_may_leave():
+        try:
+            return main()
+        except (ValueError, OSError, MemoryError) as exc:
+            print(f"{program}: error: {error_text(exc)}", file=sys.stderr)
+            return 2
 
 
 # --------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """What the three trained-model experiments share: the command line, reading a message's
-intention, training a model into a fresh folder, plots and JSON.
+intention, training a model into a fresh folder, which files a run may replace, plots and JSON.
 
 Used by ``examples/cot_locality.py``, ``examples/instruction_tuning.py`` and
 ``examples/emergence.py`` (docs/experiments.md). Each of them trains small GPTs on a
@@ -16,7 +16,7 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
-import math  # noqa: E402
+import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -31,7 +31,8 @@ except ModuleNotFoundError:  # run from a checkout without `pip install -e .`
 
 from tinylatent._io import write_json  # noqa: E402
 from tinylatent.checkpoint import CHECKPOINT_FILENAME  # noqa: E402
-from tinylatent.cli import check_optional_output, check_output_folder, error_text, path_arg  # noqa: E402
+from tinylatent.cli import (OneLineParser, check_output_file, check_output_folder, error_text,  # noqa: E402
+                            path_arg, stdout_reader_may_leave)
 from tinylatent.evaluate import predictor_log_probs  # noqa: E402
 from tinylatent.gpt import GPTConfig  # noqa: E402
 from tinylatent.language import DELIMITER_ID, Language  # noqa: E402
@@ -98,7 +99,10 @@ def read_intentions(language: Language, messages: np.ndarray, oracle: Optional[O
 def train_fresh(language: Language, model_config: GPTConfig, train_config: TrainConfig, out_dir: Path,
                 progress: bool = True) -> tuple:
     """``tinylatent.train.train`` into ``out_dir``, replacing a checkpoint and log left there
-    by an earlier run of the same experiment. Returns (model, summary)."""
+    by an earlier run of the same experiment. Returns (model, summary).
+
+    Only for a run folder named in the script's outputs: :func:`check_outputs` has made sure,
+    before any work, that what is there is the script's own (or that ``--force`` was given)."""
     out_dir = Path(out_dir)
     for name in (CHECKPOINT_FILENAME, LOG_FILENAME):
         (out_dir / name).unlink(missing_ok=True)
@@ -128,7 +132,9 @@ class UsageError(Exception):
     """A bad option or setting: one line on stderr, exit status 2."""
 
 
-class RaisingParser(argparse.ArgumentParser):
+class RaisingParser(OneLineParser):
+    """``tinylatent``'s parser (``-1e-3`` is a value), whose usage errors are raised, not printed."""
+
     def error(self, message: str) -> None:  # argparse calls this on a bad option; it must not return
         raise UsageError(message)
 
@@ -147,8 +153,8 @@ def experiment_parser(program: str, description: str, default_out: str) -> argpa
     parser.add_argument("--out", type=path_type, default=Path(default_out), help=f"output folder (default {default_out})")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random stream (default 0)")
     parser.add_argument("--json", type=path_type, default=None,
-                        help="where to write the numbers (default OUT/<name>.json, replaced by each run)")
-    parser.add_argument("--force", action="store_true", help="replace the --json file if it exists")
+                        help="where to write the numbers (default OUT/<name>.json)")
+    parser.add_argument("--force", action="store_true", help=FORCE_HELP)
     parser.add_argument("--no-progress", action="store_true", help="print nothing while training")
     return parser
 
@@ -157,22 +163,86 @@ def budget_of(args: argparse.Namespace) -> str:
     return "smoke" if args.smoke else "quick" if args.quick else "default"
 
 
-def check_common(args: argparse.Namespace) -> None:
-    """The options every experiment has; the output paths are checked now, before any training."""
+def check_common(args: argparse.Namespace, program: str, outputs: list) -> None:
+    """The options every experiment has; the output paths are checked now, before any training
+    (``outputs``: :func:`check_outputs`)."""
     if args.seed < 0:
         raise UsageError(f"--seed must be ≥ 0; got {args.seed}")
-    check_outputs(args)
+    check_outputs(args, program, outputs)
 
 
-def check_outputs(args: argparse.Namespace) -> None:
-    """``--out`` must be a folder (or not exist yet) and an explicit ``--json`` a new file, or one that
-    ``--force`` may replace. The files the experiment writes inside ``--out`` are its own, replaced by
-    each run (as :func:`train_fresh` replaces its checkpoints)."""
+# ----------------------------------------------------------------------------------------
+# Outputs: nothing a user made is replaced without --force
+# ----------------------------------------------------------------------------------------
+
+MARKER_FILENAME = ".tinylatent-experiment.json"  # in --out: the scripts whose outputs that folder holds
+FORCE_HELP = "replace existing outputs: the --json file, and files in --out that an earlier run of this script did not write"
+
+
+def run_files(*folders) -> list:
+    """What :func:`tinylatent.train.train` writes in each run folder, as paths relative to ``--out``."""
+    return [Path(folder) / name for folder in folders for name in (CHECKPOINT_FILENAME, LOG_FILENAME)]
+
+
+def report_files(name: str, args: argparse.Namespace) -> list:
+    """What :func:`finish` writes, relative to ``--out``: the plot, and the JSON unless ``--json`` puts it elsewhere."""
+    return [Path(f"{name}.png")] + ([Path(f"{name}.json")] if args.json is None else [])
+
+
+def marked_by(folder: Path) -> Optional[list]:
+    """The scripts that :func:`claim_output_folder` recorded in ``folder``: [] when it holds no
+    marker, None when a file of the marker's name is there but is not one (so it is not ours either)."""
+    try:
+        marker = json.loads((Path(folder) / MARKER_FILENAME).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError):
+        return None
+    scripts = marker.get("written_by") if isinstance(marker, dict) else None
+    if not (isinstance(scripts, list) and all(isinstance(script, str) for script in scripts)):
+        return None
+    return scripts
+
+
+def check_outputs(args: argparse.Namespace, program: str, outputs: list) -> None:
+    """Refuse, before any work, outputs that could not be written or must not be replaced.
+
+    ``--out`` must be a folder (or not exist yet) and an explicit ``--json`` a new file, or one that
+    ``--force`` may replace. ``outputs`` are the files the script writes inside ``--out``
+    (paths relative to it). They are replaced without ``--force`` only where an earlier run
+    of this script marked the folder as its own (:func:`claim_output_folder`): a checkpoint,
+    a JSON file or a plot that someone else put there is never overwritten silently.
+    """
     try:
         check_output_folder(args.out, "--out")
-        check_optional_output(args.json, args.force)
+        if args.json:
+            check_output_file(args.json, args.force, "--json")
+        for path in (args.out / output for output in outputs):
+            check_output_folder(path.parent, "--out")
+            if path.is_dir():
+                raise ValueError(f"{path} is a folder, where {program} writes a file; choose another --out")
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    scripts = marked_by(args.out)
+    if args.force or (scripts is not None and program in scripts):
+        return
+    # the marker itself is the first output: a file of its name that is not a marker is not ours
+    mine = [MARKER_FILENAME] if scripts is None else []
+    for path in (args.out / output for output in [*mine, *outputs]):
+        if path.exists():
+            raise UsageError(f"{path} exists, and {args.out} holds no earlier run of {program}: "
+                             "pass --force to replace the files it writes there, or choose another --out")
+
+
+def claim_output_folder(out: Path, program: str) -> None:
+    """Mark ``out`` as a folder ``program`` writes into, so that its next run there may replace its
+    own outputs without ``--force``. Written (atomically) after the checks, before any work."""
+    scripts = marked_by(out) or []
+    if program not in scripts:
+        write_json(Path(out) / MARKER_FILENAME, {
+            "written_by": sorted([*scripts, program]),
+            "note": "this folder holds the outputs of these tinylatent example scripts: a new run of one of "
+                    "them replaces its own files here (examples/_common.py, check_outputs)"})
 
 
 def require(condition: bool, message: str) -> None:
@@ -182,38 +252,25 @@ def require(condition: bool, message: str) -> None:
 
 
 def run_main(program: str, parse: Callable, run: Callable, argv=None) -> int:
-    """Parse, run, and turn a bad option or setting into one line on stderr and exit status 2."""
-    try:
-        run(parse(argv))
-    except UsageError as exc:
-        print(f"{program}: error: {exc}", file=sys.stderr)
-        return 2
-    except (ValueError, OSError, MemoryError) as exc:
-        print(f"{program}: error: {error_text(exc)}", file=sys.stderr)
-        return 2
+    """Parse, mark ``--out`` as this script's folder, run; turn a bad option or setting into one line on
+    stderr and exit status 2. A reader of standard output that leaves early (``| head -1``) stops nothing."""
+    with stdout_reader_may_leave():
+        try:
+            args = parse(argv)
+            claim_output_folder(args.out, program)
+            run(args)
+        except UsageError as exc:
+            print(f"{program}: error: {exc}", file=sys.stderr)
+            return 2
+        except (ValueError, OSError, MemoryError) as exc:
+            print(f"{program}: error: {error_text(exc)}", file=sys.stderr)
+            return 2
     return 0
 
 
 # ----------------------------------------------------------------------------------------
-# Output: JSON (NaN as null) and optional plots
+# Output: JSON (tinylatent._io.write_json: NaN as null) and optional plots
 # ----------------------------------------------------------------------------------------
-
-def plain(value):
-    """``value`` as JSON types: NumPy scalars and arrays to Python, NaN and ±inf to null."""
-    if isinstance(value, dict):
-        return {str(key): plain(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(item) for item in value]
-    if isinstance(value, np.ndarray):
-        return plain(value.tolist())
-    if isinstance(value, (np.bool_, bool)):
-        return bool(value)
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    return value
-
 
 def finish(report: dict, args: argparse.Namespace, name: str, save_plot: Callable, started: float) -> dict:
     """Save the plot (``save_plot(report, path)`` returns the path, or None without matplotlib),
@@ -223,7 +280,7 @@ def finish(report: dict, args: argparse.Namespace, name: str, save_plot: Callabl
     print(f"plot saved to {plot}" if plot else PLOT_SKIPPED)
     report["seconds"] = time.perf_counter() - started
     json_path = args.json or args.out / f"{name}.json"
-    write_json(json_path, plain(report))
+    write_json(json_path, report)
     print(f"numbers written to {json_path}")
     return report
 

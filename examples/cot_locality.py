@@ -429,6 +429,12 @@ def save_plot(report: dict, path: Path):
     return common.save_figure(figure, path, plt, dpi=120)
 
 
+def outputs(args) -> list:
+    """Every file this script writes inside --out, relative to it: one training folder per corpus,
+    the plot and the JSON. Checked before any work (``_common.check_outputs``)."""
+    return common.run_files(*CORPORA) + common.report_files(NAME, args)
+
+
 def parse_args(argv):
     parser = common.experiment_parser(PROGRAM, __doc__.splitlines()[0], default_out=f"out/{NAME}")
     parser.add_argument("--advance", type=float, default=SkipChain.advance,
@@ -439,7 +445,7 @@ def parse_args(argv):
     parser.add_argument("--steps", type=int, default=None, help="optimiser steps per model (default: the budget's)")
     parser.add_argument("--prompts", type=int, default=None, help="prompts x_0 (default: the budget's)")
     args = parser.parse_args(argv)
-    common.check_common(args)
+    common.check_common(args, PROGRAM, outputs(args))
     common.require(math.isfinite(args.advance) and 0.0 < args.advance <= 1.0, f"--advance must be in (0, 1]; got {args.advance}")
     common.require(math.isfinite(args.local_jump_rate) and 0.0 <= args.local_jump_rate < 1.0,
                    f"--local-jump-rate must be in [0, 1); got {args.local_jump_rate}")

@@ -55,6 +55,7 @@ import numpy as np  # noqa: E402
 
 from tinylatent import evaluate as ev  # noqa: E402
 from tinylatent import theorems as th  # noqa: E402
+from tinylatent._io import json_ready  # noqa: E402
 from tinylatent.gpt import GPTConfig  # noqa: E402
 from tinylatent.language import DELIMITER_ID, PRESETS, Language, preset  # noqa: E402
 from tinylatent.oracle import Oracle  # noqa: E402
@@ -303,6 +304,12 @@ def save_plot(report: dict, path: Path):
     return common.save_figure(figure, path, plt, dpi=110)
 
 
+def outputs(args) -> list:
+    """Every file this script writes inside --out, relative to it: one training folder per model size,
+    the plot and the JSON. Checked before any work (``_common.check_outputs``)."""
+    return common.run_files(*(size.name for size in SIZES)) + common.report_files(NAME, args)
+
+
 def parse_args(argv):
     parser = common.experiment_parser(PROGRAM, __doc__.splitlines()[0], default_out=f"out/{NAME}")
     parser.add_argument("--language", choices=PRESETS, default="paper-noisy-first-mixture",
@@ -312,7 +319,7 @@ def parse_args(argv):
     parser.add_argument("--threshold", type=float, default=0.05,
                         help="an ability counts as present when its approximation part is below this (nats, default 0.05)")
     args = parser.parse_args(argv)
-    common.check_common(args)
+    common.check_common(args, PROGRAM, outputs(args))
     common.require(math.isfinite(args.eta) and args.eta >= 0.0, f"--eta must be ≥ 0; got {args.eta}")
     common.require(math.isfinite(args.lr) and args.lr > 0.0, f"--lr must be > 0; got {args.lr}")
     common.require(math.isfinite(args.threshold) and args.threshold > 0.0, f"--threshold must be > 0; got {args.threshold}")
@@ -344,7 +351,7 @@ def run(args) -> dict:
         result["emerged_at"] = {"understanding": emerged_at(result["measurements"], "understanding", args.threshold),
                                 "icl": emerged_at(result["measurements"], "icl", args.threshold, m=m_max)}
         report["runs"].append(result)
-    report = common.plain(report)
+    report = json_ready(report)
     for run_report in report["runs"]:  # JSON keys are strings; index the ICL rows by m again for the tables
         for measurement in run_report["measurements"]:
             measurement["icl"] = {int(m): value for m, value in measurement["icl"].items()}

@@ -34,8 +34,9 @@ beside the oracle's for the language it was trained on:
 
 ``--train`` trains into OUT/icl_decay_model_<language>/ and a later run with the same
 settings reuses that model; other ``--train-steps`` (fewer) or ``--seed`` need another ``--out``.
-``--json PATH`` refuses an existing file unless ``--force``; the output paths are checked
-before anything is computed.
+The output paths are checked before anything is computed: ``--json PATH`` refuses an existing
+file unless ``--force``, and so do OUT/icl_decay.png and the model's folder unless ``--out``
+holds an earlier run of this script (examples/_common.py, ``check_outputs``).
 """
 from __future__ import annotations
 
@@ -330,17 +331,6 @@ def save_plot(results: list, path: Path) -> Optional[Path]:
     return path
 
 
-def _json_safe(value):
-    """NaN and ±inf are not JSON: write them as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 # ----------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------
@@ -369,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--out", type=common.path_type, default=Path("out"), help="folder for the plot (default out/)")
     parser.add_argument("--json", type=common.path_type, default=None, help="also write every number to this JSON file")
-    parser.add_argument("--force", action="store_true", help="replace the --json file if it exists")
+    parser.add_argument("--force", action="store_true", help=common.FORCE_HELP)
     parser.add_argument("--model", type=common.path_type, default=None, metavar="CHECKPOINT",
                         help="a checkpoint of `tinylatent train`: add the model's KL curve for its language")
     parser.add_argument("--train", action="store_true",
@@ -396,8 +386,20 @@ def parse_args(argv) -> argparse.Namespace:
         raise UsageError("give --model CHECKPOINT or --train, not both")
     if args.train_steps < 1:
         raise UsageError(f"--train-steps must be at least 1; got {args.train_steps}")
-    common.check_outputs(args)  # before anything is computed
+    common.check_outputs(args, PROGRAM, outputs(args))  # before anything is computed
     return args
+
+
+def model_folder(args: argparse.Namespace) -> Path:
+    """Where ``--train`` trains, relative to ``--out``: one folder per language."""
+    name = preset(args.language[0], args.eta[0]).name
+    return Path(f"icl_decay_model_{name}".replace("(", "_").replace(")", "").replace("=", ""))
+
+
+def outputs(args: argparse.Namespace) -> list:
+    """Every file this script writes inside --out, relative to it: the plot, and with ``--train`` the
+    model's training folder. Checked before any work (``_common.check_outputs``)."""
+    return [Path(PLOT_NAME)] + (common.run_files(model_folder(args)) if args.train else [])
 
 
 def trained_model(args: argparse.Namespace) -> Optional[TrainedModel]:
@@ -415,7 +417,7 @@ def trained_model(args: argparse.Namespace) -> Optional[TrainedModel]:
     config = dataclasses.replace(GPTConfig.small(language.vocab_size), context_length=192)
     settings = TrainConfig(steps=args.train_steps, batch_size=32, max_lr=3e-3, seed=args.seed,
                            eval_interval=max(1, args.train_steps // 5), checkpoint_interval=args.train_steps)
-    out_dir = args.out / f"icl_decay_model_{language.name}".replace("(", "_").replace(")", "").replace("=", "")
+    out_dir = args.out / model_folder(args)
     reuse = (out_dir / CHECKPOINT_FILENAME).exists()
     print(f"{'continuing the' if reuse else 'training a'} small model on {language.name} for {args.train_steps} "
           f"steps in {out_dir} ...")
@@ -480,7 +482,7 @@ def run(args: argparse.Namespace) -> dict:
         print("plot skipped: matplotlib is not installed (pip install tinylatent[plot])")
     report["seconds"] = time.perf_counter() - started
     if args.json is not None:
-        write_json(args.json, _json_safe(report))
+        write_json(args.json, report)
         print(f"numbers written to {args.json}")
     return report
 

@@ -53,6 +53,7 @@ from dataclasses import asdict, dataclass  # noqa: E402
 import numpy as np  # noqa: E402
 
 from tinylatent import theorems as th  # noqa: E402
+from tinylatent._io import json_ready  # noqa: E402
 from tinylatent.checkpoint import CHECKPOINT_FILENAME, save_checkpoint  # noqa: E402
 from tinylatent.evaluate import predictor_log_probs  # noqa: E402
 from tinylatent.gpt import GPT  # noqa: E402
@@ -64,7 +65,7 @@ from tinylatent.train import (LOG_FILENAME, RandomStreams, TrainConfig, bayes_va
 
 PROGRAM = "instruction_tuning.py"
 NAME = "instruction_tuning"
-STAGES = ("pretrained", "fine_tuned")
+STAGES = ("pretrained", "fine_tuned")  # each has its training folder of that name inside --out
 BASE_ROW = (0.4, 0.3, 0.2, 0.1)  # T[θ, θ + j] for j = 0..3: stay, then one, two, three intentions on
 
 
@@ -327,6 +328,12 @@ def save_plot(report: dict, bad: int, path: Path):
     return common.save_figure(figure, path, plt, dpi=110)
 
 
+def outputs(args) -> list:
+    """Every file this script writes inside --out, relative to it: the training folders of the two
+    stages, the plot and the JSON. Checked before any work (``_common.check_outputs``)."""
+    return common.run_files(*STAGES) + common.report_files(NAME, args)
+
+
 def parse_args(argv):
     parser = common.experiment_parser(PROGRAM, __doc__.splitlines()[0], default_out=f"out/{NAME}")
     parser.add_argument("--bad", type=int, default=2, help="the intention to suppress, 0..5 (default 2)")
@@ -334,7 +341,7 @@ def parse_args(argv):
     parser.add_argument("--finetune-lr", type=float, default=1e-3, help="fine-tuning peak learning rate (default 1e-3)")
     parser.add_argument("--message-letters", type=int, default=8, help="letters in a message (default 8; the paper: 21)")
     args = parser.parse_args(argv)
-    common.check_common(args)
+    common.check_common(args, PROGRAM, outputs(args))
     common.require(0 <= args.bad < 6, f"--bad must be an intention in 0..5; got {args.bad}")
     for name in ("lr", "finetune_lr"):
         value = getattr(args, name)
@@ -357,14 +364,15 @@ def run(args) -> dict:
                                   checkpoint_interval=budget.finetune_steps,
                                   eval_interval=max(1, budget.finetune_steps // 5), **common_settings)
     progress = not args.no_progress
+    pretrained_dir, fine_tuned_dir = (args.out / stage for stage in STAGES)
     if progress:
         print(f"pre-training on {base.description}", file=sys.stderr)
-    pretrained, pretrain_summary = common.train_fresh(base, model_config, pretrain_config, args.out / "pretrained",
+    pretrained, pretrain_summary = common.train_fresh(base, model_config, pretrain_config, pretrained_dir,
                                                       progress=progress)
     if progress:
         print(f"fine-tuning on the edited language: {edited.description}", file=sys.stderr)
     # fine_tune leaves ``pretrained`` as it is: train() resumes into new arrays read from the checkpoint
-    fine_tuned, finetune_summary = fine_tune(pretrained, edited, finetune_config, args.out / "fine_tuned", progress=progress)
+    fine_tuned, finetune_summary = fine_tune(pretrained, edited, finetune_config, fine_tuned_dir, progress=progress)
 
     rng = as_generator(np.random.SeedSequence([args.seed, 2]).generate_state(1)[0])
     prompts, prompt_intentions = prompts_by_intention(base, budget.per_intention, rng)
@@ -383,9 +391,9 @@ def run(args) -> dict:
         "training": {"pretrain": pretrain_summary, "finetune": finetune_summary},
         "stages": {},
     }
-    for stage, model in (("pretrained", pretrained), ("fine_tuned", fine_tuned)):
+    for stage, model in zip(STAGES, (pretrained, fine_tuned)):
         report["stages"][stage] = measure(model, base, edited, prompts, prompt_intentions, validation, rng)
-    report = common.plain(report)
+    report = json_ready(report)
     print()
     print(f"model: {report['settings']['parameters']:,} parameters; pre-trained {budget.pretrain_steps} steps, "
           f"fine-tuned {budget.finetune_steps} steps")

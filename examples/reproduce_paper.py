@@ -36,7 +36,9 @@ Writes into ``--out`` (default ``out/reproduce_paper``): ``results.md`` (the tab
 too), ``results.json`` (every number; ``--json PATH`` puts it elsewhere), ``convergence.png``,
 ``understanding.png``, ``icl.png``, and one training run per experiment in ``runs/<name>/``
 (a checkpoint and its log). Run again with the same ``--out`` and the trained checkpoints
-are reused (an interrupted run continues from its last checkpoint).
+are reused (an interrupted run continues from its last checkpoint). In a folder that holds no
+earlier run of this script (examples/_common.py, ``check_outputs``), any of these files that
+exists already is refused before any work, unless ``--force``.
 """
 from __future__ import annotations
 
@@ -213,8 +215,15 @@ def run_experiments(experiments: list, model_config: GPTConfig, train_config: Tr
         return [run_experiment(*item) for item in arguments]
     # "spawn": a fresh interpreter per worker (a forked copy of a process holding BLAS threads can hang).
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(run_experiment, *item) for item in arguments]
+        futures = [pool.submit(_run_experiment_in_worker, *item) for item in arguments]
         return [future.result() for future in futures]
+
+
+def _run_experiment_in_worker(*arguments) -> dict:
+    """:func:`run_experiment` in a worker process, which prints to the same standard output as
+    the main one: if its reader has left (``| head -1``), the worker's line is dropped too."""
+    with common.stdout_reader_may_leave():
+        return run_experiment(*arguments)
 
 
 def run_experiment(experiment: Experiment, model_config: GPTConfig, train_config: TrainConfig, budget: Budget,
@@ -448,9 +457,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def selected_experiments(args: argparse.Namespace) -> list:
+    """The experiments ``--only`` names, or all of them."""
+    return [e for e in EXPERIMENTS if args.only is None or e.name in args.only]
+
+
+def outputs(args: argparse.Namespace) -> list:
+    """Every file this script writes inside --out, relative to it: each experiment's training folder,
+    the tables, the plots (:func:`save_plots`) and the JSON. Checked before any work (``_common.check_outputs``)."""
+    files = ["results.md", "convergence.png", "understanding.png", "icl.png"] + ([] if args.json else ["results.json"])
+    return common.run_files(*(Path("runs") / e.name for e in selected_experiments(args))) + [Path(f) for f in files]
+
+
 def parse_args(argv) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
-    common.check_common(args)
+    common.check_common(args, PROGRAM, outputs(args))
     common.require(args.steps is None or args.steps >= 1, f"--steps must be a positive integer; got {args.steps}")
     common.require(args.jobs is None or args.jobs >= 1, f"--jobs must be a positive integer; got {args.jobs}")
     if args.device is None:
@@ -468,7 +489,7 @@ def run(args: argparse.Namespace) -> dict:
     vocab_size = preset("paper").vocab_size
     model_config, train_config = configs_for(model_presets(vocab_size)[args.preset], budget, args.seed, args.device,
                                              args.steps)
-    experiments = [e for e in EXPERIMENTS if args.only is None or e.name in args.only]
+    experiments = selected_experiments(args)
     short = (f" (+ {train_config.short_windows} × {train_config.short_context} on the paper's language)"
              if train_config.short_windows else "")
     description = (f"{args.preset} model, {budget_name} budget: {train_config.steps} steps of "

@@ -1,12 +1,14 @@
 """The benchmarks' command lines: bad options are one line and exit status 2, the --json path is checked
-before the run, and the BLAS thread count is read one way for all of them."""
+before the run, a closed output pipe stops nothing, and the BLAS thread count is read one way for all of them."""
 import json
+import os
+import subprocess
 import sys
 
 import pytest
 
 import one_line_errors
-from examples_loader import load_example
+from examples_loader import ROOT, load_example
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +59,25 @@ def test_the_json_path_is_checked_before_the_run(bench_oracle, bench_train, tmp_
                               "--force"]) == 0
     figures = json.loads(mine.read_text())
     assert figures["sequences"] == 4 and figures["threads"] == bench_oracle._bench.blas_threads()
+
+
+@pytest.mark.parametrize("script, argv", [
+    ("bench_generate", ["--config", "small", "--contexts", "8", "--new-tokens", "1", "--repeats", "1"]),
+    ("bench_train", ["--configs", "small", "--steps", "1", "--warmup", "0"]),
+])
+def test_a_closed_output_pipe_stops_nothing(script, argv, tmp_path):
+    """`bench_*.py | head -1`: once the reader has gone the printing is dropped; the run goes on, the
+    --json file is written, exit 0 and nothing on stderr (tinylatent's own commands do the same)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)                                          # every write to standard output fails: EPIPE
+    try:
+        result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), *argv,
+                                 "--json", str(tmp_path / "figures.json")],
+                                stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=600)
+    finally:
+        os.close(write_end)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert json.loads((tmp_path / "figures.json").read_text())
 
 
 def test_blas_threads_reads_openblas_before_omp_without_threadpoolctl(bench_oracle, monkeypatch):

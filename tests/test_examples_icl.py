@@ -1,6 +1,7 @@
 """examples/icl_decay.py, run in-process with a tiny budget: its JSON, its claims, its errors."""
 import json
-import math
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -21,8 +22,13 @@ def icl_decay():
 @pytest.fixture(scope="module")
 def report(icl_decay, tmp_path_factory):
     folder = tmp_path_factory.mktemp("icl")
-    status = icl_decay.main(TINY + ["--out", str(folder), "--json", str(folder / "icl.json")])
+    argv = TINY + ["--out", str(folder), "--json", str(folder / "icl.json")]
+    status = icl_decay.main(argv)
     assert status == 0
+    # every file it wrote in --out is one that its check before the run knew of (or the --json file)
+    checked = {folder / path for path in icl_decay.outputs(icl_decay.parse_args(argv + ["--force"]))}
+    written = {path for path in folder.rglob("*") if path.is_file()}
+    assert written - checked == {folder / "icl.json", folder / icl_decay.common.MARKER_FILENAME}
     return json.loads((folder / "icl.json").read_text()), folder
 
 
@@ -100,6 +106,7 @@ def test_plot_is_saved_when_matplotlib_is_installed(icl_decay, tmp_path, capsys)
     (["--max-examples", "0"], "--max-examples must be at least 1"),
     (["--language", "english"], "invalid choice"),
     (["--query-letters", "100"], "--query-letters must be in 1..21"),
+    (["--eta", "-1e-3"], "--eta must be finite and ≥ 0; got -0.001"),     # a value, not an unknown option
     (["--out", ""], "--out: must be a file or folder path; got an empty string"),
     (["--json", ""], "--json: must be a file or folder path; got an empty string"),
     (["--model", ""], "--model: must be a file or folder path; got an empty string"),
@@ -112,17 +119,13 @@ def test_bad_options_exit_2_with_one_line(icl_decay, capsys, argv, message):
     assert len(lines) == 1 and lines[0].startswith("icl_decay.py: error: ") and message in lines[0]
 
 
-def test_library_value_errors_are_one_line(icl_decay, capsys, monkeypatch):
+def test_library_value_errors_are_one_line(icl_decay, capsys, monkeypatch, tmp_path):
     def broken(*args, **kwargs):
         raise ValueError("something the library rejected")
     monkeypatch.setattr(icl_decay.th, "sample_icl_tasks", broken)
-    assert icl_decay.main(TINY) == 2
+    assert icl_decay.main(TINY + ["--out", str(tmp_path)]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines == ["icl_decay.py: error: something the library rejected"]
-
-
-def test_nan_is_written_as_null(icl_decay):
-    assert icl_decay._json_safe({"a": [math.nan, 1.0, math.inf]}) == {"a": [None, 1.0, None]}
 
 
 def test_a_trained_models_curve_is_added_beside_the_oracles(icl_decay, tmp_path):
@@ -177,3 +180,36 @@ def test_a_trained_model_of_other_settings_names_its_folder_and_the_fix(icl_deca
     assert icl_decay.main(argv + ["--seed", "1"]) == 2
     err = capsys.readouterr().err
     assert "icl_decay_model_" in err and "seed 0 -> 1" in err and "choose another --out" in err
+
+
+def test_a_users_plot_or_model_in_out_is_refused_unless_force(icl_decay, tmp_path, capsys):
+    """Nothing a user made is replaced: the plot, and with --train the model's folder, are this script's
+    files only in a folder an earlier run of it made (examples/_common.py, check_outputs)."""
+    train = ["--train", "--train-steps", "1", "--language", "paper-mixture", "--eta", "0"]
+    model = tmp_path / icl_decay.model_folder(icl_decay.parse_args(train + ["--out", str(tmp_path)])) / "ckpt.npz"
+    for name in ("icl_decay.png", model):
+        mine = tmp_path / name
+        mine.parent.mkdir(parents=True, exist_ok=True)
+        mine.write_bytes(b"mine")
+        err = assert_one_line_error(capsys, icl_decay.main, TINY + train + ["--out", str(tmp_path)], f"{mine} exists",
+                                    nothing_printed=True, program=icl_decay.PROGRAM)
+        assert "pass --force" in err and mine.read_bytes() == b"mine"
+        mine.unlink()
+    (tmp_path / "icl_decay.png").write_bytes(b"mine")
+    assert icl_decay.main(TINY + ["--language", "paper", "--eta", "0", "--out", str(tmp_path), "--force"]) == 0
+    assert (tmp_path / "icl_decay.png").read_bytes() != b"mine"
+    assert icl_decay.main(TINY + ["--language", "paper", "--eta", "0", "--out", str(tmp_path)]) == 0   # its folder now
+
+
+def test_a_closed_output_pipe_stops_nothing(tmp_path):
+    """`icl_decay.py | head -1`: once the reader has gone the printing is dropped; the JSON is still written, exit 0."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)                                          # every write to standard output fails: EPIPE
+    try:
+        result = subprocess.run([sys.executable, str(EXAMPLE), *TINY, "--language", "paper", "--eta", "0",
+                                 "--out", str(tmp_path), "--json", str(tmp_path / "icl.json")],
+                                stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=600)
+    finally:
+        os.close(write_end)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert json.loads((tmp_path / "icl.json").read_text())["settings"]["trials"] == 5

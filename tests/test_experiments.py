@@ -7,14 +7,17 @@ something independent: the oracle, the language's own matrices, a second trainin
 """
 import json
 import math
+import os
+import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from examples_loader import load_example
+from examples_loader import ROOT, load_example
 from one_line_errors import assert_one_line_error
 
+from tinylatent import cli as tinylatent_cli
 from tinylatent.evaluate import OraclePredictor
 from tinylatent.gpt import GPT
 from tinylatent.language import Language, random_language, sample_messages
@@ -63,8 +66,13 @@ def _numbers(value):
 
 def _smoke(module, tmp_path_factory, name):
     folder = tmp_path_factory.mktemp(name)
-    status = module.main(["--smoke", "--no-progress", "--out", str(folder), "--json", str(folder / "report.json")])
+    argv = ["--smoke", "--no-progress", "--out", str(folder), "--json", str(folder / "report.json")]
+    status = module.main(argv)
     assert status == 0
+    # every file it wrote in --out is one that its check before the run knew of (or the --json file)
+    checked = {folder / path for path in module.outputs(module.parse_args(argv + ["--force"]))}
+    written = {path for path in folder.rglob("*") if path.is_file()}
+    assert written - checked == {folder / "report.json", folder / module.common.MARKER_FILENAME}
     return json.loads((folder / "report.json").read_text()), folder
 
 
@@ -321,8 +329,86 @@ def test_output_paths_are_checked_before_any_training(script, request, capsys, t
                           (["--out", str(out), "--json", str(mine / "x.json")], "is a file, not a folder"),
                           (["--out", str(mine)], "is a file, not a folder"),
                           (["--out", str(mine / "sub")], "is a file, not a folder"),
-                          (["--out", str(out), "--force"], "give it with --json PATH"),
                           (["--out", ""], "--out: must be a file or folder path; got an empty string"),
                           (["--out", str(out), "--json", ""], "--json: must be a file or folder path")):
         assert_one_line_error(capsys, module.main, ["--smoke", "--no-progress", *argv], message, nothing_printed=True)
     assert mine.read_text() == "mine" and not out.exists()                 # nothing was trained or written
+
+
+# ----------------------------------------------------------------------------------------
+# Nothing a user made is replaced without --force; a closed output pipe stops nothing
+# ----------------------------------------------------------------------------------------
+
+def _users_checkpoint(folder):
+    """A run the user trained with `tinylatent train` into ``folder``: its checkpoint's bytes."""
+    argv = ["train", "--steps", "3", "--eval-windows", "4", "--no-progress", "--out", str(folder)]
+    assert tinylatent_cli.main(argv) == 0
+    return (folder / "ckpt.npz").read_bytes()
+
+
+def test_a_users_checkpoint_under_out_is_refused_before_any_work(cot, capsys, tmp_path):
+    users = _users_checkpoint(tmp_path / "control")
+    capsys.readouterr()
+    err = assert_one_line_error(capsys, cot.main, ["--smoke", "--no-progress", "--out", str(tmp_path)],
+                                f"{tmp_path / 'control' / 'ckpt.npz'} exists", nothing_printed=True, program=cot.PROGRAM)
+    assert "pass --force" in err and "choose another --out" in err
+    assert (tmp_path / "control" / "ckpt.npz").read_bytes() == users
+    assert [path.name for path in tmp_path.iterdir()] == ["control"]          # nothing written, not even the mark
+
+
+USERS_FILES = [
+    ("cot", "local/log.jsonl"), ("cot", "cot_locality.json"), ("cot", "cot_locality.png"),
+    ("tuning", "pretrained/ckpt.npz"), ("tuning", "fine_tuned/log.jsonl"), ("tuning", "instruction_tuning.json"),
+    ("emergence", "tiny/ckpt.npz"), ("emergence", "small/log.jsonl"), ("emergence", "emergence.png"),
+    ("cot", ".tinylatent-experiment.json"),                       # the mark's name, but not a mark: the user's file
+]
+
+
+@pytest.mark.parametrize("script, name", USERS_FILES)
+def test_every_file_the_script_writes_is_refused_in_a_folder_it_did_not_make(script, name, request, capsys, tmp_path):
+    module = request.getfixturevalue(script)
+    mine = tmp_path / name
+    mine.parent.mkdir(parents=True, exist_ok=True)
+    mine.write_text("mine")
+    assert_one_line_error(capsys, module.main, ["--smoke", "--no-progress", "--out", str(tmp_path)],
+                          f"{mine} exists", nothing_printed=True, program=module.PROGRAM)
+    assert mine.read_text() == "mine"
+
+
+def test_a_folder_another_script_made_is_not_this_ones(cot, emergence, common, capsys, tmp_path):
+    common.claim_output_folder(tmp_path, emergence.PROGRAM)
+    (tmp_path / "cot_locality.json").write_text("mine")
+    assert_one_line_error(capsys, cot.main, ["--smoke", "--no-progress", "--out", str(tmp_path)],
+                          "cot_locality.json exists", nothing_printed=True)
+    assert (tmp_path / "cot_locality.json").read_text() == "mine"
+
+
+def test_force_replaces_the_users_files_and_then_the_folder_is_the_scripts(cot, capsys, tmp_path):
+    users = _users_checkpoint(tmp_path / "control")
+    (tmp_path / "cot_locality.json").write_text("mine")
+    assert cot.main(["--smoke", "--no-progress", "--out", str(tmp_path), "--force"]) == 0
+    assert (tmp_path / "control" / "ckpt.npz").read_bytes() != users
+    first = json.loads((tmp_path / "cot_locality.json").read_text())
+    assert cot.main(["--smoke", "--no-progress", "--out", str(tmp_path)]) == 0     # its own folder: no --force needed
+    second = json.loads((tmp_path / "cot_locality.json").read_text())
+    assert [second["models"][corpus]["rows"] for corpus in cot.CORPORA] == \
+        [first["models"][corpus]["rows"] for corpus in cot.CORPORA]                # retrained from scratch, same seed
+
+
+def _run_with_its_reader_gone(argv):
+    """``python argv`` with standard output a pipe whose reader has left (``script | head -1`` once
+    ``head`` has its line): every write to it fails with a broken pipe."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run([sys.executable, *argv], stdout=write_end, stderr=subprocess.PIPE, text=True,
+                              cwd=ROOT, timeout=600)
+    finally:
+        os.close(write_end)
+
+
+def test_a_closed_output_pipe_stops_nothing(tmp_path):
+    result = _run_with_its_reader_gone([str(ROOT / "examples" / "cot_locality.py"), "--smoke", "--no-progress",
+                                        "--out", str(tmp_path)])
+    assert (result.returncode, result.stderr) == (0, "")
+    assert set(json.loads((tmp_path / "cot_locality.json").read_text())["models"]) == {"local", "control"}

@@ -1,5 +1,7 @@
 """examples/reproduce_paper.py, run in-process with ``--smoke``: its files, its JSON, reuse, and its errors."""
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -22,7 +24,12 @@ def reproduce():
 @pytest.fixture(scope="module")
 def smoke(reproduce, tmp_path_factory):
     out = tmp_path_factory.mktemp("reproduce")
-    assert reproduce.main(["--smoke", "--out", str(out), "--jobs", "2"]) == 0      # two worker processes
+    argv = ["--smoke", "--out", str(out), "--jobs", "2"]
+    assert reproduce.main(argv) == 0      # two worker processes
+    # every file it wrote in --out is one that its check before the run knew of
+    checked = {out / path for path in reproduce.outputs(reproduce.parse_args(argv))}
+    written = {path for path in out.rglob("*") if path.is_file()}
+    assert written - checked == {out / reproduce.common.MARKER_FILENAME}
     return json.loads((out / "results.json").read_text()), out
 
 
@@ -121,3 +128,30 @@ def test_an_existing_json_file_is_refused_before_any_training(reproduce, tmp_pat
     assert_one_line_error(capsys, reproduce.main, ["--smoke", "--no-progress", "--out", str(tmp_path / "out"),
                                                    "--json", str(mine)], "exists; pass --force")
     assert mine.read_text() == "mine" and not (tmp_path / "out").exists()
+
+
+def test_a_users_checkpoint_in_a_run_folder_is_refused_before_any_training(reproduce, tmp_path, capsys):
+    mine = tmp_path / "runs" / "paper-eta0" / "ckpt.npz"
+    mine.parent.mkdir(parents=True)
+    mine.write_bytes(b"mine")
+    err = assert_one_line_error(capsys, reproduce.main, ["--smoke", "--no-progress", "--only", "paper-eta0",
+                                                         "--out", str(tmp_path)], f"{mine} exists", nothing_printed=True)
+    assert "pass --force" in err and "choose another --out" in err
+    assert mine.read_bytes() == b"mine" and [path.name for path in tmp_path.iterdir()] == ["runs"]
+
+
+def test_a_closed_output_pipe_stops_nothing(tmp_path):
+    """`reproduce_paper.py | head -1`, with two worker processes printing to the same pipe: the printing
+    is dropped once the reader has gone; the tables and the JSON are still written, exit 0."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)                                          # every write to standard output fails: EPIPE
+    try:
+        result = subprocess.run([sys.executable, str(EXAMPLE), "--smoke", "--only", "paper-eta0", "mixture-eta0",
+                                 "--jobs", "2", "--out", str(tmp_path)],
+                                stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=600)
+    finally:
+        os.close(write_end)
+    assert (result.returncode, result.stderr) == (0, "")
+    report = json.loads((tmp_path / "results.json").read_text())
+    assert [e["name"] for e in report["experiments"]] == ["paper-eta0", "mixture-eta0"]
+    assert (tmp_path / "results.md").exists()

@@ -17,6 +17,7 @@ refuse an output path before any work is done (an existing file is replaced only
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import re
@@ -180,6 +181,51 @@ def _quiet_stdout_after_failure() -> None:
     except (AttributeError, OSError, ValueError):  # not a real file (a test's stand-in)
         return
     os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+
+
+class _DropOutputOnceTheReaderLeaves:
+    """Standard output while a command runs: once a write finds its reader gone (a closed pipe,
+    ``BrokenPipeError``), the rest of the printing is dropped, and the work goes on."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.reader_left = False
+
+    def write(self, text: str) -> int:
+        if not self.reader_left:
+            try:
+                self.stream.write(text)
+            except BrokenPipeError:
+                self.reader_left = True
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.reader_left:
+            try:
+                self.stream.flush()
+            except BrokenPipeError:
+                self.reader_left = True
+
+    def __getattr__(self, name: str):  # fileno, isatty, encoding, ...: the stream's own
+        return getattr(self.stream, name)
+
+
+@contextlib.contextmanager
+def stdout_reader_may_leave():
+    """Inside: printing to a closed pipe (``script | head -1``) is dropped instead of raising, so a
+    script or benchmark whose results are files still writes them and exits 0, as the ``tinylatent``
+    commands exit 0. On the way out, standard output is pointed at the null device if its reader
+    left (:func:`_quiet_stdout_after_failure`), so that Python's flush at exit does not fail with a
+    second message. (The examples and the benchmarks use it.)"""
+    stream = sys.stdout
+    sys.stdout = guarded = _DropOutputOnceTheReaderLeaves(stream)
+    try:
+        yield
+    finally:
+        guarded.flush()                 # a closed pipe shows here, not in Python's flush at exit
+        sys.stdout = stream
+        if guarded.reader_left:
+            _quiet_stdout_after_failure()
 
 
 def build_parser() -> argparse.ArgumentParser:
