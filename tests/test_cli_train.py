@@ -136,6 +136,8 @@ def assert_one_line_error(capsys, argv, message: str) -> None:
     (["train", "--eta", "-1"], "eta must be a finite number ≥ 0; got -1.0"),
     (["train", "--language", "klingon"], "invalid choice: 'klingon'"),
     (["train", "--steps", "0"], "must be a positive integer"),
+    (["train", "--corpus-messages", "10"], "--corpus-messages sizes the corpus of --data corpus; this run's data is 'stream'"),
+    (["train", "--short-context", "4"], "--short-context is the length of the --short-windows windows; this run has none"),
     (["train", "--lr", "-0.1", "--steps", "3"], "max_lr must be a positive number"),
     (["train", "--lr", "1e-3", "--min-lr", "2e-3", "--steps", "3"], "min_lr must be a number in [0, max_lr]"),
     (["train", "--weight-decay", "-0.1", "--steps", "3"], "weight_decay must be a non-negative number"),

@@ -82,9 +82,14 @@ def _model_config_from_args(args, vocab_size: int, stored=None) -> GPTConfig:
 
 def _train_config_from_args(args, stored=None) -> TrainConfig:
     overrides = {field: getattr(args, dest) for dest, field in _TRAIN_OPTIONS if getattr(args, dest) is not None}
-    if stored is None:
-        return TrainConfig(**overrides)
-    return TrainConfig.from_dict({**stored, **overrides})
+    config = TrainConfig(**overrides) if stored is None else TrainConfig.from_dict({**stored, **overrides})
+    # an option the run would ignore is a mistake the user should hear of, not a silent no-op
+    if args.corpus_messages is not None and config.data != "corpus":
+        raise ValueError(f"--corpus-messages sizes the corpus of --data corpus; this run's data is {config.data!r}")
+    if args.short_context is not None and config.short_windows == 0:
+        raise ValueError("--short-context is the length of the --short-windows windows; this run has none "
+                         "(give --short-windows N too)")
+    return config
 
 
 def _check_resume_steps(args, checkpoint, out_dir: Path) -> None:
