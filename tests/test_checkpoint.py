@@ -327,6 +327,11 @@ LOAD_REFUSES = [   # (id, edit of the raw archive, what the message says)
 def test_load_refuses_contents_it_used_to_take_blindly(saved, edit, message):
     path, _ = saved
     rewrite(path, edit)
+    assert_load_refuses(path, message)
+
+
+def assert_load_refuses(path, message: str) -> None:
+    """``load_checkpoint(path)`` raises a ValueError matching ``message`` that starts with the path."""
     with pytest.raises(ValueError, match=message) as error:
         load_checkpoint(path)
     assert str(error.value).startswith(f"{path}: ")
@@ -344,3 +349,166 @@ def test_a_path_that_names_no_file_is_a_value_error(saved, path):
         load_checkpoint(path)
     with pytest.raises(ValueError, match=r"checkpoint path (must be a str or os\.PathLike|is empty)"):
         save_checkpoint(path, **state)
+
+
+# -- what a fuzzing pass found (each of these failed on the old code) ------------------------------
+
+def rewrite_text(path, edit_text) -> None:
+    """Like :func:`rewrite`, with ``edit_text(text)`` changing the metadata's JSON text itself."""
+    with np.load(path) as archive:
+        arrays = {key: archive[key] for key in archive.files}
+    arrays[METADATA_KEY] = np.array(edit_text(str(arrays[METADATA_KEY][()])))
+    with open(path, "wb") as handle:
+        np.savez(handle, **arrays)
+
+
+def _replace_json(key, old, new):
+    """An edit of the metadata text: the value ``old`` after ``"key": `` becomes the raw text ``new``."""
+    def edit(text):
+        assert f'"{key}": {old}' in text
+        return text.replace(f'"{key}": {old}', f'"{key}": {new}', 1)
+    return edit
+
+
+METADATA_TEXT_REFUSED = [   # (id, edit of the metadata text, what the message says); were OverflowError / RecursionError
+    ("huge integer in the language", _replace_json("initial", "[", "[" + "1" + "0" * 400 + ", "),
+     r"the metadata holds an integer of 401 digits; a number must fit a float64"),
+    ("huge init_std", _replace_json("init_std", "0.02", "1" + "0" * 400), r"the metadata holds an integer of 401 digits"),
+    ("5001 digits", _replace_json("init_std", "0.02", "1" + "0" * 5000), r"the metadata holds an integer of 5,001 digits"),
+    ("deep nesting", _replace_json("val_loss", "1.5", "[" * 1000 + "]" * 1000), r"the metadata nests lists or objects too deeply"),
+    ("huge has_uint32", _replace_json("has_uint32", "0", "1" + "0" * 30), r"not a valid PCG64 state \(OverflowError"),
+    ("n_layer beyond the arrays", _replace_json("n_layer", "1", "1000"),   # 10**30 filled the memory listing its parameters
+     r"n_layer 1000 but the file holds only \d+ parameter arrays"),
+]
+
+
+@pytest.mark.parametrize("edit, message", [case[1:] for case in METADATA_TEXT_REFUSED],
+                         ids=[case[0] for case in METADATA_TEXT_REFUSED])
+def test_bad_numbers_and_nesting_in_the_metadata_are_value_errors_naming_the_file(saved, edit, message):
+    path, _ = saved
+    rewrite_text(path, edit)
+    assert_load_refuses(path, message)
+
+
+def _state_of(name, seed=1):
+    state = getattr(np.random, name)(seed).state
+    return json.loads(json.dumps(state, default=lambda array: array.tolist()))   # as the metadata holds it
+
+
+def _edited(state, edit):
+    edit(state)
+    return state
+
+
+BAD_GENERATOR_STATES = [   # (id, state, what the message says)
+    ("abstract base class", {"bit_generator": "BitGenerator", "state": {}},            # was NotImplementedError
+     r"unknown bit generator 'BitGenerator' .*; allowed: PCG64, PCG64DXSM, MT19937, Philox, SFC64"),
+    ("huge has_uint32", _edited(_state_of("PCG64"), lambda s: s.update(has_uint32=10**400)),   # was OverflowError
+     r"not a valid PCG64 state \(OverflowError"),
+    ("short MT19937 key", _edited(_state_of("MT19937"), lambda s: s["state"].update(key=[1, 2, 3])),   # was IndexError
+     r"not a valid MT19937 state \(IndexError"),
+    ("MT19937 pos -1", _edited(_state_of("MT19937"), lambda s: s["state"].update(pos=-1)),   # was taken, then read memory outside the key
+     r"not a valid MT19937 state: its 'pos' must be an integer in 0\.\.624; got -1"),
+    ("Philox buffer_pos 5", _edited(_state_of("Philox"), lambda s: s.update(buffer_pos=5)),   # -10**7 crashed the draw
+     r"not a valid Philox state: its 'buffer_pos' must be an integer in 0\.\.4; got 5"),
+]
+
+
+@pytest.mark.parametrize("state, message", [case[1:] for case in BAD_GENERATOR_STATES],
+                         ids=[case[0] for case in BAD_GENERATOR_STATES])
+def test_every_bad_generator_state_is_a_value_error(state, message):
+    with pytest.raises(ValueError, match=message):
+        generator_from_state(state)
+
+
+def test_every_numpy_bit_generator_state_round_trips_through_json():
+    for name in ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64"):
+        original = np.random.Generator(getattr(np.random, name)(3))
+        original.random(7)                                  # a state in the middle of a buffer
+        restored = generator_from_state(json.loads(json.dumps(original.bit_generator.state, default=lambda a: a.tolist())))
+        assert np.array_equal(restored.random(5), original.random(5)), name
+
+
+def _optimizer_state_edit(edit):
+    """An edit of make_state()'s keyword arguments that changes a copy of its optimiser state."""
+    def change(state):
+        optimizer_state = {**state["optimizer_state"], "m": dict(state["optimizer_state"]["m"]),
+                           "v": dict(state["optimizer_state"]["v"])}
+        edit(optimizer_state)
+        state["optimizer_state"] = optimizer_state
+    return change
+
+
+def _without_moments_of(name):
+    def edit(optimizer_state):
+        del optimizer_state["m"][name], optimizer_state["v"][name]
+    return edit
+
+
+MOMENTS_REFUSED = [   # (id, edit of the optimiser state, what the message says); all were written and read
+    ("NaN first moment", lambda o: o["m"].update(wpe=np.full_like(o["m"]["wpe"], np.nan)),
+     r"optimizer state: m\['wpe'\] contains NaN or inf; moments must be finite"),
+    ("inf second moment", lambda o: o["v"].update(wte=np.full_like(o["v"]["wte"], np.inf)),
+     r"optimizer state: v\['wte'\] contains NaN or inf"),
+    ("negative second moment", lambda o: o["v"].update(wpe=-np.ones_like(o["v"]["wpe"])),
+     r"optimizer state: v\['wpe'\] has a negative entry; a second moment .* is ≥ 0"),
+    ("missing moments after a step", _without_moments_of("wpe"),
+     r"optimizer state: it is at step 2 but has no moments for \['wpe'\]; after a step every parameter has them"),
+]
+
+
+@pytest.mark.parametrize("edit, message", [case[1:] for case in MOMENTS_REFUSED], ids=[case[0] for case in MOMENTS_REFUSED])
+def test_bad_moments_are_refused_on_save_and_on_load(saved, edit, message):
+    path, state = saved
+    bad_state = dict(state)
+    _optimizer_state_edit(edit)(bad_state)
+    with pytest.raises(ValueError, match=message):
+        save_checkpoint(path, **bad_state)
+    assert load_checkpoint(path).step == 2                           # the old file is kept
+
+    def edit_archive(arrays, metadata):
+        moments = {"m": {}, "v": {}}
+        for moment in moments:
+            for name in metadata["optimizer_state"][moment]:
+                moments[moment][name] = arrays.pop(f"optimizer/{moment}/{name}")
+        optimizer_state = {**metadata["optimizer_state"], **moments}
+        edit(optimizer_state)
+        for moment in moments:
+            metadata["optimizer_state"][moment] = {}
+            for name, value in optimizer_state[moment].items():
+                arrays[f"optimizer/{moment}/{name}"] = value
+                metadata["optimizer_state"][moment][name] = {"__array__": f"optimizer/{moment}/{name}"}
+
+    rewrite(path, edit_archive)
+    with pytest.raises(ValueError, match=message) as error:
+        load_checkpoint(path)
+    assert str(error.value).startswith(f"{path}: ")
+
+
+def test_no_moments_before_the_first_step_are_fine(tmp_path):
+    state = {**make_state(), "optimizer_state": AdamW().state_dict(), "step": 0}
+    assert load_checkpoint(save_checkpoint(tmp_path / "c.npz", **state)).optimizer_state["m"] == {}
+
+
+def test_fortran_ordered_arrays_come_back_in_c_order_and_resume_alike(saved, tmp_path):
+    """np.savez of np.asfortranarray: eval took it, a resume refused it (AdamW updates through flat views)."""
+    path, _ = saved
+    fortran = tmp_path / "fortran.npz"
+    fortran.write_bytes(path.read_bytes())
+    rewrite(fortran, lambda arrays, metadata: arrays.update(
+        {key: np.asfortranarray(value) for key, value in arrays.items() if value.ndim == 2}))
+    with np.load(fortran) as archive:
+        assert not archive["params/wte"].flags.c_contiguous and not archive["optimizer/m/wte"].flags.c_contiguous
+    updated = []
+    for checkpoint in (load_checkpoint(path), load_checkpoint(fortran)):
+        assert all(value.flags.c_contiguous for value in checkpoint.params.values())
+        assert all(value.flags.c_contiguous for moment in ("m", "v") for value in checkpoint.optimizer_state[moment].values())
+        optimizer = AdamW()
+        optimizer.load_state_dict(checkpoint.optimizer_state)
+        params = checkpoint.model().params
+        optimizer.step(params, {name: np.full_like(value, 0.5) for name, value in params.items()}, lr=1e-3)
+        updated.append((params, optimizer.state_dict()))
+    (params_c, optimizer_c), (params_f, optimizer_f) = updated
+    assert all(np.array_equal(params_c[name], params_f[name]) for name in params_c)
+    assert all(np.array_equal(optimizer_c[moment][name], optimizer_f[moment][name])
+               for moment in ("m", "v") for name in optimizer_c[moment])

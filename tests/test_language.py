@@ -1,12 +1,15 @@
 """Languages: the paper's exact setup, constructors, sampling frequencies, text and JSON round trips, bad input."""
 import json
+import os
+import threading
+import warnings
 
 import numpy as np
 import pytest
 from scipy.stats import chisquare
 
 from tinylatent.language import (
-    Language, fixed_length, load_language, mixture_language, paper_language, preset, random_language,
+    Language, add_noise, fixed_length, load_language, mixture_language, paper_language, preset, random_language,
     sample_corpus, sample_intentions, sample_messages, sample_windows, save_language,
 )
 
@@ -202,6 +205,10 @@ def test_a_language_copies_the_arrays_it_is_given():
     np.testing.assert_array_equal(mixture.initial, [0.25, 0.75])
 
 
+def test_minus_zero_noise_is_named_zero():
+    assert paper_language(-0.0).name == "paper(eta=0)" and random_language(eta=-0.0).description.endswith("eta=0")
+
+
 def test_bad_constructor_arguments():
     with pytest.raises(ValueError, match="eta"):
         paper_language(-0.01)
@@ -270,3 +277,88 @@ def test_bad_files_are_value_errors(tmp_path):
         load_language(tmp_path / "binary.json")
     with pytest.raises(FileNotFoundError):
         load_language(tmp_path / "absent.json")
+
+
+# -- files and numbers a fuzzing pass found (each failed on the old code) -------------------------
+
+def _tiny_language_dict():
+    """A valid 2-intention language as to_dict() writes it (initial is [0.5, 0.5])."""
+    return Language(initial=[0.5, 0.5], transition=np.eye(2), first_letter=[[1.0, 0.0], [0.0, 1.0]],
+                    letter_transition=np.ones((2, 2, 2)) / 2, length_probs=[0.0, 1.0]).to_dict()
+
+
+@pytest.mark.parametrize("text, message", [
+    (lambda good: good.replace("0.5,", "1" + "0" * 400 + ",", 1), r"an integer of 401 digits; a number must fit a float64"),
+    (lambda good: good.replace("0.5,", "1" + "0" * 5000 + ",", 1), r"an integer of 5,001 digits"),   # Python's own limit is 4,300
+    (lambda good: "[" * 1000 + "]" * 1000, r"nests lists or objects too deeply"),
+    (lambda good: good.replace('"initial": [0.5, 0.5]', '"initial": ' + "[" * 1000 + "]" * 1000), r"too deeply"),
+], ids=["401 digits", "5001 digits", "deep list", "deep field"])
+def test_huge_integers_and_deep_nesting_in_a_file_are_value_errors_naming_it(tmp_path, text, message):
+    """They were OverflowError and RecursionError: tracebacks on the command line."""
+    path = tmp_path / "language.json"
+    path.write_text(text(json.dumps(_tiny_language_dict())))
+    with pytest.raises(ValueError, match=message) as error:
+        load_language(path)
+    assert str(error.value).startswith(str(path))
+
+
+def test_an_integer_too_large_for_a_float_is_a_value_error_in_from_dict():
+    with pytest.raises(ValueError, match=r"the field 'initial' holds an integer too large for a float64"):
+        Language.from_dict({**_tiny_language_dict(), "initial": [10**400, 0]})
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("initial", ["0.5", "0.5"], r"the field 'initial' must hold JSON numbers .*; it holds the str '0\.5'"),
+    ("initial", [True, False], r"the field 'initial' must hold JSON numbers .*; it holds the bool True"),
+    ("length_probs", [0, "1"], r"the field 'length_probs' must hold JSON numbers"),
+    ("transition", [[1.0, 0.0], [0.0, [1.0]]], r"the field 'transition' must be a \(nested\) list of numbers of one rectangular shape"),
+    ("version", True, r"unsupported language format version True; this tinylatent reads the integer 1"),
+    ("version", 1.0, r"unsupported language format version 1\.0"),
+])
+def test_probabilities_must_be_numbers_and_the_version_the_integer_1(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        Language.from_dict({**_tiny_language_dict(), field: value})
+    assert Language.from_dict({**_tiny_language_dict(), "version": 1}).n_intentions == 2
+
+
+def test_a_file_larger_than_the_cap_is_refused_without_reading_it_all(tmp_path, monkeypatch):
+    import tinylatent.language as language_module
+
+    text = json.dumps(_tiny_language_dict())
+    monkeypatch.setattr(language_module, "MAX_LANGUAGE_FILE_BYTES", len(text.encode()))
+    (tmp_path / "fits.json").write_text(text)
+    assert load_language(tmp_path / "fits.json").n_intentions == 2
+    (tmp_path / "over.json").write_text(text + "\n")
+    with pytest.raises(ValueError, match=r"over\.json is not a language file: it is larger than [0-9,]+ bytes"):
+        load_language(tmp_path / "over.json")
+    if os.path.exists("/dev/zero"):          # endless: it used to be read until the process was killed
+        with pytest.raises(ValueError, match=r"/dev/zero is not a language file: it is larger than"):
+            load_language("/dev/zero")
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/fd"), reason="needs /dev/fd (process substitution)")
+def test_a_language_can_be_read_from_a_pipe():
+    """``--language-file <(cat lang.json)`` hands over /dev/fd/63, a pipe: it has no size to read up to."""
+    read_end, write_end = os.pipe()
+    writer = threading.Thread(target=lambda: (os.write(write_end, json.dumps(_tiny_language_dict()).encode()),
+                                              os.close(write_end)))
+    writer.start()
+    try:
+        assert load_language(f"/dev/fd/{read_end}").n_intentions == 2
+    finally:
+        writer.join()
+        os.close(read_end)
+
+
+@pytest.mark.parametrize("make", [
+    lambda eta: paper_language(eta),
+    lambda eta: random_language(2, 3, eta=eta),
+    lambda eta: add_noise(np.ones((1, 2, 2)) / 2, np.ones((1, 2)) / 2, eta, True),
+], ids=["paper_language", "random_language", "add_noise"])
+def test_an_eta_whose_row_sums_overflow_is_refused_up_front(make):
+    """eta = 1e308 overflowed the row sums: NumPy warnings, then "letter_transition must be stochastic"."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=r"the noise level eta must be at most 1e\+100 .*; got 1e\+308"):
+            make(1e308)
+        make(1e100)                                   # the bound itself: every noised row is uniform

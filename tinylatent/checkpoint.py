@@ -42,11 +42,11 @@ from typing import Any, Optional
 import numpy as np
 
 from tinylatent import __version__
-from tinylatent._checks import is_real
+from tinylatent._checks import is_integer, is_real
 from tinylatent._io import atomic_write
 from tinylatent.backend import to_device, to_host
 from tinylatent.gpt import GPT, GPTConfig, param_shapes
-from tinylatent.language import Language
+from tinylatent.language import Language, parse_json
 from tinylatent.optim import AdamW
 
 FORMAT_NAME = "tinylatent-checkpoint"
@@ -154,19 +154,45 @@ def _join_state(skeleton: Any, archive: dict) -> Any:
 # random generator state
 # ----------------------------------------------------------------------------------------
 
+BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")   # NumPy's (BitGenerator is their abstract base)
+
+# NumPy's state setters take these read positions without a range check, and a position
+# outside the buffer reads memory past it: wrong numbers, or a crash (MT19937 pos -1, Philox buffer_pos -10**7).
+BUFFER_POSITIONS = {"MT19937": (("state", "pos"), 624), "Philox": (("buffer_pos",), 4)}   # name -> (path, largest)
+
+
+def _check_buffer_position(name: str, state: dict) -> None:
+    """A ValueError for a read position of an MT19937 or Philox state outside its buffer
+    (a missing one is left to NumPy's setter, which reports it)."""
+    if name not in BUFFER_POSITIONS:
+        return
+    (*parents, key), largest = BUFFER_POSITIONS[name]
+    holder = state
+    for parent in parents:
+        holder = holder.get(parent) if isinstance(holder, dict) else None
+    if isinstance(holder, dict) and key in holder:
+        position = holder[key]
+        if not (is_integer(position) and 0 <= position <= largest):
+            raise ValueError(f"the random generator state is not a valid {name} state: its {key!r} must be "
+                             f"an integer in 0..{largest}; got {position!r}")
+
+
 def generator_from_state(state: dict) -> np.random.Generator:
-    """A Generator whose bit generator (named in ``state["bit_generator"]``) is in ``state``."""
+    """A Generator whose bit generator (named in ``state["bit_generator"]``, one of
+    ``BIT_GENERATORS``) is in ``state``; a ValueError for every state that is not one."""
     if not isinstance(state, dict) or "bit_generator" not in state:
         raise ValueError("the random generator state must be a dict with a 'bit_generator' entry")
     name = state["bit_generator"]
-    bit_generator_class = getattr(np.random, str(name), None)
-    if not (isinstance(bit_generator_class, type) and issubclass(bit_generator_class, np.random.BitGenerator)):
-        raise ValueError(f"unknown bit generator {name!r} in the random generator state")
-    bit_generator = bit_generator_class()
+    if name not in BIT_GENERATORS:
+        raise ValueError(f"unknown bit generator {name!r} in the random generator state; "
+                         f"allowed: {', '.join(BIT_GENERATORS)}")
+    _check_buffer_position(name, state)
+    bit_generator = getattr(np.random, name)()
     try:
         bit_generator.state = state
-    except (TypeError, ValueError, KeyError) as exc:
-        raise ValueError(f"the random generator state is not a valid {name} state ({exc})") from None
+    # what NumPy's setters raise for a missing entry, a short key, a number out of range, ...
+    except (TypeError, ValueError, KeyError, IndexError, OverflowError) as exc:
+        raise ValueError(f"the random generator state is not a valid {name} state ({type(exc).__name__}: {exc})") from None
     return np.random.Generator(bit_generator)
 
 
@@ -243,6 +269,10 @@ def _checked_contents(metadata: dict, arrays: dict) -> Checkpoint:
             raise ValueError(f"metric {name!r} must be a number or None; got {value!r}")
 
     # the arrays: exactly the parameters the model config needs, and the optimiser's moments for them
+    n_arrays = sum(key.startswith(PARAMS_PREFIX) for key in arrays)
+    if model_config.n_layer > n_arrays:   # before param_shapes lists them: n_layer = 10**30 would fill the memory
+        raise ValueError(f"the model config has n_layer {model_config.n_layer} but the file holds only {n_arrays} "
+                         "parameter arrays, fewer than one per block: the parameters do not match the config")
     params = {}
     for name, shape in param_shapes(model_config).items():
         key = PARAMS_PREFIX + name
@@ -265,13 +295,7 @@ def _checked_contents(metadata: dict, arrays: dict) -> Checkpoint:
         raise ValueError(f"parameters {extra} are not part of the model config: the parameters do not match the config")
     optimizer_state = _join_state(metadata["optimizer_state"], arrays)
     AdamW().load_state_dict(optimizer_state)   # AdamW's checks of its state: keys, step, moments, hyperparameters
-    for moment in ("m", "v"):
-        for name, value in optimizer_state[moment].items():
-            if name not in params:
-                raise ValueError(f"optimizer state: {moment}[{name!r}] is the moment of no parameter of the model config")
-            if np.shape(value) != params[name].shape:
-                raise ValueError(f"optimizer state: {moment}[{name!r}] has shape {np.shape(value)}; "
-                                 f"its parameter has {params[name].shape}")
+    _check_moments(optimizer_state, params)
     return Checkpoint(
         params=params,
         optimizer_state=optimizer_state,
@@ -283,6 +307,29 @@ def _checked_contents(metadata: dict, arrays: dict) -> Checkpoint:
         metrics=metrics,
         tinylatent_version=str(metadata["tinylatent_version"]),
     )
+
+
+def _check_moments(optimizer_state: dict, params: dict) -> None:
+    """What AdamW.load_state_dict leaves unchecked (it knows no parameters): each moment belongs
+    to a parameter, has its shape and is finite (v, a mean of squares, also ≥ 0), and after a
+    step every parameter has its moments: AdamW would start missing ones at 0, and the resumed
+    run would differ from the uninterrupted one."""
+    for moment in ("m", "v"):
+        for name, value in optimizer_state[moment].items():
+            if name not in params:
+                raise ValueError(f"optimizer state: {moment}[{name!r}] is the moment of no parameter of the model config")
+            if np.shape(value) != params[name].shape:
+                raise ValueError(f"optimizer state: {moment}[{name!r}] has shape {np.shape(value)}; "
+                                 f"its parameter has {params[name].shape}")
+            if not np.all(np.isfinite(value)):
+                raise ValueError(f"optimizer state: {moment}[{name!r}] contains NaN or inf; moments must be finite")
+            if moment == "v" and np.any(value < 0):
+                raise ValueError(f"optimizer state: v[{name!r}] has a negative entry; a second moment "
+                                 "(a running mean of squared gradients) is ≥ 0")
+    missing = [name for name in params if name not in optimizer_state["m"]]
+    if optimizer_state["step"] > 0 and missing:
+        raise ValueError(f"optimizer state: it is at step {optimizer_state['step']} but has no moments for "
+                         f"{missing}; after a step every parameter has them")
 
 
 def _checked_path(path: Any) -> Path:
@@ -345,7 +392,11 @@ def save_checkpoint(
             "metrics": _as_json({} if metrics is None else metrics, "metrics"),
         }
         text = json.dumps(metadata, allow_nan=True)
-        _checked_contents(json.loads(text), arrays)   # what load_checkpoint will see, checked as it will check it
+        # what load_checkpoint will see, checked as it will check it
+        _checked_contents(parse_json(text, "the metadata"), arrays)
+    except RecursionError:
+        raise ValueError(f"cannot save a checkpoint to {path}: the train config, metrics or generator state "
+                         "nests lists or dicts too deeply") from None
     except ValueError as exc:
         raise ValueError(f"cannot save a checkpoint to {path}: {exc}") from None
     # A 0-d unicode array: stored as plain .npy, loadable without pickle.
@@ -357,7 +408,9 @@ def _read_archive(path: Path) -> dict:
     """Every member of the ``.npz`` as a NumPy array, read eagerly.
 
     Reading every member in full is what makes zipfile check each CRC-32, so a flipped
-    byte anywhere is found here and not later. Any failure becomes one ValueError.
+    byte anywhere is found here and not later. Any failure becomes one ValueError. Arrays come
+    back in C order (a Fortran-ordered one, e.g. from ``np.savez`` of ``np.asfortranarray``, is
+    copied), since AdamW updates parameters and moments in place through flat views.
     """
     if path.is_dir():                    # as load_language says it: the OS's "Is a directory" names no kind of file
         raise ValueError(f"{path} is a folder, not a checkpoint file")
@@ -366,7 +419,7 @@ def _read_archive(path: Path) -> dict:
                          "a checkpoint is a .npz (zip) archive, and this file is not one")
     try:
         with np.load(path, allow_pickle=False) as archive:
-            return {key: archive[key] for key in archive.files}
+            return {key: np.require(archive[key], requirements="C") for key in archive.files}
     except (FileNotFoundError, IsADirectoryError, PermissionError):
         raise
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, zipfile.LargeZipFile) as exc:
@@ -385,16 +438,19 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     model or train config their own checks refuse, a language of another vocabulary, an
     invalid generator state, metrics that are not numbers, parameters whose names, shapes
     or dtypes do not fit the model config, a non-finite parameter, or an optimiser state
-    that AdamW would refuse or whose moments do not fit the parameters.
+    that AdamW would refuse or whose moments do not fit the parameters (:func:`_check_moments`);
+    also for metadata nested too deeply or holding an integer too large for a float64.
+    Arrays come back in C order.
     """
     path = _checked_path(path)
     archive = _read_archive(path)
     if METADATA_KEY not in archive:
         raise ValueError(f"{path} has no {METADATA_KEY!r} entry: it is not a tinylatent checkpoint")
     try:
-        metadata = json.loads(str(archive[METADATA_KEY][()]))
-    except (json.JSONDecodeError, TypeError, IndexError) as exc:
-        raise ValueError(f"{path}: the metadata is not valid JSON ({exc})") from None
+        text = str(archive[METADATA_KEY][()])
+    except IndexError as exc:                                   # an array that is not 0-d
+        raise ValueError(f"{path}: the metadata is not one JSON text ({exc})") from None
+    metadata = parse_json(text, f"{path}: the metadata")
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT_NAME:
         raise ValueError(f"{path} is not a tinylatent checkpoint: its metadata 'format' is not {FORMAT_NAME!r}")
     if metadata.get("format_version") != FORMAT_VERSION:

@@ -25,12 +25,12 @@ docs/language_format.md).
 from __future__ import annotations
 
 import json
-import math
 import os
+import reprlib
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple, Optional, Union
+from typing import Any, NamedTuple, Optional, Union
 
 import numpy as np
 
@@ -40,6 +40,17 @@ from tinylatent._io import write_json
 DELIMITER_ID = 0  # the delimiter token ``\n`` has id 0; letter i has id i + 1
 STOCHASTIC_ATOL = 1e-9  # how far a probability row may sum from 1 before we call it an error
 FORMAT_VERSION = 1
+# The largest language file the command line can make (K = 1,000 intentions, V = 62 letters,
+# messages of 1..10,000 letters: 3.8 million numbers, one a line) is about 140 MiB; this cap
+# leaves room for numbers written out longer, and stops a read of /dev/zero or an endless pipe.
+MAX_LANGUAGE_FILE_BYTES = 512 * 2**20
+READ_CHUNK_BYTES = 2**20
+# An integer of more digits may not convert to a float64 (the largest is about 1.8e308), and
+# float(...), math.isfinite(...) and NumPy raise OverflowError on one that does not.
+MAX_JSON_INTEGER_DIGITS = 308
+# The largest noise level η: above about 1e17 every noised row is the uniform distribution
+# already, and far above it (1e307) the row sums overflow to inf.
+MAX_ETA = 1e100
 
 SeedLike = Union[None, int, np.random.Generator]
 
@@ -62,6 +73,38 @@ def as_generator(seed: SeedLike) -> np.random.Generator:
 # ----------------------------------------------------------------------------------------
 # Validation helpers (every error says what was wrong and what is allowed)
 # ----------------------------------------------------------------------------------------
+
+def _check_eta(eta) -> None:
+    """The noise level η of :func:`add_noise`: a finite number in [0, ``MAX_ETA``]."""
+    if not (is_finite_real(eta) and eta >= 0.0):
+        raise ValueError(f"the noise level eta must be a finite number ≥ 0; got {eta!r}")
+    if eta > MAX_ETA:
+        raise ValueError(f"the noise level eta must be at most {MAX_ETA:g} (above about 1e17 every noised "
+                         f"row is uniform already); got {eta!r}")
+
+
+def _is_number_type(kind: type) -> bool:
+    """:func:`tinylatent._checks.is_real` for a type: int, float or a NumPy number, not bool."""
+    return issubclass(kind, (int, float, np.integer, np.floating)) and not issubclass(kind, (bool, np.bool_))
+
+
+def _number_array(values, key: str) -> np.ndarray:
+    """The file field ``key`` as a float64 array: a (nested) list of numbers of one rectangular
+    shape. A string such as "0.5" or true/false is refused, not converted, and so is an integer
+    too large for a float64."""
+    leaves = np.array(values, dtype=object)   # ragged or too deeply nested lists stay lists among the leaves
+    flat = leaves.reshape(-1)
+    if not all(_is_number_type(kind) for kind in set(map(type, flat))):
+        bad = next(leaf for leaf in flat if not _is_number_type(type(leaf)))
+        if isinstance(bad, (list, tuple)):
+            raise ValueError(f"the field {key!r} must be a (nested) list of numbers of one rectangular shape")
+        raise ValueError(f"the field {key!r} must hold JSON numbers (such as 0.5), not strings or true/false; "
+                         f"it holds the {type(bad).__name__} {reprlib.repr(bad)}")
+    try:
+        return leaves.astype(np.float64)
+    except OverflowError:
+        raise ValueError(f"the field {key!r} holds an integer too large for a float64 (at most about 1.8e308)") from None
+
 
 def _as_probability_array(values, name: str, shape: tuple) -> np.ndarray:
     # a copy: the Language freezes its arrays, and must neither freeze the caller's nor share them
@@ -310,8 +353,9 @@ class Language:
             raise ValueError(f"a language must be a JSON object; got {type(data).__name__}")
         if data.get("format") != "tinylatent-language":
             raise ValueError("not a tinylatent language: the field 'format' must be 'tinylatent-language'")
-        if data.get("version") != FORMAT_VERSION:
-            raise ValueError(f"unsupported language format version {data.get('version')!r}; this tinylatent reads {FORMAT_VERSION}")
+        version = data.get("version")
+        if not (is_integer(version) and version == FORMAT_VERSION):   # not true, not 1.0
+            raise ValueError(f"unsupported language format version {version!r}; this tinylatent reads the integer {FORMAT_VERSION}")
         required = ["alphabet", "delimiter", "initial", "transition", "first_letter", "letter_transition", "length_probs"]
         missing = [key for key in required if key not in data]
         if missing:
@@ -320,12 +364,8 @@ class Language:
             raise ValueError("the field 'alphabet' must be a non-empty string of the V letters, one character each; got "
                              f"{data['alphabet']!r} (a file names its letters: the default alphabet applies only to "
                              "a Language built in code without one)")
-        arrays = {}
-        for key in ["initial", "transition", "first_letter", "letter_transition", "length_probs"]:
-            try:
-                arrays[key] = np.array(data[key], dtype=np.float64)
-            except (TypeError, ValueError):
-                raise ValueError(f"the field {key!r} must be a (nested) list of numbers of one rectangular shape") from None
+        arrays = {key: _number_array(data[key], key)
+                  for key in ["initial", "transition", "first_letter", "letter_transition", "length_probs"]}
         return cls(
             alphabet=tuple(data["alphabet"]),
             delimiter=data["delimiter"],
@@ -415,20 +455,58 @@ def save_language(language: Language, path: Union[str, os.PathLike]) -> Path:
     return write_json(path, language.to_dict())
 
 
+def _bounded_int(digits: str) -> int:
+    """``json.loads``'s ``parse_int``: the integer, if it has at most ``MAX_JSON_INTEGER_DIGITS`` digits."""
+    n_digits = len(digits.lstrip("-"))
+    if n_digits > MAX_JSON_INTEGER_DIGITS:
+        raise ValueError(f"holds an integer of {n_digits:,} digits; a number must fit a float64 "
+                         f"(at most {MAX_JSON_INTEGER_DIGITS} digits)")
+    return int(digits)
+
+
+def parse_json(text: str, what: str) -> Any:
+    """``json.loads(text)`` for a file tinylatent reads, with every failure a ValueError that
+    starts with ``what`` (e.g. the file name): malformed JSON, nesting too deep for the parser
+    (which would raise RecursionError), or an integer too large for a float64 (which would raise
+    OverflowError wherever it is checked or converted)."""
+    try:
+        return json.loads(text, parse_int=_bounded_int)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{what} is not valid JSON (truncated or malformed): {exc.msg} "
+                         f"(line {exc.lineno}, column {exc.colno})") from None
+    except RecursionError:
+        raise ValueError(f"{what} nests lists or objects too deeply for the JSON parser (a language "
+                         "nests 3 levels, a checkpoint's metadata a few more)") from None
+    except ValueError as exc:                                    # from _bounded_int
+        raise ValueError(f"{what} {exc}") from None
+
+
+def _read_bounded(path: Path, limit: int) -> bytes:
+    """The bytes of ``path`` (a file, or a pipe such as /dev/fd/63), read in chunks, or a
+    ValueError as soon as there are more than ``limit`` of them (/dev/zero never ends)."""
+    chunks, size = [], 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(min(READ_CHUNK_BYTES, limit + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                raise ValueError(f"{path} is not a language file: it is larger than {limit:,} bytes, the most "
+                                 "a language file may be (docs/language_format.md)")
+    return b"".join(chunks)
+
+
 def load_language(path: Union[str, os.PathLike]) -> Language:
-    """Read and validate a language JSON written by :func:`save_language`."""
+    """Read and validate a language JSON written by :func:`save_language` (at most
+    ``MAX_LANGUAGE_FILE_BYTES``); every bad file is a ValueError naming it."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = _read_bounded(path, MAX_LANGUAGE_FILE_BYTES).decode("utf-8")
     except IsADirectoryError:
         raise ValueError(f"{path} is a folder, not a language file") from None
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path} is not a language file: a language is JSON text in UTF-8, and byte "
                          f"{exc.start} of this file is not UTF-8 (docs/language_format.md)") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON (truncated or malformed): {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
+    data = parse_json(text, str(path))
     try:
         return Language.from_dict(data)
     except ValueError as exc:
@@ -443,8 +521,10 @@ def add_noise(letter_transition: np.ndarray, first_letter: np.ndarray, eta: floa
               noisy_first_letter: bool) -> tuple:
     """The paper's noise knob: A_θ ← (A_θ + η) / row sums (and s_θ likewise if asked).
 
-    Returns new (letter_transition, first_letter); the inputs are not changed.
+    Returns new (letter_transition, first_letter); the inputs are not changed. η must be in
+    [0, ``MAX_ETA``]: far above it the row sums overflow.
     """
+    _check_eta(eta)
     letter_transition = letter_transition + eta
     letter_transition /= letter_transition.sum(axis=-1, keepdims=True)
     if noisy_first_letter:
@@ -469,7 +549,7 @@ def paper_language(eta: float = 0.0, noisy_first_letter: bool = False) -> Langua
     * A_θ's only non-zero block is a 3×3 matrix of uniform random rows, normalised, drawn
       for k = 0..5 from NumPy's legacy generator seeded with 1713 (``RandomState(1713)``
       draws the same stream as the script's ``np.random.seed(1713)``).
-    * Noise η: A_θ ← (A_θ + η) / row sums, over all 18 columns (the paper's ``epsilon``).
+    * Noise η ∈ [0, ``MAX_ETA``]: A_θ ← (A_θ + η) / row sums, over all 18 columns (the paper's ``epsilon``).
       The first letter stays inside the intention's block unless ``noisy_first_letter``:
       then s_θ ← (s_θ + η) / sum as well, so that the first letter no longer reveals θ
       and ε(x) > 0 for real (docs/claims.md §8).
@@ -479,9 +559,8 @@ def paper_language(eta: float = 0.0, noisy_first_letter: bool = False) -> Langua
     writes those letters); they are set to uniform, the η → 0 limit of the noised rows,
     so that every row is a distribution. The η = 0 language is unambiguous.
     """
-    if not (is_finite_real(eta) and eta >= 0.0):
-        raise ValueError(f"the noise level eta must be a finite number ≥ 0; got {eta!r}")
-    eta = float(eta)
+    _check_eta(eta)
+    eta = float(eta) + 0.0   # + 0.0: -0.0 becomes 0.0, so the name reads eta=0, not eta=-0
     n_intentions, per = PAPER_INTENTIONS, PAPER_LETTERS_PER_INTENTION
     n_letters = n_intentions * per
     legacy = np.random.RandomState(PAPER_SEED)  # a local generator, not the global state
@@ -556,8 +635,7 @@ def random_language(
     n_intentions, n_letters = int(n_intentions), int(n_letters)
     if not (is_finite_real(concentration) and concentration > 0.0):
         raise ValueError(f"concentration must be a finite number > 0; got {concentration!r}")
-    if not (is_finite_real(eta) and eta >= 0.0):
-        raise ValueError(f"the noise level eta must be a finite number ≥ 0; got {eta!r}")
+    _check_eta(eta)
     block = n_letters if letters_per_intention is None else letters_per_intention
     if not is_integer(block) or not 1 <= block <= n_letters:
         raise ValueError(f"letters_per_intention must be an integer in 1..{n_letters} (or None); got {letters_per_intention!r}")
@@ -610,7 +688,7 @@ def random_language(
         letter_transition=letter_transition,
         length_probs=length_probs,
         name=name or f"random(K={n_intentions},V={n_letters})",
-        description=f"random language: K={n_intentions}, V={n_letters}, block={block}, concentration={concentration:g}, eta={eta:g}",
+        description=f"random language: K={n_intentions}, V={n_letters}, block={block}, concentration={concentration:g}, eta={eta + 0.0:g}",
     )
 
 
