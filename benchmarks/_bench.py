@@ -46,12 +46,12 @@ def run(program: str, main: Callable[[], int]) -> int:
     """``main()``, with a bad setting, an unwritable file or too little memory as one line on stderr and exit 2.
     A reader of standard output that leaves early (``| head -1``) stops nothing: the figures are still
     measured and the ``--json`` file written."""
-    with stdout_reader_may_leave():
-        try:
+    try:
+        with stdout_reader_may_leave():   # outside it a failed last flush (a full disk) is caught below too
             return main()
-        except (ValueError, OSError, MemoryError) as exc:
-            print(f"{program}: error: {error_text(exc)}", file=sys.stderr)
-            return 2
+    except (ValueError, OSError, MemoryError) as exc:
+        print(f"{program}: error: {error_text(exc)}", file=sys.stderr)
+        return 2
 
 
 # --------------------------------------------------------------------------------------

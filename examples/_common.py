@@ -175,8 +175,8 @@ def check_common(args: argparse.Namespace, program: str, outputs: list) -> None:
 # Outputs: nothing a user made is replaced without --force
 # ----------------------------------------------------------------------------------------
 
-MARKER_FILENAME = ".tinylatent-experiment.json"  # in --out: the scripts whose outputs that folder holds
-FORCE_HELP = "replace existing outputs: the --json file, and files in --out that an earlier run of this script did not write"
+MARKER_FILENAME = ".tinylatent-experiment.json"  # in --out: which script wrote which file there, and its size and time
+FORCE_HELP = "replace existing outputs: the --json file, and files in --out that no run of this script wrote"
 
 
 def run_files(*folders) -> list:
@@ -189,60 +189,88 @@ def report_files(name: str, args: argparse.Namespace) -> list:
     return [Path(f"{name}.png")] + ([Path(f"{name}.json")] if args.json is None else [])
 
 
-def marked_by(folder: Path) -> Optional[list]:
-    """The scripts that :func:`claim_output_folder` recorded in ``folder``: [] when it holds no
-    marker, None when a file of the marker's name is there but is not one (so it is not ours either)."""
+def fingerprint(path: Path) -> Optional[list]:
+    """[size, modification time in ns] of a file, or None if there is none: a file rewritten since
+    it was recorded (by anyone) has another fingerprint."""
     try:
-        marker = json.loads((Path(folder) / MARKER_FILENAME).read_text(encoding="utf-8"))
+        status = path.stat()
     except FileNotFoundError:
-        return []
+        return None
+    return [status.st_size, status.st_mtime_ns]
+
+
+def recorded_files(folder: Path) -> Optional[dict]:
+    """The record in ``folder`` (:func:`record_outputs`): {path relative to it: {"by": script,
+    "fingerprint": [size, ns]}}; {} when there is none, None when a file of the record's name is
+    there but is not one (the user's file, then)."""
+    try:
+        record = json.loads((Path(folder) / MARKER_FILENAME).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
     except (OSError, ValueError):
         return None
-    scripts = marker.get("written_by") if isinstance(marker, dict) else None
-    if not (isinstance(scripts, list) and all(isinstance(script, str) for script in scripts)):
+    files = record.get("files") if isinstance(record, dict) else None
+    if not (isinstance(files, dict) and all(isinstance(entry, dict) for entry in files.values())):
         return None
-    return scripts
+    return files
 
 
 def check_outputs(args: argparse.Namespace, program: str, outputs: list) -> None:
     """Refuse, before any work, outputs that could not be written or must not be replaced.
 
     ``--out`` must be a folder (or not exist yet) and an explicit ``--json`` a new file, or one that
-    ``--force`` may replace. ``outputs`` are the files the script writes inside ``--out``
-    (paths relative to it). They are replaced without ``--force`` only where an earlier run
-    of this script marked the folder as its own (:func:`claim_output_folder`): a checkpoint,
-    a JSON file or a plot that someone else put there is never overwritten silently.
+    ``--force`` may replace, and not one of the script's other outputs. ``outputs`` are the files
+    the script writes inside ``--out`` (paths relative to it). One that exists is replaced without
+    ``--force`` only if a run of this script wrote it and it has not changed since (its size and
+    time are those :func:`record_outputs` recorded): a checkpoint, a JSON file or a plot that
+    someone else put there, even later into a folder the script used, is never overwritten silently.
+    Keeps ``outputs`` and their fingerprints now on ``args``, for :func:`record_outputs`.
     """
     try:
         check_output_folder(args.out, "--out")
         if args.json:
             check_output_file(args.json, args.force, "--json")
+            if Path(args.json).resolve() in {(args.out / output).resolve() for output in [MARKER_FILENAME, *outputs]}:
+                raise ValueError(f"--json {args.json} is a file {program} writes in --out already; give another path")
         for path in (args.out / output for output in outputs):
             check_output_folder(path.parent, "--out")
             if path.is_dir():
                 raise ValueError(f"{path} is a folder, where {program} writes a file; choose another --out")
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    scripts = marked_by(args.out)
-    if args.force or (scripts is not None and program in scripts):
+    args.outputs = [Path(output) for output in outputs]
+    args.outputs_before = {str(output): fingerprint(args.out / output) for output in args.outputs}
+    if args.force:
         return
-    # the marker itself is the first output: a file of its name that is not a marker is not ours
-    mine = [MARKER_FILENAME] if scripts is None else []
-    for path in (args.out / output for output in [*mine, *outputs]):
-        if path.exists():
-            raise UsageError(f"{path} exists, and {args.out} holds no earlier run of {program}: "
-                             "pass --force to replace the files it writes there, or choose another --out")
+    recorded = recorded_files(args.out)
+    if recorded is None:                # a file of the record's name that is not one: not ours either
+        raise UsageError(f"{args.out / MARKER_FILENAME} exists, and is not a record of {program}'s files: "
+                         "pass --force to replace it, or choose another --out")
+    for output, before in args.outputs_before.items():
+        ours = recorded.get(output) == {"by": program, "fingerprint": before}
+        if before is not None and not ours:
+            raise UsageError(f"{args.out / output} exists, and no run of {program} wrote it: pass --force to "
+                             "replace the files it writes there, or choose another --out")
 
 
-def claim_output_folder(out: Path, program: str) -> None:
-    """Mark ``out`` as a folder ``program`` writes into, so that its next run there may replace its
-    own outputs without ``--force``. Written (atomically) after the checks, before any work."""
-    scripts = marked_by(out) or []
-    if program not in scripts:
-        write_json(Path(out) / MARKER_FILENAME, {
-            "written_by": sorted([*scripts, program]),
-            "note": "this folder holds the outputs of these tinylatent example scripts: a new run of one of "
-                    "them replaces its own files here (examples/_common.py, check_outputs)"})
+def record_outputs(args: argparse.Namespace, program: str) -> None:
+    """After a run (finished or not): record in ``--out`` each output it wrote (whose fingerprint
+    changed since :func:`check_outputs`), so that the next run of ``program`` may replace it."""
+    written = {output: fingerprint(args.out / output) for output, before in args.outputs_before.items()
+               if fingerprint(args.out / output) != before}
+    if not written:
+        return
+    files = {**(recorded_files(args.out) or {})}
+    for output, now in written.items():
+        if now is None:
+            files.pop(output, None)
+        else:
+            files[output] = {"by": program, "fingerprint": now}
+    write_json(args.out / MARKER_FILENAME, {
+        "note": "the files tinylatent's example scripts wrote here, with their size and modification time: "
+                "a script replaces one of them without --force only while it is unchanged "
+                "(examples/_common.py, check_outputs)",
+        "files": dict(sorted(files.items()))})
 
 
 def require(condition: bool, message: str) -> None:
@@ -252,19 +280,22 @@ def require(condition: bool, message: str) -> None:
 
 
 def run_main(program: str, parse: Callable, run: Callable, argv=None) -> int:
-    """Parse, mark ``--out`` as this script's folder, run; turn a bad option or setting into one line on
-    stderr and exit status 2. A reader of standard output that leaves early (``| head -1``) stops nothing."""
-    with stdout_reader_may_leave():
-        try:
+    """Parse (which checks the outputs), run, and record the files the run wrote; turn a bad option or
+    setting into one line on stderr and exit status 2. A reader of standard output that leaves early
+    (``| head -1``) stops nothing."""
+    try:
+        with stdout_reader_may_leave():   # outside it a failed last flush (a full disk) is caught below too
             args = parse(argv)
-            claim_output_folder(args.out, program)
-            run(args)
-        except UsageError as exc:
-            print(f"{program}: error: {exc}", file=sys.stderr)
-            return 2
-        except (ValueError, OSError, MemoryError) as exc:
-            print(f"{program}: error: {error_text(exc)}", file=sys.stderr)
-            return 2
+            try:
+                run(args)
+            finally:                      # also after an error or Ctrl-C: what was written is the script's
+                record_outputs(args, program)
+    except UsageError as exc:
+        print(f"{program}: error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError, MemoryError) as exc:
+        print(f"{program}: error: {error_text(exc)}", file=sys.stderr)
+        return 2
     return 0
 
 

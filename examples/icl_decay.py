@@ -35,8 +35,8 @@ beside the oracle's for the language it was trained on:
 ``--train`` trains into OUT/icl_decay_model_<language>/ and a later run with the same
 settings reuses that model; other ``--train-steps`` (fewer) or ``--seed`` need another ``--out``.
 The output paths are checked before anything is computed: ``--json PATH`` refuses an existing
-file unless ``--force``, and so do OUT/icl_decay.png and the model's folder unless ``--out``
-holds an earlier run of this script (examples/_common.py, ``check_outputs``).
+file unless ``--force``, and so do OUT/icl_decay.png and the model's files unless a run of this
+script wrote them and they are unchanged since (examples/_common.py, ``check_outputs``).
 """
 from __future__ import annotations
 

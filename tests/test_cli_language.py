@@ -110,8 +110,7 @@ def test_files_are_utf8_whatever_the_locale(tmp_path):
     output, which shows the letters too, is set to UTF-8: this test is about the files)."""
     greek = {**paper_language(0.02).to_dict(), "alphabet": "αβγδεζηθικλμνξοπρσ"}
     (tmp_path / "greek.json").write_text(json.dumps(greek, ensure_ascii=False), encoding="utf-8")
-    ascii_locale = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0",
-                    "PYTHONIOENCODING": "utf-8"}
+    ascii_locale = {**_ascii_locale(), "PYTHONIOENCODING": "utf-8"}
     for argv in (["language", "--language-file", tmp_path / "greek.json", "--out", tmp_path / "copy.json"],
                  ["sample", "--language-file", tmp_path / "copy.json", "--messages", "3",
                   "--out", tmp_path / "corpus.txt"]):
@@ -123,8 +122,20 @@ def test_files_are_utf8_whatever_the_locale(tmp_path):
     assert len([line for line in corpus if line]) == 3 and set("".join(corpus)) <= set(greek["alphabet"])
 
 
+def _ascii_locale() -> dict:
+    """An environment whose standard output is ASCII (the C locale with Python's UTF-8 mode off, on
+    glibc), or a skip where this platform's C locale is not ASCII."""
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONIOENCODING"}
+    env.update(LC_ALL="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0")
+    probe = subprocess.run([sys.executable, "-c", "import sys; print(sys.stdout.encoding)"], capture_output=True,
+                           text=True, env=env)
+    if probe.stdout.strip().lower() not in ("ascii", "ansi_x3.4-1968", "us-ascii"):
+        pytest.skip(f"the C locale's encoding here is {probe.stdout.strip()!r}, not ASCII")
+    return env
+
+
 def test_a_terminal_that_cannot_show_the_output_is_one_line_that_says_what_to_do():
-    ascii_locale = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    ascii_locale = _ascii_locale()
     result = subprocess.run([sys.executable, "-m", "tinylatent", "ambiguity", "--messages", "100"],
                             capture_output=True, text=True, env=ascii_locale)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1

@@ -23,7 +23,8 @@ from tinylatent.evaluate import evaluate
 from tinylatent.gpt import GPT, GPTConfig
 from tinylatent.language import paper_language, preset
 from tinylatent.optim import AdamW
-from tinylatent.train import TrainConfig, batches_loss_and_grads, stream_windows, train
+from tinylatent.oracle import posterior_error
+from tinylatent.train import TrainConfig, batches_loss_and_grads, stream_windows, train, validation_loss
 
 REAL_GPU_TOLERANCE = dict(rtol=1e-9, atol=1e-12)
 MODEL = GPTConfig(vocab_size=19, context_length=16, n_layer=1, n_head=2, d_model=16, dtype="float64")
@@ -78,6 +79,20 @@ def test_training_on_the_device_matches_the_cpu_run(gpu, tmp_path, language_name
     cpu_log, gpu_log = _losses(tmp_path / "cpu" / "log.jsonl"), _losses(tmp_path / "gpu" / "log.jsonl")
     assert [row[0] for row in gpu_log] == [row[0] for row in cpu_log]
     _assert_same(np.array([row[1:] for row in gpu_log], dtype=float), np.array([row[1:] for row in cpu_log], dtype=float), gpu)
+
+
+def test_input_checks_read_device_arrays_on_the_device(gpu):
+    """posterior_error's and validation_loss's shape checks take device arrays as they are (they
+    used np.shape, which a device array refuses), and the answers are the host's."""
+    posterior = np.random.default_rng(0).dirichlet(np.ones(6), size=3)
+    intentions = np.array([0, 5, 2])
+    on_device = posterior_error(backend.to_device(posterior, "gpu"), backend.to_device(intentions, "gpu"))
+    _assert_same(on_device, posterior_error(posterior, intentions), gpu)
+    language, rng = paper_language(eta=0.02), np.random.default_rng(0)
+    windows = stream_windows(language, 4, 17, rng)
+    model_cpu, model_gpu = GPT.create(MODEL, 1), GPT.create(MODEL, 1, device="gpu")
+    _assert_same_report(validation_loss(model_gpu, backend.to_device(windows, "gpu")),
+                        validation_loss(model_cpu, windows), gpu, "validation_loss")
 
 
 def test_a_training_step_copies_to_the_host_only_its_loss_and_gradient_norm(tmp_path):

@@ -5,9 +5,11 @@ runs in-process with ``--smoke`` (a few optimiser steps of a 1-layer model) and 
 the JSON it writes, and we check the constructions the experiments stand on against
 something independent: the oracle, the language's own matrices, a second training run.
 """
+import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -353,14 +355,33 @@ def test_a_users_checkpoint_under_out_is_refused_before_any_work(cot, capsys, tm
                                 f"{tmp_path / 'control' / 'ckpt.npz'} exists", nothing_printed=True, program=cot.PROGRAM)
     assert "pass --force" in err and "choose another --out" in err
     assert (tmp_path / "control" / "ckpt.npz").read_bytes() == users
-    assert [path.name for path in tmp_path.iterdir()] == ["control"]          # nothing written, not even the mark
+    assert [path.name for path in tmp_path.iterdir()] == ["control"]          # nothing written, not even the record
+
+
+def test_a_users_file_put_later_into_the_scripts_folder_is_still_the_users(cot, capsys, tmp_path):
+    """Ownership is per file: after a run into OUT, a checkpoint the user then trains into
+    OUT/control is theirs (its size and time are not the recorded ones), and is refused."""
+    assert cot.main(["--smoke", "--no-progress", "--out", str(tmp_path)]) == 0
+    shutil.rmtree(tmp_path / "control")
+    users = _users_checkpoint(tmp_path / "control")
+    capsys.readouterr()
+    assert_one_line_error(capsys, cot.main, ["--smoke", "--no-progress", "--out", str(tmp_path)],
+                          f"{tmp_path / 'control' / 'ckpt.npz'} exists, and no run of", nothing_printed=True)
+    assert (tmp_path / "control" / "ckpt.npz").read_bytes() == users
+
+
+def test_json_may_not_be_one_of_the_scripts_own_outputs(cot, capsys, tmp_path):
+    for target in (tmp_path / "local" / "ckpt.npz", tmp_path / cot.common.MARKER_FILENAME):
+        assert_one_line_error(capsys, cot.main, ["--smoke", "--no-progress", "--out", str(tmp_path), "--json", str(target)],
+                              "is a file cot_locality.py writes in --out already", nothing_printed=True)
+    assert not tmp_path.exists() or not list(tmp_path.iterdir())
 
 
 USERS_FILES = [
     ("cot", "local/log.jsonl"), ("cot", "cot_locality.json"), ("cot", "cot_locality.png"),
     ("tuning", "pretrained/ckpt.npz"), ("tuning", "fine_tuned/log.jsonl"), ("tuning", "instruction_tuning.json"),
     ("emergence", "tiny/ckpt.npz"), ("emergence", "small/log.jsonl"), ("emergence", "emergence.png"),
-    ("cot", ".tinylatent-experiment.json"),                       # the mark's name, but not a mark: the user's file
+    ("cot", ".tinylatent-experiment.json"),                       # the record's name, but not a record: the user's file
 ]
 
 
@@ -375,9 +396,10 @@ def test_every_file_the_script_writes_is_refused_in_a_folder_it_did_not_make(scr
     assert mine.read_text() == "mine"
 
 
-def test_a_folder_another_script_made_is_not_this_ones(cot, emergence, common, capsys, tmp_path):
-    common.claim_output_folder(tmp_path, emergence.PROGRAM)
+def test_a_file_another_script_wrote_is_not_this_ones(cot, emergence, common, capsys, tmp_path):
     (tmp_path / "cot_locality.json").write_text("mine")
+    args = argparse.Namespace(out=tmp_path, outputs_before={"cot_locality.json": None})
+    common.record_outputs(args, emergence.PROGRAM)              # recorded as written by emergence.py
     assert_one_line_error(capsys, cot.main, ["--smoke", "--no-progress", "--out", str(tmp_path)],
                           "cot_locality.json exists", nothing_printed=True)
     assert (tmp_path / "cot_locality.json").read_text() == "mine"
@@ -405,6 +427,15 @@ def _run_with_its_reader_gone(argv):
                               cwd=ROOT, timeout=600)
     finally:
         os.close(write_end)
+
+
+def test_a_closed_standard_output_stops_nothing(tmp_path):
+    """`script >&-`: Python starts with sys.stdout None; the guard must not wrap it (it crashed)."""
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "cot_locality.py"), "--smoke", "--no-progress",
+                             "--out", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT, timeout=600, preexec_fn=lambda: os.close(1))
+    assert (result.returncode, result.stderr) == (0, "")
+    assert set(json.loads((tmp_path / "cot_locality.json").read_text())["models"]) == {"local", "control"}
 
 
 def test_a_closed_output_pipe_stops_nothing(tmp_path):

@@ -205,6 +205,12 @@ def test_a_language_copies_the_arrays_it_is_given():
     np.testing.assert_array_equal(mixture.initial, [0.25, 0.75])
 
 
+def test_a_letter_that_is_half_a_surrogate_pair_is_refused():
+    """It loaded, and a corpus of it could then not be written (the CLI blamed the file's path)."""
+    with pytest.raises(ValueError, match="'\\\\udc80' is half of a surrogate pair"):
+        Language.from_dict({**random_language(2, 3).to_dict(), "alphabet": "ab\udc80"})   # json.loads of "\\udc80"
+
+
 def test_minus_zero_noise_is_named_zero():
     assert paper_language(-0.0).name == "paper(eta=0)" and random_language(eta=-0.0).description.endswith("eta=0")
 

@@ -199,6 +199,10 @@ class _DropOutputOnceTheReaderLeaves:
                 self.reader_left = True
         return len(text)
 
+    def writelines(self, lines) -> None:
+        for line in lines:
+            self.write(line)
+
     def flush(self) -> None:
         if not self.reader_left:
             try:
@@ -218,12 +222,15 @@ def stdout_reader_may_leave():
     left (:func:`_quiet_stdout_after_failure`), so that Python's flush at exit does not fail with a
     second message. (The examples and the benchmarks use it.)"""
     stream = sys.stdout
+    if stream is None:              # closed by the shell (`>&-`): print() writes nothing already
+        yield
+        return
     sys.stdout = guarded = _DropOutputOnceTheReaderLeaves(stream)
     try:
         yield
     finally:
-        guarded.flush()                 # a closed pipe shows here, not in Python's flush at exit
         sys.stdout = stream
+        guarded.flush()                 # a closed pipe shows here, not in Python's flush at exit
         if guarded.reader_left:
             _quiet_stdout_after_failure()
 

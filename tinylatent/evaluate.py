@@ -154,7 +154,7 @@ def predictor_log_probs(predictor, tokens, batch_size: int = EVAL_BATCH_SIZE,
                          f"got shape {tokens.shape}")
     if vocab_size is None:   # a predictor that does not say its vocabulary: ids are checked to be integers ≥ 0
         tokens = checked_ids(tokens, np.iinfo(np.int64).max, "tokens", "integer token ids",
-                             lambda bad: f"tokens: token id {bad} is negative")
+                             lambda bad: f"tokens: token id {bad} is " + ("negative" if bad < 0 else "beyond int64"))
     else:
         tokens = checked_ids(tokens, vocab_size, "tokens", "integer token ids",
                              lambda bad: f"tokens: token id {bad} is outside the vocabulary [0, {vocab_size})")

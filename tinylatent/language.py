@@ -190,6 +190,10 @@ class Language:
             raise ValueError(f"the delimiter must be a single character; got {self.delimiter!r}")
         if len(set(alphabet) | {self.delimiter}) != n_letters + 1:
             raise ValueError("the letters and the delimiter must all be different characters")
+        unwritable = [c for c in (*alphabet, self.delimiter) if "\ud800" <= c <= "\udfff"]
+        if unwritable:   # a lone surrogate: no text file (UTF-8) can hold it, so no corpus could be written
+            raise ValueError(f"the letters and the delimiter must be characters UTF-8 can write; {unwritable[0]!r} "
+                             "is half of a surrogate pair, not a character")
         for key, value in checked.items():
             value.setflags(write=False)
             object.__setattr__(self, key, value)

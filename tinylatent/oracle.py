@@ -108,9 +108,10 @@ def posterior_error(posterior, true_intentions):
     """
     xp = xp_of(posterior)
     posterior = xp.asarray(posterior, dtype=xp.float64)
-    if posterior.ndim != 2 or np.shape(true_intentions) != posterior.shape[:1]:
+    intentions_shape = xp.asarray(true_intentions).shape          # on the posterior's backend, as below
+    if posterior.ndim != 2 or intentions_shape != posterior.shape[:1]:
         raise ValueError(f"posterior_error needs a (B, K) posterior and (B,) true intentions; got shapes "
-                         f"{posterior.shape} and {np.shape(true_intentions)}")
+                         f"{posterior.shape} and {intentions_shape}")
     check_token_ids(true_intentions, posterior.shape[1], what="true intentions")
     is_true = xp.arange(posterior.shape[-1])[None, :] == xp.asarray(true_intentions)[:, None]
     return xp.where(is_true, 0.0, posterior).sum(axis=-1)

@@ -349,9 +349,10 @@ def batches_loss_and_grads(model: GPT, batches: list) -> tuple:
 
 def validation_loss(model: GPT, windows: np.ndarray, batch_size: int = EVAL_BATCH_SIZE) -> float:
     """Mean −log p(x_{t+1} | x_{≤t}) over every target position of ``windows`` (B, T + 1), in nats."""
-    if np.ndim(windows) != 2 or np.shape(windows)[0] < 1 or np.shape(windows)[1] < 2:
+    shape = windows.shape if hasattr(windows, "shape") else np.shape(windows)   # a device array's own
+    if len(shape) != 2 or shape[0] < 1 or shape[1] < 2:
         raise ValueError(f"windows must be a (B, T + 1) array with B ≥ 1 and T ≥ 1 (a target after each input); "
-                         f"got shape {np.shape(windows)}")
+                         f"got shape {shape}")
     if not is_integer(batch_size) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
     total, count = 0.0, 0
