@@ -9,10 +9,9 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
 from typing import Callable
 
-from tinylatent.cli import OneLineParser, error_text, int_in, path_arg, stdout_reader_may_leave
+from tinylatent.cli import OneLineParser, check_optional_output, int_in, path_arg, run_script
 
 MAX_THREADS = 1_024
 
@@ -42,16 +41,13 @@ def non_negative_float(text: str) -> float:
     return value
 
 
-def run(program: str, main: Callable[[], int]) -> int:
-    """``main()``, with a bad setting, an unwritable file or too little memory as one line on stderr and exit 2.
-    A reader of standard output that leaves early (``| head -1``) stops nothing: the figures are still
-    measured and the ``--json`` file written."""
-    try:
-        with stdout_reader_may_leave():   # outside it a failed last flush (a full disk) is caught below too
-            return main()
-    except (ValueError, OSError, MemoryError) as exc:
-        print(f"{program}: error: {error_text(exc)}", file=sys.stderr)
-        return 2
+def run(program: str, args: argparse.Namespace, main: Callable[[], int]) -> int:
+    """``main()`` through :func:`tinylatent.cli.run_script` (one-line errors, exit 2; a closed pipe
+    stops nothing), after checking the ``--json`` file: minutes of a run must not fail at its end."""
+    def checked_main() -> int:
+        check_optional_output(args.json, args.force)
+        return main()
+    return run_script(program, checked_main)
 
 
 # --------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from _bench import blas_threads, set_blas_threads  # noqa: E402
 from bench_train import CONFIGS, synchroniser  # noqa: E402
 from tinylatent import backend  # noqa: E402
 from tinylatent._io import write_json  # noqa: E402
-from tinylatent.cli import check_optional_output, int_in  # noqa: E402
+from tinylatent.cli import int_in  # noqa: E402
 from tinylatent.gpt import GPT  # noqa: E402
 
 PROGRAM = "bench_generate.py"
@@ -68,11 +68,10 @@ def main(argv=None) -> int:
     if not contexts or min(contexts) < 1 or max(contexts) + args.new_tokens + 1 > config.context_length:
         parser.error(f"every prompt length L needs 1 <= L and L + new tokens + 1 <= context_length "
                      f"= {config.context_length}")
-    return _bench.run(PROGRAM, lambda: run(args, config, contexts))
+    return _bench.run(PROGRAM, args, lambda: run(args, config, contexts))
 
 
 def run(args, config, contexts: list) -> int:
-    check_optional_output(args.json, args.force)  # before the run: minutes of it must not fail at its end
     backend.array_module(args.device)  # a missing GPU: one line, before anything is timed
     limits = set_blas_threads(args.threads) if args.threads else None  # noqa: F841 (kept alive)
     sync = synchroniser(args.device)

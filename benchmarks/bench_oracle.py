@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _bench  # noqa: E402
 from tinylatent._io import write_json  # noqa: E402
-from tinylatent.cli import check_optional_output, int_in  # noqa: E402
+from tinylatent.cli import int_in  # noqa: E402
 from tinylatent.language import fixed_length, mixture_language, paper_language, sample_messages  # noqa: E402
 from tinylatent.oracle import Oracle  # noqa: E402
 
@@ -80,11 +80,10 @@ def main(argv=None) -> int:
     if args.sequences * args.length > MAX_TOKENS:
         parser.error(f"--sequences × --length must be at most {MAX_TOKENS:,} letters; "
                      f"got {args.sequences:,} × {args.length:,}")
-    return _bench.run(PROGRAM, lambda: run(args))
+    return _bench.run(PROGRAM, args, lambda: run(args))
 
 
 def run(args) -> int:
-    check_optional_output(args.json, args.force)  # before the run: minutes of it must not fail at its end
     base = paper_language(args.eta)
     language = mixture_language(dataclasses.replace(base, length_probs=fixed_length(args.length)),
                                 prior=np.full(base.n_intentions, 1.0 / base.n_intentions))

@@ -49,7 +49,7 @@ use is read with threadpoolctl when installed, else from OPENBLAS_NUM_THREADS /
 OMP_NUM_THREADS, else reported as "default".
 
     OPENBLAS_NUM_THREADS=1 python benchmarks/bench_train.py --vs torch [--configs small,medium,paper]
-        [--steps 5] [--threads N] [--device cpu|gpu] [--json PATH]
+        [--steps 5] [--threads N] [--device cpu|gpu] [--json PATH [--force]]
 """
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ from _bench import blas_threads, set_blas_threads  # noqa: E402
 
 from tinylatent import backend, gpt, layers  # noqa: E402
 from tinylatent._io import write_json  # noqa: E402
-from tinylatent.cli import check_optional_output, int_in  # noqa: E402
+from tinylatent.cli import int_in  # noqa: E402
 from tinylatent.gpt import GPT, GPTConfig  # noqa: E402
 from tinylatent.optim import AdamW  # noqa: E402
 
@@ -595,11 +595,10 @@ def main(argv=None) -> int:
     unknown = [n for n in names if n not in CONFIGS]
     if unknown or not names:
         parser.error(f"--configs takes a comma-separated list of {', '.join(CONFIGS)}; got {args.configs!r}")
-    return _bench.run(PROGRAM, lambda: run(args, names))
+    return _bench.run(PROGRAM, args, lambda: run(args, names))
 
 
 def run(args, names: list) -> int:
-    check_optional_output(args.json, args.force)  # before the run: minutes of it must not fail at its end
     backend.array_module(args.device)  # a missing GPU: one line, before anything is timed
     limits = set_blas_threads(args.threads) if args.threads else None  # noqa: F841 (kept alive)
     threads = blas_threads()

@@ -1,8 +1,10 @@
-"""What the three trained-model experiments share: the command line, reading a message's
-intention, training a model into a fresh folder, which files a run may replace, plots and JSON.
+"""What the experiments share: the command line, which files a run may replace, plots and
+JSON (all five scripts); reading a message's intention and training a model into a fresh
+folder (the three trained-model experiments).
 
-Used by ``examples/cot_locality.py``, ``examples/instruction_tuning.py`` and
-``examples/emergence.py`` (docs/experiments.md). Each of them trains small GPTs on a
+Used by ``examples/cot_locality.py``, ``examples/instruction_tuning.py``,
+``examples/emergence.py``, ``examples/icl_decay.py`` and ``examples/reproduce_paper.py``
+(docs/experiments.md). The three trained-model experiments train small GPTs on a
 language from latent intentions and then asks what the model does with a prompt; the
 answer is read with the exact oracle (:class:`tinylatent.oracle.Oracle`), never guessed
 from the letters by hand.
@@ -31,8 +33,8 @@ except ModuleNotFoundError:  # run from a checkout without `pip install -e .`
 
 from tinylatent._io import write_json  # noqa: E402
 from tinylatent.checkpoint import CHECKPOINT_FILENAME  # noqa: E402
-from tinylatent.cli import (OneLineParser, check_output_file, check_output_folder, error_text,  # noqa: E402
-                            path_arg, stdout_reader_may_leave)
+from tinylatent.cli import (OneLineParser, check_output_file, check_output_folder, path_arg,  # noqa: E402
+                            run_script)
 from tinylatent.evaluate import predictor_log_probs  # noqa: E402
 from tinylatent.gpt import GPTConfig  # noqa: E402
 from tinylatent.language import DELIMITER_ID, Language  # noqa: E402
@@ -40,6 +42,8 @@ from tinylatent.oracle import Oracle  # noqa: E402
 from tinylatent.train import LOG_FILENAME, TrainConfig, train  # noqa: E402
 
 TIE_TOLERANCE = 1e-9  # two posterior entries closer than this are a tie: the message names no single intention
+FORCE_HELP = "replace existing outputs: the --json file, and files in --out that no run of this script wrote"
+PLOT_SKIPPED = "plot skipped: matplotlib is not installed (pip install tinylatent[plot])"
 
 
 # ----------------------------------------------------------------------------------------
@@ -176,7 +180,6 @@ def check_common(args: argparse.Namespace, program: str, outputs: list) -> None:
 # ----------------------------------------------------------------------------------------
 
 MARKER_FILENAME = ".tinylatent-experiment.json"  # in --out: which script wrote which file there, and its size and time
-FORCE_HELP = "replace existing outputs: the --json file, and files in --out that no run of this script wrote"
 
 
 def run_files(*folders) -> list:
@@ -238,8 +241,7 @@ def check_outputs(args: argparse.Namespace, program: str, outputs: list) -> None
                 raise ValueError(f"{path} is a folder, where {program} writes a file; choose another --out")
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    args.outputs = [Path(output) for output in outputs]
-    args.outputs_before = {str(output): fingerprint(args.out / output) for output in args.outputs}
+    args.outputs_before = {str(Path(output)): fingerprint(args.out / output) for output in outputs}
     if args.force:
         return
     recorded = recorded_files(args.out)
@@ -256,8 +258,8 @@ def check_outputs(args: argparse.Namespace, program: str, outputs: list) -> None
 def record_outputs(args: argparse.Namespace, program: str) -> None:
     """After a run (finished or not): record in ``--out`` each output it wrote (whose fingerprint
     changed since :func:`check_outputs`), so that the next run of ``program`` may replace it."""
-    written = {output: fingerprint(args.out / output) for output, before in args.outputs_before.items()
-               if fingerprint(args.out / output) != before}
+    fingerprints_now = {output: fingerprint(args.out / output) for output in args.outputs_before}
+    written = {output: now for output, now in fingerprints_now.items() if now != args.outputs_before[output]}
     if not written:
         return
     files = {**(recorded_files(args.out) or {})}
@@ -283,20 +285,18 @@ def run_main(program: str, parse: Callable, run: Callable, argv=None) -> int:
     """Parse (which checks the outputs), run, and record the files the run wrote; turn a bad option or
     setting into one line on stderr and exit status 2. A reader of standard output that leaves early
     (``| head -1``) stops nothing."""
+    def parse_run_record() -> None:
+        args = parse(argv)
+        try:
+            run(args)
+        finally:                      # also after an error or Ctrl-C: what was written is the script's
+            record_outputs(args, program)
+
     try:
-        with stdout_reader_may_leave():   # outside it a failed last flush (a full disk) is caught below too
-            args = parse(argv)
-            try:
-                run(args)
-            finally:                      # also after an error or Ctrl-C: what was written is the script's
-                record_outputs(args, program)
+        return run_script(program, parse_run_record)
     except UsageError as exc:
         print(f"{program}: error: {exc}", file=sys.stderr)
         return 2
-    except (ValueError, OSError, MemoryError) as exc:
-        print(f"{program}: error: {error_text(exc)}", file=sys.stderr)
-        return 2
-    return 0
 
 
 # ----------------------------------------------------------------------------------------
@@ -325,9 +325,6 @@ def pyplot():
     except ImportError:
         return None
     return plt
-
-
-PLOT_SKIPPED = "plot skipped: matplotlib is not installed (pip install tinylatent[plot])"
 
 
 def save_figure(figure, path: Path, plt, dpi: int = 120) -> Path:

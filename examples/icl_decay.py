@@ -479,7 +479,7 @@ def run(args: argparse.Namespace) -> dict:
     if plot:
         print(f"plot saved to {plot}")
     else:
-        print("plot skipped: matplotlib is not installed (pip install tinylatent[plot])")
+        print(common.PLOT_SKIPPED)
     report["seconds"] = time.perf_counter() - started
     if args.json is not None:
         write_json(args.json, report)

@@ -60,6 +60,7 @@ from typing import NamedTuple, Optional  # noqa: E402
 
 from tinylatent._io import write_json, write_text  # noqa: E402
 from tinylatent.checkpoint import CHECKPOINT_FILENAME  # noqa: E402
+from tinylatent.cli import stdout_reader_may_leave  # noqa: E402
 from tinylatent.evaluate import evaluate  # noqa: E402
 from tinylatent.gpt import GPTConfig  # noqa: E402
 from tinylatent.language import preset  # noqa: E402
@@ -222,7 +223,7 @@ def run_experiments(experiments: list, model_config: GPTConfig, train_config: Tr
 def _run_experiment_in_worker(*arguments) -> dict:
     """:func:`run_experiment` in a worker process, which prints to the same standard output as
     the main one: if its reader has left (``| head -1``), the worker's line is dropped too."""
-    with common.stdout_reader_may_leave():
+    with stdout_reader_may_leave():
         return run_experiment(*arguments)
 
 

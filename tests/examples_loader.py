@@ -1,5 +1,8 @@
-"""Load a script of examples/ (or benchmarks/) as a module, so its tests can call its main() in-process."""
+"""Load a script of examples/ (or benchmarks/) as a module, so its tests can call its main() in-process;
+or run one with its output reader gone."""
 import importlib.util
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -13,3 +16,15 @@ def load_example(name: str, folder: str = "examples"):
     sys.modules[name] = module  # dataclasses look their module up by name while the class is built
     spec.loader.exec_module(module)
     return module
+
+
+def run_with_its_reader_gone(argv, **kwargs) -> subprocess.CompletedProcess:
+    """``python argv`` with standard output a pipe whose reader has left (``script | head -1`` once
+    ``head`` has its line): every write to it fails with a broken pipe. ``kwargs`` go to subprocess.run."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run([sys.executable, *argv], stdout=write_end, stderr=subprocess.PIPE, text=True,
+                              timeout=600, **kwargs)
+    finally:
+        os.close(write_end)

@@ -1,14 +1,12 @@
 """The benchmarks' command lines: bad options are one line and exit status 2, the --json path is checked
 before the run, a closed output pipe stops nothing, and the BLAS thread count is read one way for all of them."""
 import json
-import os
-import subprocess
 import sys
 
 import pytest
 
 import one_line_errors
-from examples_loader import ROOT, load_example
+from examples_loader import ROOT, load_example, run_with_its_reader_gone
 
 
 @pytest.fixture(scope="module")
@@ -68,14 +66,8 @@ def test_the_json_path_is_checked_before_the_run(bench_oracle, bench_train, tmp_
 def test_a_closed_output_pipe_stops_nothing(script, argv, tmp_path):
     """`bench_*.py | head -1`: once the reader has gone the printing is dropped; the run goes on, the
     --json file is written, exit 0 and nothing on stderr (tinylatent's own commands do the same)."""
-    read_end, write_end = os.pipe()
-    os.close(read_end)                                          # every write to standard output fails: EPIPE
-    try:
-        result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), *argv,
-                                 "--json", str(tmp_path / "figures.json")],
-                                stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=600)
-    finally:
-        os.close(write_end)
+    result = run_with_its_reader_gone([str(ROOT / "benchmarks" / f"{script}.py"), *argv,
+                                       "--json", str(tmp_path / "figures.json")])
     assert (result.returncode, result.stderr) == (0, "")
     assert json.loads((tmp_path / "figures.json").read_text())
 

@@ -1,14 +1,12 @@
 """examples/icl_decay.py, run in-process with a tiny budget: its JSON, its claims, its errors."""
 import json
 import importlib.util
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from examples_loader import load_example
+from examples_loader import load_example, run_with_its_reader_gone
 from one_line_errors import assert_one_line_error
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "icl_decay.py"
@@ -115,11 +113,7 @@ def test_plot_is_saved_when_matplotlib_is_installed(icl_decay, tmp_path, capsys)
     (["--model", ""], "--model: must be a file or folder path; got an empty string"),
 ])
 def test_bad_options_exit_2_with_one_line(icl_decay, capsys, argv, message):
-    assert icl_decay.main(argv) == 2
-    captured = capsys.readouterr()
-    assert captured.out == ""
-    lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("icl_decay.py: error: ") and message in lines[0]
+    assert_one_line_error(capsys, icl_decay.main, argv, message, nothing_printed=True, program=icl_decay.PROGRAM)
 
 
 def test_library_value_errors_are_one_line(icl_decay, capsys, monkeypatch, tmp_path):
@@ -158,8 +152,8 @@ def test_a_trained_models_curve_is_added_beside_the_oracles(icl_decay, tmp_path)
 
 
 def test_model_and_train_are_exclusive(icl_decay, capsys):
-    assert icl_decay.main(["--model", "x.npz", "--train"]) == 2
-    assert "not both" in capsys.readouterr().err
+    assert_one_line_error(capsys, icl_decay.main, ["--model", "x.npz", "--train"], "not both",
+                          nothing_printed=True, program=icl_decay.PROGRAM)
 
 
 def test_output_paths_are_checked_before_anything_is_computed(icl_decay, tmp_path, capsys):
@@ -208,13 +202,7 @@ def test_a_users_plot_or_model_in_out_is_refused_unless_force(icl_decay, tmp_pat
 
 def test_a_closed_output_pipe_stops_nothing(tmp_path):
     """`icl_decay.py | head -1`: once the reader has gone the printing is dropped; the JSON is still written, exit 0."""
-    read_end, write_end = os.pipe()
-    os.close(read_end)                                          # every write to standard output fails: EPIPE
-    try:
-        result = subprocess.run([sys.executable, str(EXAMPLE), *TINY, "--language", "paper", "--eta", "0",
-                                 "--out", str(tmp_path), "--json", str(tmp_path / "icl.json")],
-                                stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=600)
-    finally:
-        os.close(write_end)
+    result = run_with_its_reader_gone([str(EXAMPLE), *TINY, "--language", "paper", "--eta", "0",
+                                       "--out", str(tmp_path), "--json", str(tmp_path / "icl.json")])
     assert (result.returncode, result.stderr) == (0, "")
     assert json.loads((tmp_path / "icl.json").read_text())["settings"]["trials"] == 5

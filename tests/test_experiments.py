@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import pytest
 
-from examples_loader import ROOT, load_example
+from examples_loader import ROOT, load_example, run_with_its_reader_gone
 from one_line_errors import assert_one_line_error
 
 from tinylatent import cli as tinylatent_cli
@@ -417,18 +417,6 @@ def test_force_replaces_the_users_files_and_then_the_folder_is_the_scripts(cot, 
         [first["models"][corpus]["rows"] for corpus in cot.CORPORA]                # retrained from scratch, same seed
 
 
-def _run_with_its_reader_gone(argv):
-    """``python argv`` with standard output a pipe whose reader has left (``script | head -1`` once
-    ``head`` has its line): every write to it fails with a broken pipe."""
-    read_end, write_end = os.pipe()
-    os.close(read_end)
-    try:
-        return subprocess.run([sys.executable, *argv], stdout=write_end, stderr=subprocess.PIPE, text=True,
-                              cwd=ROOT, timeout=600)
-    finally:
-        os.close(write_end)
-
-
 def test_a_closed_standard_output_stops_nothing(tmp_path):
     """`script >&-`: Python starts with sys.stdout None; the guard must not wrap it (it crashed)."""
     result = subprocess.run([sys.executable, str(ROOT / "examples" / "cot_locality.py"), "--smoke", "--no-progress",
@@ -439,7 +427,7 @@ def test_a_closed_standard_output_stops_nothing(tmp_path):
 
 
 def test_a_closed_output_pipe_stops_nothing(tmp_path):
-    result = _run_with_its_reader_gone([str(ROOT / "examples" / "cot_locality.py"), "--smoke", "--no-progress",
-                                        "--out", str(tmp_path)])
+    result = run_with_its_reader_gone([str(ROOT / "examples" / "cot_locality.py"), "--smoke", "--no-progress",
+                                        "--out", str(tmp_path)], cwd=ROOT)
     assert (result.returncode, result.stderr) == (0, "")
     assert set(json.loads((tmp_path / "cot_locality.json").read_text())["models"]) == {"local", "control"}

@@ -1,13 +1,11 @@
 """examples/reproduce_paper.py, run in-process with ``--smoke``: its files, its JSON, reuse, and its errors."""
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from examples_loader import load_example
+from examples_loader import load_example, run_with_its_reader_gone
 from one_line_errors import assert_one_line_error
 from tinylatent.checkpoint import load_checkpoint
 
@@ -143,14 +141,8 @@ def test_a_users_checkpoint_in_a_run_folder_is_refused_before_any_training(repro
 def test_a_closed_output_pipe_stops_nothing(tmp_path):
     """`reproduce_paper.py | head -1`, with two worker processes printing to the same pipe: the printing
     is dropped once the reader has gone; the tables and the JSON are still written, exit 0."""
-    read_end, write_end = os.pipe()
-    os.close(read_end)                                          # every write to standard output fails: EPIPE
-    try:
-        result = subprocess.run([sys.executable, str(EXAMPLE), "--smoke", "--only", "paper-eta0", "mixture-eta0",
-                                 "--jobs", "2", "--out", str(tmp_path)],
-                                stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=600)
-    finally:
-        os.close(write_end)
+    result = run_with_its_reader_gone([str(EXAMPLE), "--smoke", "--only", "paper-eta0", "mixture-eta0",
+                                       "--jobs", "2", "--out", str(tmp_path)])
     assert (result.returncode, result.stderr) == (0, "")
     report = json.loads((tmp_path / "results.json").read_text())
     assert [e["name"] for e in report["experiments"]] == ["paper-eta0", "mixture-eta0"]

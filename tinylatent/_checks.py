@@ -1,7 +1,9 @@
-"""The tests behind tinylatent's input checks: Python or NumPy numbers (never a bool), and ids."""
+"""The tests behind tinylatent's input checks: Python or NumPy numbers (never a bool), and ids;
+and configs' NumPy numbers made Python ones."""
 from __future__ import annotations
 
 import math
+from dataclasses import fields
 from typing import Callable
 
 import numpy as np
@@ -14,7 +16,12 @@ def is_integer(value) -> bool:
 
 def is_real(value) -> bool:
     """True for a real number, Python or NumPy, integer or float (not a bool, not a string)."""
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    return is_real_type(type(value))
+
+
+def is_real_type(kind: type) -> bool:
+    """:func:`is_real` for a type: int, float or a NumPy number, not bool."""
+    return issubclass(kind, (int, float, np.integer, np.floating)) and not issubclass(kind, (bool, np.bool_))
 
 
 def is_finite_real(value) -> bool:
@@ -34,3 +41,22 @@ def checked_ids(values, n_ids: int, what: str, kind: str, outside: Callable[[int
         if low < 0 or high >= n_ids:
             raise ValueError(outside(low if low < 0 else high))
     return ids.astype(np.int64, copy=False)
+
+
+def checked_tokens(values, vocab_size: int, what: str = "tokens") -> np.ndarray:
+    """:func:`checked_ids` for token ids in [0, vocab_size), with the vocabulary's message."""
+    return checked_ids(values, vocab_size, what, "integer token ids",
+                       lambda bad: f"{what}: token id {bad} is outside the vocabulary [0, {vocab_size})")
+
+
+def as_python_scalars(config):
+    """Replace a dataclass's NumPy scalar fields (``np.int64(32)``, ``np.float32(0.1)``) by
+    the Python numbers they hold, in place: configs go into JSON checkpoints, and the
+    ``json`` module refuses NumPy scalars. Tuples are converted entry by entry."""
+    for field in fields(config):
+        value = getattr(config, field.name)
+        if isinstance(value, np.generic):
+            setattr(config, field.name, value.item())
+        elif isinstance(value, tuple):
+            setattr(config, field.name, tuple(v.item() if isinstance(v, np.generic) else v for v in value))
+    return config

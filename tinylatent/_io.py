@@ -1,4 +1,6 @@
-"""Atomic file writes: a crash mid-write never destroys the file that was there."""
+"""Atomic file writes (a crash mid-write never destroys the file that was there), JSON that
+any reader accepts (NumPy numbers as Python ones, NaN and ±inf as null), and the JSON reader
+every tinylatent file goes through (:func:`parse_json`)."""
 from __future__ import annotations
 
 import errno
@@ -114,3 +116,34 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """Write a text file atomically."""
     return atomic_write(path, lambda f: f.write(text))
+
+
+# An integer of more digits may not convert to a float64 (the largest is about 1.8e308), and
+# float(...), math.isfinite(...) and NumPy raise OverflowError on one that does not.
+MAX_JSON_INTEGER_DIGITS = 308
+
+
+def _bounded_int(digits: str) -> int:
+    """``json.loads``'s ``parse_int``: the integer, if it has at most ``MAX_JSON_INTEGER_DIGITS`` digits."""
+    n_digits = len(digits.lstrip("-"))
+    if n_digits > MAX_JSON_INTEGER_DIGITS:
+        raise ValueError(f"holds an integer of {n_digits:,} digits; a number must fit a float64 "
+                         f"(at most {MAX_JSON_INTEGER_DIGITS} digits)")
+    return int(digits)
+
+
+def parse_json(text: str, what: str) -> Any:
+    """``json.loads(text)`` for a file tinylatent reads, with every failure a ValueError that
+    starts with ``what`` (e.g. the file name): malformed JSON, nesting too deep for the parser
+    (which would raise RecursionError), or an integer too large for a float64 (which would raise
+    OverflowError wherever it is checked or converted)."""
+    try:
+        return json.loads(text, parse_int=_bounded_int)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{what} is not valid JSON (truncated or malformed): {exc.msg} "
+                         f"(line {exc.lineno}, column {exc.colno})") from None
+    except RecursionError:
+        raise ValueError(f"{what} nests lists or objects too deeply for the JSON parser (a language "
+                         "nests 3 levels, a checkpoint's metadata a few more)") from None
+    except ValueError as exc:                                    # from _bounded_int
+        raise ValueError(f"{what} {exc}") from None

@@ -27,6 +27,7 @@ One function, :func:`_checked_contents`, says what a checkpoint may hold. ``load
 runs it on what it read; ``save_checkpoint`` runs it on exactly what it is about to write
 (the metadata after its JSON round trip) and writes nothing if it fails, so every file
 ``save_checkpoint`` writes is one that ``load_checkpoint`` reads back with the same values.
+(To resume, :func:`tinylatent.train.train` also needs the optimiser state to be at ``step``.)
 
 The full list of keys is in docs/training.md.
 """
@@ -43,10 +44,10 @@ import numpy as np
 
 from tinylatent import __version__
 from tinylatent._checks import is_integer, is_real
-from tinylatent._io import atomic_write
+from tinylatent._io import atomic_write, parse_json
 from tinylatent.backend import to_device, to_host
 from tinylatent.gpt import GPT, GPTConfig, param_shapes
-from tinylatent.language import Language, parse_json
+from tinylatent.language import Language
 from tinylatent.optim import AdamW
 
 FORMAT_NAME = "tinylatent-checkpoint"
@@ -207,6 +208,10 @@ def _as_json(value: Any, where: str) -> Any:
     (metrics and configs often come as ``np.float32``, and the ``json`` module refuses
     them); tuples become lists. Dict keys must be strings: JSON would silently turn
     ``{1: ...}`` into ``{"1": ...}``. Anything else cannot be stored.
+
+    Unlike :func:`tinylatent._io.json_ready` (for reports) it refuses rather than converts: a
+    non-string key is an error, and NaN stays NaN (``json.dumps(allow_nan=True)``: only
+    tinylatent reads this JSON back, and a NaN metric means "not measured").
     """
     if _is_array(value):
         return _as_json(np.asarray(to_host(value)).tolist(), where)
@@ -237,7 +242,7 @@ def _checked_contents(metadata: dict, arrays: dict) -> Checkpoint:
     if missing:
         raise ValueError(f"the metadata is missing the key(s) {', '.join(missing)}")
     step = metadata["step"]
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+    if not is_integer(step) or step < 0:
         raise ValueError(f"'step' must be a non-negative integer; got {step!r}")
 
     # the configs: their own from_dict checks, with their messages

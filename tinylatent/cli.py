@@ -2,17 +2,18 @@
 
 Each group of subcommands lives in its own module with a ``register(subparsers)``
 function that adds its parsers and sets ``func`` on each (``func(args) -> int``).
-This file only assembles them and turns errors into one line on stderr and exit status 2:
+This file assembles them and turns errors into one line on stderr and exit status 2:
 a user who typed something wrong sees what was wrong and what is allowed, never a
 traceback. That covers a bad value (ValueError), a file that cannot be read or written
 (OSError: missing, a folder, a full disk) and a request too large for memory (MemoryError).
 
-It also holds what the project's command lines share: :class:`OneLineParser` and
-:func:`int_in` for bounded sizes (here and in the benchmarks), :func:`path_arg` for paths,
-:func:`error_text`, and
+It also holds what the project's command lines share (the examples and the benchmarks use
+them too): :class:`OneLineParser`; the argparse types :func:`int_in` for bounded sizes,
+:func:`positive_int`, :func:`non_negative_int` and :func:`path_arg`; :func:`error_text`;
 :func:`check_output_file` / :func:`check_output_folder` / :func:`check_optional_output`, which
 refuse an output path before any work is done (an existing file is replaced only with
-``--force``; the examples and benchmarks use them too).
+``--force``); and :func:`stdout_reader_may_leave` and :func:`run_script`, which run a script
+whose reader of standard output may leave early.
 """
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ COMMAND_MODULES = [
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """An ArgumentParser whose usage errors are one line and exit status 2 (the benchmarks use it too).
+    """An ArgumentParser whose usage errors are one line and exit status 2 (the benchmarks use it
+    too, and the examples as ``_common.RaisingParser``).
 
     It also reads ``--eta -1e-3`` as a value, as it reads ``--eta -0.001``: argparse's own test
     for a negative number (before Python 3.14) knows no exponent, so it took ``-1e-3`` for an
@@ -122,8 +124,8 @@ def check_output_file(path, force: bool, option: str) -> Path:
 
 def check_optional_output(path, force: bool, option: str = "--json", stdout: str | None = None,
                           metavar: str = "PATH") -> None:
-    """An optional output file with ``--force``, as every command, example and benchmark takes
-    ``--json PATH`` (and ``language`` and ``sample`` take ``--out``): the path checked by
+    """An optional output file with ``--force`` (``eval --json FILE``, ``language``/``sample --out``,
+    the benchmarks' ``--json PATH``): the path checked by
     :func:`check_output_file` (``stdout``, when given, is the value that prints to standard
     output instead), and ``--force`` refused without a file for it to replace."""
     if path and path != stdout:
@@ -233,6 +235,18 @@ def stdout_reader_may_leave():
         guarded.flush()                 # a closed pipe shows here, not in Python's flush at exit
         if guarded.reader_left:
             _quiet_stdout_after_failure()
+
+
+def run_script(program: str, main) -> int:
+    """``main()`` for a script (the examples, the benchmarks), as :func:`main` runs a command: a bad
+    setting, an unwritable file or too little memory is one line on stderr and exit status 2, and
+    a reader of standard output that leaves early (``| head -1``) stops nothing."""
+    try:
+        with stdout_reader_may_leave():   # outside it a failed last flush (a full disk) is caught below too
+            return int(main() or 0)
+    except (ValueError, OSError, MemoryError) as exc:
+        print(f"{program}: error: {error_text(exc)}", file=sys.stderr)
+        return 2
 
 
 def build_parser() -> argparse.ArgumentParser:

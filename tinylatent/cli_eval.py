@@ -16,7 +16,6 @@ checkpoint and reports, each number with a 95% confidence interval over trials
 """
 from __future__ import annotations
 
-
 from tinylatent._io import json_text, write_json
 from tinylatent.backend import DEVICES
 from tinylatent.checkpoint import load_checkpoint

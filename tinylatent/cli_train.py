@@ -46,7 +46,6 @@ MAX_EVAL_WINDOWS = 100_000
 MAX_NEW_TOKENS = 1_000_000
 
 
-
 # -- tinylatent train ------------------------------------------------------------------------
 
 # (command-line option's dest, TrainConfig field) for the options that map one to one

@@ -56,10 +56,10 @@ from typing import NamedTuple, Optional, Protocol
 import numpy as np
 
 from tinylatent import theorems as th
-from tinylatent._checks import checked_ids, is_integer
+from tinylatent._checks import checked_ids, checked_tokens, is_integer
 from tinylatent.backend import to_host
 from tinylatent.language import DELIMITER_ID, Language, SeedLike
-from tinylatent.oracle import PHASES, Oracle
+from tinylatent.oracle import Oracle, check_phase
 from tinylatent.train import EVAL_BATCH_SIZE, stream_windows
 
 UNDERSTANDING_LETTERS = 6     # the paper's understanding prompts had 1–6 letters (docs/claims.md §7)
@@ -84,8 +84,7 @@ class OraclePredictor:
     context_length = None  # the oracle reads prompts of any length
 
     def __init__(self, language: Language, phase: str = "unknown"):
-        if phase not in PHASES:   # refused here, not at the first read
-            raise ValueError(f"phase must be one of {', '.join(PHASES)}; got {phase!r}")
+        check_phase(phase)   # refused here, not at the first read
         self.language = language
         self.phase = phase
         self.oracle = Oracle(language)
@@ -156,8 +155,7 @@ def predictor_log_probs(predictor, tokens, batch_size: int = EVAL_BATCH_SIZE,
         tokens = checked_ids(tokens, np.iinfo(np.int64).max, "tokens", "integer token ids",
                              lambda bad: f"tokens: token id {bad} is " + ("negative" if bad < 0 else "beyond int64"))
     else:
-        tokens = checked_ids(tokens, vocab_size, "tokens", "integer token ids",
-                             lambda bad: f"tokens: token id {bad} is outside the vocabulary [0, {vocab_size})")
+        tokens = checked_tokens(tokens, vocab_size, "tokens")
     n_sequences, n_positions = tokens.shape
     limit = context_length_of(predictor)
     if limit is not None and n_positions > limit:
@@ -225,12 +223,9 @@ def split_kl(target, bayes, model_log_probs) -> KLSplit:
     with np.errstate(divide="ignore", invalid="ignore"):
         log_ratio = np.log(bayes) - model_log_probs                          # log q(y|x) − log p(y|x)
         approximation = np.where(target > 0.0, target * log_ratio, 0.0).sum(axis=-1)
-        # from the log-probabilities themselves: exp(log p) rounds a p below ~1e-308 to 0, and the
-        # total would read inf while its two parts are finite
-        log_target = np.log(np.where(target > 0.0, target, 1.0))
-        total = np.where(target > 0.0, target * (log_target - model_log_probs), 0.0).sum(axis=-1)
     return KLSplit(
-        total=total,
+        total=th.kl_divergence_log(target, model_log_probs),   # not exp(log p): it rounds p < ~1e-308 to 0
+
         ambiguity=th.kl_divergence(target, bayes),
         approximation=approximation,
     )
@@ -285,8 +280,10 @@ def convergence(predictor, language: Language, windows) -> Convergence:
 # 2. Language understanding: prompts of 1..6 letters, with and without a leading delimiter
 # ----------------------------------------------------------------------------------------
 
-def _check_tasks(language: Language, tasks: th.ICLTasks, what: str) -> np.ndarray:
-    """``tasks.intentions`` as a (B,) int64 array, once the tasks are seen to be well formed.
+def _check_evaluation_tasks(language: Language, tasks: th.ICLTasks, what: str) -> np.ndarray:
+    """``tasks.intentions`` as a (B,) int64 array, once the tasks are seen to be well formed
+    (not ``theorems._check_tasks``: here every task holds the same M examples, and the messages'
+    structure is not required).
 
     B ≥ 1 tasks: B intentions (each checked by ``language.check_intentions``: a float such
     as 1.7 is refused, not truncated), B example lists of equal length, B queries, every
@@ -371,9 +368,9 @@ def language_understanding(predictor, language: Language, prompts: th.ICLTasks,
     The prediction after the n-th letter of the (B, N) letters is position n − 1 (n with
     the delimiter) of one causal read of the whole prompt, by the model and by the oracle.
     ``prompts`` are B tasks (:func:`sample_understanding_prompts`) whose queries all have
-    the same N ≥ 1 letters; bad ids or intentions are refused (:func:`_check_tasks`).
+    the same N ≥ 1 letters; bad ids or intentions are refused (:func:`_check_evaluation_tasks`).
     """
-    intentions = _check_tasks(language, prompts, "prompts")
+    intentions = _check_evaluation_tasks(language, prompts, "prompts")
     lengths = sorted({len(query) for query in prompts.queries})
     if lengths[0] == 0 or len(lengths) > 1:
         raise ValueError(f"prompts.queries must all hold the same number N ≥ 1 of letters; got lengths {lengths}")
@@ -510,9 +507,9 @@ def in_context_learning(predictor, language: Language, tasks: th.ICLTasks,
 
     Both protocols put a delimiter first, so that the reader knows where the first example
     begins, as it knows where every later one begins. Bad ids or intentions in ``tasks``
-    are refused (:func:`_check_tasks`); ``max_examples`` is an integer in 0..M.
+    are refused (:func:`_check_evaluation_tasks`); ``max_examples`` is an integer in 0..M.
     """
-    intentions = _check_tasks(language, tasks, "tasks")
+    intentions = _check_evaluation_tasks(language, tasks, "tasks")
     if max_examples is None:
         max_examples = tasks.max_examples
     elif not is_integer(max_examples) or not 0 <= max_examples <= tasks.max_examples:

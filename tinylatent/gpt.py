@@ -29,7 +29,7 @@ from typing import Optional
 import numpy as np
 
 from tinylatent import backend
-from tinylatent._checks import is_finite_real, is_integer
+from tinylatent._checks import as_python_scalars, is_finite_real, is_integer
 from tinylatent.language import SeedLike, as_generator
 from tinylatent.layers import (
     add_prefix,
@@ -53,19 +53,6 @@ DTYPES = ("float32", "float64")
 # --------------------------------------------------------------------------------------
 # configuration
 # --------------------------------------------------------------------------------------
-
-def as_python_scalars(config):
-    """Replace a dataclass's NumPy scalar fields (``np.int64(32)``, ``np.float32(0.1)``) by
-    the Python numbers they hold, in place: configs go into JSON checkpoints, and the
-    ``json`` module refuses NumPy scalars. Tuples are converted entry by entry."""
-    for field in fields(config):
-        value = getattr(config, field.name)
-        if isinstance(value, np.generic):
-            setattr(config, field.name, value.item())
-        elif isinstance(value, tuple):
-            setattr(config, field.name, tuple(v.item() if isinstance(v, np.generic) else v for v in value))
-    return config
-
 
 @dataclass
 class GPTConfig:
@@ -503,6 +490,7 @@ class KVCache:
 
 
 def _check_sampling(temperature, top_k, vocab_size: int) -> None:
+    """ValueError unless temperature is a positive finite number and top_k None or an integer in [1, vocab_size]."""
     if not (is_finite_real(temperature) and temperature > 0):
         raise ValueError(f"temperature must be a positive finite number; got {temperature!r}")
     if top_k is not None and (not is_integer(top_k) or not 1 <= top_k <= vocab_size):

@@ -30,12 +30,12 @@ import reprlib
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, Optional, Union
+from typing import NamedTuple, Optional, Union
 
 import numpy as np
 
-from tinylatent._checks import checked_ids, is_finite_real, is_integer
-from tinylatent._io import write_json
+from tinylatent._checks import checked_ids, checked_tokens, is_finite_real, is_integer, is_real_type
+from tinylatent._io import parse_json, write_json
 
 DELIMITER_ID = 0  # the delimiter token ``\n`` has id 0; letter i has id i + 1
 STOCHASTIC_ATOL = 1e-9  # how far a probability row may sum from 1 before we call it an error
@@ -45,9 +45,6 @@ FORMAT_VERSION = 1
 # leaves room for numbers written out longer, and stops a read of /dev/zero or an endless pipe.
 MAX_LANGUAGE_FILE_BYTES = 512 * 2**20
 READ_CHUNK_BYTES = 2**20
-# An integer of more digits may not convert to a float64 (the largest is about 1.8e308), and
-# float(...), math.isfinite(...) and NumPy raise OverflowError on one that does not.
-MAX_JSON_INTEGER_DIGITS = 308
 # The largest noise level η: above about 1e17 every noised row is the uniform distribution
 # already, and far above it (1e307) the row sums overflow to inf.
 MAX_ETA = 1e100
@@ -74,18 +71,15 @@ def as_generator(seed: SeedLike) -> np.random.Generator:
 # Validation helpers (every error says what was wrong and what is allowed)
 # ----------------------------------------------------------------------------------------
 
-def _check_eta(eta) -> None:
-    """The noise level η of :func:`add_noise`: a finite number in [0, ``MAX_ETA``]."""
+def _check_eta(eta) -> float:
+    """The noise level η of :func:`add_noise`, a finite number in [0, ``MAX_ETA``], as a Python
+    float (−0.0 becomes 0.0, so that a language's name reads eta=0, not eta=-0)."""
     if not (is_finite_real(eta) and eta >= 0.0):
         raise ValueError(f"the noise level eta must be a finite number ≥ 0; got {eta!r}")
     if eta > MAX_ETA:
         raise ValueError(f"the noise level eta must be at most {MAX_ETA:g} (above about 1e17 every noised "
                          f"row is uniform already); got {eta!r}")
-
-
-def _is_number_type(kind: type) -> bool:
-    """:func:`tinylatent._checks.is_real` for a type: int, float or a NumPy number, not bool."""
-    return issubclass(kind, (int, float, np.integer, np.floating)) and not issubclass(kind, (bool, np.bool_))
+    return float(eta) + 0.0
 
 
 def _number_array(values, key: str) -> np.ndarray:
@@ -94,8 +88,8 @@ def _number_array(values, key: str) -> np.ndarray:
     too large for a float64."""
     leaves = np.array(values, dtype=object)   # ragged or too deeply nested lists stay lists among the leaves
     flat = leaves.reshape(-1)
-    if not all(_is_number_type(kind) for kind in set(map(type, flat))):
-        bad = next(leaf for leaf in flat if not _is_number_type(type(leaf)))
+    if not all(is_real_type(kind) for kind in set(map(type, flat))):
+        bad = next(leaf for leaf in flat if not is_real_type(type(leaf)))
         if isinstance(bad, (list, tuple)):
             raise ValueError(f"the field {key!r} must be a (nested) list of numbers of one rectangular shape")
         raise ValueError(f"the field {key!r} must hold JSON numbers (such as 0.5), not strings or true/false; "
@@ -307,8 +301,7 @@ class Language:
 
     def check_tokens(self, token_ids, what: str = "tokens") -> np.ndarray:
         """Return ``token_ids`` as an int64 array after checking every id is in the vocabulary."""
-        return checked_ids(token_ids, self.vocab_size, what, "integer token ids",
-                           lambda bad: f"{what}: token id {bad} is outside the vocabulary [0, {self.vocab_size})")
+        return checked_tokens(token_ids, self.vocab_size, what)
 
     def check_intentions(self, intentions, what: str = "intentions") -> np.ndarray:
         """Return ``intentions`` as an int64 array of the same shape after checking that each is
@@ -459,32 +452,6 @@ def save_language(language: Language, path: Union[str, os.PathLike]) -> Path:
     return write_json(path, language.to_dict())
 
 
-def _bounded_int(digits: str) -> int:
-    """``json.loads``'s ``parse_int``: the integer, if it has at most ``MAX_JSON_INTEGER_DIGITS`` digits."""
-    n_digits = len(digits.lstrip("-"))
-    if n_digits > MAX_JSON_INTEGER_DIGITS:
-        raise ValueError(f"holds an integer of {n_digits:,} digits; a number must fit a float64 "
-                         f"(at most {MAX_JSON_INTEGER_DIGITS} digits)")
-    return int(digits)
-
-
-def parse_json(text: str, what: str) -> Any:
-    """``json.loads(text)`` for a file tinylatent reads, with every failure a ValueError that
-    starts with ``what`` (e.g. the file name): malformed JSON, nesting too deep for the parser
-    (which would raise RecursionError), or an integer too large for a float64 (which would raise
-    OverflowError wherever it is checked or converted)."""
-    try:
-        return json.loads(text, parse_int=_bounded_int)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{what} is not valid JSON (truncated or malformed): {exc.msg} "
-                         f"(line {exc.lineno}, column {exc.colno})") from None
-    except RecursionError:
-        raise ValueError(f"{what} nests lists or objects too deeply for the JSON parser (a language "
-                         "nests 3 levels, a checkpoint's metadata a few more)") from None
-    except ValueError as exc:                                    # from _bounded_int
-        raise ValueError(f"{what} {exc}") from None
-
-
 def _read_bounded(path: Path, limit: int) -> bytes:
     """The bytes of ``path`` (a file, or a pipe such as /dev/fd/63), read in chunks, or a
     ValueError as soon as there are more than ``limit`` of them (/dev/zero never ends)."""
@@ -563,8 +530,7 @@ def paper_language(eta: float = 0.0, noisy_first_letter: bool = False) -> Langua
     writes those letters); they are set to uniform, the η → 0 limit of the noised rows,
     so that every row is a distribution. The η = 0 language is unambiguous.
     """
-    _check_eta(eta)
-    eta = float(eta) + 0.0   # + 0.0: -0.0 becomes 0.0, so the name reads eta=0, not eta=-0
+    eta = _check_eta(eta)
     n_intentions, per = PAPER_INTENTIONS, PAPER_LETTERS_PER_INTENTION
     n_letters = n_intentions * per
     legacy = np.random.RandomState(PAPER_SEED)  # a local generator, not the global state
@@ -639,7 +605,7 @@ def random_language(
     n_intentions, n_letters = int(n_intentions), int(n_letters)
     if not (is_finite_real(concentration) and concentration > 0.0):
         raise ValueError(f"concentration must be a finite number > 0; got {concentration!r}")
-    _check_eta(eta)
+    eta = _check_eta(eta)
     block = n_letters if letters_per_intention is None else letters_per_intention
     if not is_integer(block) or not 1 <= block <= n_letters:
         raise ValueError(f"letters_per_intention must be an integer in 1..{n_letters} (or None); got {letters_per_intention!r}")
@@ -692,7 +658,7 @@ def random_language(
         letter_transition=letter_transition,
         length_probs=length_probs,
         name=name or f"random(K={n_intentions},V={n_letters})",
-        description=f"random language: K={n_intentions}, V={n_letters}, block={block}, concentration={concentration:g}, eta={eta + 0.0:g}",
+        description=f"random language: K={n_intentions}, V={n_letters}, block={block}, concentration={concentration:g}, eta={eta:g}",
     )
 
 

@@ -10,7 +10,7 @@ observed. After reading token t, what is hidden is
 Everything else the next token depends on, the previous letter, is observed. So the
 oracle keeps the **filtered distribution** α_t(θ, n) = q(θ_t = θ, n_t = n | x_{≤t}), a
 K × (L + 1) table per sequence, and updates it token by token (the forward recursion of
-an HMM, normalised at every step so that nothing underflows):
+an HMM, normalised at every step; **Underflow** below says when that is not enough):
 
     letter c after letter ℓ:  α'(θ, n+1) ∝ α(θ, n) (1 − h[n]) A_θ[ℓ, c]          (same message)
     letter c after a delimiter: α'(θ', 1) ∝ Σ_θ α(θ, 0) T[θ, θ'] s_θ'[c]           (new message)
@@ -60,6 +60,14 @@ from tinylatent.backend import check_token_ids, to_host, xp_of
 from tinylatent.language import DELIMITER_ID, Language
 
 PHASES = ("start", "unknown")
+
+
+def check_phase(phase) -> None:
+    """Refuse a phase that is not one of :data:`PHASES`."""
+    if phase not in PHASES:
+        raise ValueError(f"phase must be one of {', '.join(PHASES)}; got {phase!r}")
+
+
 # A filtered probability p with p · (smallest positive one-step factor) ≥ UNDERFLOW_MARGIN
 # multiplies into a normal float64 number (≥ 2.2e-308, full relative precision), so the
 # normalised recursion cannot round it to 0. Sequences whose filter goes below that floor
@@ -105,15 +113,16 @@ def posterior_error(posterior, true_intentions):
     """ε = 1 − q(θ* | ·), computed as Σ_{θ ≠ θ*} q(θ | ·) so that it stays accurate when tiny.
 
     posterior (B, K), true_intentions θ* (B,) integer ids in [0, K) -> (B,); on the posterior's backend.
+    The same sum works for any non-negative (B, K) table, e.g. the joint q(x, θ): the mass off column θ*.
     """
     xp = xp_of(posterior)
     posterior = xp.asarray(posterior, dtype=xp.float64)
-    intentions_shape = xp.asarray(true_intentions).shape          # on the posterior's backend, as below
-    if posterior.ndim != 2 or intentions_shape != posterior.shape[:1]:
+    true_intentions = xp.asarray(true_intentions)                  # on the posterior's backend
+    if posterior.ndim != 2 or true_intentions.shape != posterior.shape[:1]:
         raise ValueError(f"posterior_error needs a (B, K) posterior and (B,) true intentions; got shapes "
-                         f"{posterior.shape} and {intentions_shape}")
+                         f"{posterior.shape} and {true_intentions.shape}")
     check_token_ids(true_intentions, posterior.shape[1], what="true intentions")
-    is_true = xp.arange(posterior.shape[-1])[None, :] == xp.asarray(true_intentions)[:, None]
+    is_true = xp.arange(posterior.shape[-1])[None, :] == true_intentions[:, None]
     return xp.where(is_true, 0.0, posterior).sum(axis=-1)
 
 
@@ -235,8 +244,7 @@ class Oracle:
 
     # ------------------------------------------------------------------------------------
     def _check(self, tokens, prior, known_intention, phase):
-        if phase not in PHASES:
-            raise ValueError(f"phase must be one of {', '.join(PHASES)}; got {phase!r}")
+        check_phase(phase)
         xp = xp_of(tokens)
         tokens = xp.asarray(tokens)
         if tokens.ndim == 1:
@@ -383,13 +391,14 @@ class Oracle:
     def _log_filter_known_phase(self, xp, likelihood, opens_message, is_delimiter, prior):
         """The phase-known recursion in log space, for the few sequences near underflow.
 
-        With λ_t(θ) = q(x_t | x_{<t}, θ) (``likelihood``, time-major (T, R, K)) and
-        a_t(θ) = log q(θ | x_{≤t}):
+        With λ_t(θ) = q(x_t | x_{<t}, θ) (``likelihood``, time-major (T, R, K), R the sequences
+        run again) and a_t(θ) = log q(θ | x_{≤t}):
 
             log q(x_t | x_{<t}) = log Σ_θ exp(c_t(θ) + log λ_t(θ)),   a_t = c_t + log λ_t − log q(x_t | x_{<t})
 
         where c_t = a_{t−1} inside a message and, when token t opens one, c_t(θ') =
-        log Σ_θ exp(a_s(θ) + log T[θ, θ']) with s the delimiter before it (a_0 = log prior).
+        log Σ_θ exp(a_s(θ) + log T[θ, θ']) with s the delimiter before it; for the first token
+        c_1 = log prior itself (the prior is over the first message's intention: no T step).
         Returns (log posterior (T, R, K), log q(x_t | x_{<t}) (T, R)); NaN after an impossible token.
         """
         tables = self._tables(xp)

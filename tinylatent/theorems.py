@@ -39,7 +39,7 @@ import numpy as np
 
 from tinylatent._checks import is_finite_real, is_integer
 from tinylatent.language import DELIMITER_ID, Language, SeedLike, as_generator, sample_messages
-from tinylatent.oracle import PHASES, Oracle, describe_impossible, posterior_error
+from tinylatent.oracle import Oracle, check_phase, describe_impossible, posterior_error
 
 ROUNDING_TOLERANCE = 1e-12  # absolute slack that ``holds`` allows for float64 rounding of probabilities
 MAX_CONTINUATIONS = 200_000  # the most k-token continuations understanding_continuations enumerates
@@ -59,9 +59,18 @@ def kl_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
 
     0 · log 0 = 0; a y with p(y) > 0 = q(y) makes the divergence +inf.
     """
-    p, q = np.asarray(p, dtype=np.float64), np.asarray(q, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        return kl_divergence_log(p, np.log(np.asarray(q, dtype=np.float64)))
+
+
+def kl_divergence_log(p: np.ndarray, log_q: np.ndarray) -> np.ndarray:
+    """KL(p ‖ q) = Σ_y p(y) (log p(y) − log q(y)) from log q itself, over the last axis: a model's
+    log-probabilities below float64's range (log q = −800, where q = exp(−800) reads 0) give a
+    finite divergence, as they should. 0 · log 0 = 0; log q(y) = −inf with p(y) > 0 gives +inf.
+    """
+    p, log_q = np.asarray(p, dtype=np.float64), np.asarray(log_q, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(p > 0.0, p * (np.log(np.where(p > 0.0, p, 1.0)) - np.log(q)), 0.0)
+        terms = np.where(p > 0.0, p * (np.log(np.where(p > 0.0, p, 1.0)) - log_q), 0.0)
     return terms.sum(axis=-1)
 
 
@@ -146,8 +155,7 @@ def _require_messages(sequences, what: str, end: str) -> None:
 
 
 def _check_phase(phase: str, prior) -> None:
-    if phase not in PHASES:
-        raise ValueError(f"phase must be one of {', '.join(PHASES)}; got {phase!r}")
+    check_phase(phase)
     if phase != "start" and prior is not None:
         raise ValueError("a prior over the first intention applies to phase='start' only: a window of unknown "
                          "phase starts from the stationary state; pass prior=None")

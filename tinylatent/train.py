@@ -61,11 +61,11 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from tinylatent._checks import is_finite_real, is_integer
-from tinylatent._io import atomic_write
+from tinylatent._checks import as_python_scalars, is_finite_real, is_integer
+from tinylatent._io import atomic_write, json_ready
 from tinylatent.backend import check_device, to_device, to_host, xp_of
 from tinylatent.checkpoint import CHECKPOINT_FILENAME, load_checkpoint, save_checkpoint
-from tinylatent.gpt import GPT, GPTConfig, as_python_scalars
+from tinylatent.gpt import GPT, GPTConfig
 from tinylatent.language import Language, sample_corpus, sample_windows
 from tinylatent.optim import AdamW, clip_grad_norm, lr_at
 from tinylatent.oracle import Oracle
@@ -198,11 +198,12 @@ class TrainConfig:
 
 
 class TrainingDiverged(ValueError):
-    """The loss or the gradient norm became NaN or infinite; the last good checkpoint is kept."""
+    """The loss, the gradient norm or (at a step due for a checkpoint) the updated parameters
+    became NaN or infinite; the last good checkpoint is kept."""
 
 
-def _divergence_checked_below():
-    """NumPy's overflow and invalid-value warnings, off for a training step: a step that overflows
+def _no_overflow_warnings():
+    """NumPy's overflow, invalid-value and divide-by-zero warnings, off for a training step: a step that overflows
     makes its loss or gradient norm non-finite, which :func:`train` checks and reports as one
     :class:`TrainingDiverged` (the warnings would only print the same news first, in many lines)."""
     return np.errstate(over="ignore", invalid="ignore", divide="ignore")
@@ -349,7 +350,7 @@ def batches_loss_and_grads(model: GPT, batches: list) -> tuple:
 
 def validation_loss(model: GPT, windows: np.ndarray, batch_size: int = EVAL_BATCH_SIZE) -> float:
     """Mean −log p(x_{t+1} | x_{≤t}) over every target position of ``windows`` (B, T + 1), in nats."""
-    shape = windows.shape if hasattr(windows, "shape") else np.shape(windows)   # a device array's own
+    shape = windows.shape if hasattr(windows, "shape") else np.shape(windows)   # np.shape refuses a device array
     if len(shape) != 2 or shape[0] < 1 or shape[1] < 2:
         raise ValueError(f"windows must be a (B, T + 1) array with B ≥ 1 and T ≥ 1 (a target after each input); "
                          f"got shape {shape}")
@@ -474,9 +475,8 @@ class JsonLog:
         self.handle = open(path, "a", encoding="utf-8")
 
     def write(self, record: dict) -> None:
-        clean = {key: (None if isinstance(value, float) and not math.isfinite(value) else value)
-                 for key, value in record.items()}
-        self.handle.write(json.dumps(clean) + "\n")
+        """One record as one JSON line (NaN and ±inf as null: :func:`tinylatent._io.json_ready`), flushed."""
+        self.handle.write(json.dumps(json_ready(record)) + "\n")
         self.handle.flush()
 
     def close(self) -> None:
@@ -574,7 +574,9 @@ def train(language: Language, model_config: GPTConfig, train_config: TrainConfig
       then re-raises;
     * when the loss or gradient norm is NaN or infinite: raises :class:`TrainingDiverged`
       (a ValueError) before the bad step touches the parameters, and writes nothing,
-      so the last good checkpoint stays.
+      so the last good checkpoint stays;
+    * when an update makes a parameter NaN or infinite at a step due for a checkpoint:
+      raises :class:`TrainingDiverged` instead of saving (the log holds that step's line).
 
     ``summary`` holds: ``language``, ``parameters``, ``steps``, ``tokens_seen``,
     ``train_loss`` (last batch), ``val_loss``, ``bayes_val_loss`` and
@@ -594,12 +596,12 @@ def train(language: Language, model_config: GPTConfig, train_config: TrainConfig
         checkpoint = load_checkpoint(checkpoint_path)
         # Fields left to their defaults keep the values the run resolved them to, not
         # what they would resolve to now (the warm-up follows ``steps``, which may change).
-        stored = checkpoint.train_config
-        train_config = replace(train_config, **{name: stored.get(name) for name in RESOLVED_FIELDS
+        saved = TrainConfig.from_dict(checkpoint.train_config)   # the run's settings (load_checkpoint checked them)
+        train_config = replace(train_config, **{name: getattr(saved, name) for name in RESOLVED_FIELDS
                                                 if getattr(train_config, name) is None})
         config = train_config.resolved(model_config)
         check_resumable(checkpoint, language, model_config, config)
-        saved = TrainConfig.from_dict(stored)       # equal up to rounding: keep the stored bits, for a bit-for-bit run
+        # what may not change is equal up to rounding (check_resumable): keep the stored bits, for a bit-for-bit run
         config = replace(config, **{field.name: getattr(saved, field.name) for field in fields(TrainConfig)
                                     if field.name not in RESUMABLE_CHANGES})
         model = checkpoint.model(config.device)
@@ -664,7 +666,7 @@ def train(language: Language, model_config: GPTConfig, train_config: TrainConfig
         while step < config.steps:
             started = time.perf_counter()
             lr = lr_at(step, config.max_lr, config.warmup_steps, config.steps, config.min_lr)
-            with _divergence_checked_below():
+            with _no_overflow_warnings():
                 loss, grads = batches_loss_and_grads(model, data.train_batch(data_rng))
                 train_loss = float(to_host(loss))
                 grad_norm = clip_grad_norm(grads, config.grad_clip) if math.isfinite(train_loss) else math.nan
@@ -674,7 +676,7 @@ def train(language: Language, model_config: GPTConfig, train_config: TrainConfig
             # due) are: a Ctrl-C in the middle waits for all of them, so the checkpoint it saves
             # and the log agree, and the resumed run's log has no gap.
             with keyboard_interrupt_deferred():
-                with _divergence_checked_below():
+                with _no_overflow_warnings():
                     optimizer.step(model.params, grads, lr)
                 step += 1
                 rng_state_at_step_boundary = data_rng.bit_generator.state
@@ -699,7 +701,8 @@ def train(language: Language, model_config: GPTConfig, train_config: TrainConfig
                 bar.report(step, train_loss, val_loss, bayes_loss, interval_rate, eta)
             if step % config.checkpoint_interval == 0 or step == config.steps:
                 if not all(bool(xp_of(p).isfinite(p).all()) for p in model.params.values()):
-                    # the update itself overflowed (its loss was finite): this state must not replace a good checkpoint
+                    # the update itself overflowed (its loss was finite): this state must not replace a good
+                    # checkpoint (save_checkpoint would refuse it too; here it is reported as a divergence)
                     raise diverged(step, f"its update (lr {lr:.3g}) made parameters infinite or NaN")
                 save()
         if evaluated_at != step:  # a resume of a finished run: nothing was trained
