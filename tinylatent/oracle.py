@@ -307,23 +307,22 @@ class Oracle:
         previous = np.concatenate([np.zeros((1, batch), np.int32), token[:-1]])        # a delimiter before token 1
         is_delimiter = token == DELIMITER_ID
         opens_message = previous == DELIMITER_ID                                        # (T, B)
-        # n_before[t, b]: letters of the current message before token t (0 = token t opens one)
+        # n_before[t, b]: letters of the current message before token t (0 = token t opens one),
+        # and length_factor[t, b], the length rule's factor: (1 − h[n]) for a letter, h[n] for a delimiter
         positions = np.arange(length, dtype=np.int32)[:, None]
         any_delimiter = is_delimiter.any(axis=1)                                        # (T,) host flags
         if any_delimiter.any():
             last_delimiter = np.maximum.accumulate(np.where(is_delimiter, positions, -1), axis=0)
             n_before = positions - 1 - np.concatenate([np.full((1, batch), -1, np.int32), last_delimiter[:-1]])
             np.minimum(n_before, self.max_length + 1, out=n_before)  # past L letters every token is impossible anyway
-        else:  # one message throughout: n_before[t] = t, the same for every sequence
+            length_factor = self.length_factor_by_kind[n_before + is_delimiter * self.stop.shape[0]]
+        else:  # one message throughout: n_before[t] = t and the factor depend on t alone
             n_before = np.broadcast_to(np.minimum(positions, self.max_length + 1), (length, batch))
+            length_factor = np.broadcast_to(self.letter_length_factor[n_before[:, :1]], (length, batch))
         # likelihood[t, b, θ] = q(x_t | x_{<t}, θ), θ the intention of token t's message:
         #   a letter opening a message: s_θ[c]; a letter inside one: (1 − h[n]) A_θ[ℓ, c];
         #   a delimiter: h[n] (the same for every θ; 0 right after another delimiter).
         likelihood = xp.take(tables.pair_likelihood, xp.asarray(previous * vocab + token), axis=0)  # (T, B, K)
-        if any_delimiter.any():
-            length_factor = self.length_factor_by_kind[n_before + is_delimiter * self.stop.shape[0]]  # (T, B)
-        else:  # letters only: the factor depends on t alone
-            length_factor = np.broadcast_to(self.letter_length_factor[n_before[:, :1]], (length, batch))
         partial = np.nonzero(length_factor != 1.0)                                      # sparse: message ends
         if len(partial[0]):
             rows_t, rows_b = xp.asarray(partial[0]), xp.asarray(partial[1])
