@@ -32,7 +32,7 @@ same run on the CPU. What it cannot find: numerical differences of real GPU kern
 functions that CuPy lacks (beyond ``random``), and speed. Those need the real device (``benchmarks/gpu_check.sh``).
 
 Install it with :func:`installed` (a context manager), which puts this module in
-``sys.modules`` as ``cupy`` and ``cupyx`` and clears tinylatent's cached CuPy. Inside
+``sys.modules`` as ``cupy`` and clears tinylatent's cached CuPy. Inside
 :func:`counting` every device operation is counted by name: on a GPU nearly each one that
 is not a view (``reshape``, ``__getitem__`` with slices) is one kernel launch, and each
 copy to the host is counted as :data:`TO_HOST`: ``get``, ``float``, ``int``, ``bool``,
@@ -308,7 +308,7 @@ class _Ufunc:
 
 
 # ---------------------------------------------------------------------------------------
-# The modules: cupy, cupy.cuda, cupyx
+# The modules: cupy, cupy.cuda
 # ---------------------------------------------------------------------------------------
 
 def asarray(value, dtype=None, order=None):
@@ -372,17 +372,6 @@ cupy.__dict__.update(
 )
 
 
-def scatter_add(target: ndarray, indices, values) -> None:
-    """``target[indices] += values`` accumulating repeated indices, as ``cupyx.scatter_add``."""
-    if not isinstance(target, ndarray):
-        raise _refuse_host_array(target, "cupyx.scatter_add")
-    numpy.add.at(target._array, _unwrap_index(indices), _unwrap(values, "cupyx.scatter_add"))
-
-
-cupyx = types.ModuleType("cupyx", "fake cupyx: scatter_add only")
-cupyx.scatter_add = scatter_add
-
-
 def assert_matches_cpu(device_value, cpu_value, gpu: str, rtol: float, atol: float, err_msg: str = "") -> None:
     """A device result against the CPU's: bit for bit on this fake (``gpu == "fake-cupy"``, the
     arithmetic is NumPy's), within ``atol + rtol·|cpu|`` on a real GPU (``"cupy"``)."""
@@ -396,12 +385,12 @@ def assert_matches_cpu(device_value, cpu_value, gpu: str, rtol: float, atol: flo
 
 @contextlib.contextmanager
 def installed():
-    """Make ``import cupy`` (and ``cupyx``) give this fake, and tinylatent forget any cached CuPy."""
+    """Make ``import cupy`` give this fake, and tinylatent forget any cached CuPy."""
     from tinylatent import backend
 
-    saved_modules = {name: sys.modules.get(name) for name in ("cupy", "cupyx")}
+    saved_modules = {name: sys.modules.get(name) for name in ("cupy",)}
     saved_cache = backend._cupy_module
-    sys.modules["cupy"], sys.modules["cupyx"] = cupy, cupyx
+    sys.modules["cupy"] = cupy
     backend._cupy_module = None
     try:
         yield cupy

@@ -119,13 +119,10 @@ def scatter_add(target, indices, values) -> None:
     """``target[indices] += values`` with repeated indices accumulated (in place).
 
     Plain ``a[idx] += v`` keeps only one write per repeated index on both backends;
-    NumPy's ``np.add.at`` and CuPy's ``cupyx.scatter_add`` accumulate every one.
+    the ufunc method ``add.at`` accumulates every one: NumPy's ``np.add.at``, and CuPy's
+    ``cupy.add.at`` (since CuPy 12; the NumPy-compatible form of ``cupyx.scatter_add``).
     """
-    if _is_cupy_array(target):
-        cupyx = importlib.import_module("cupyx")
-        cupyx.scatter_add(target, indices, values)
-    else:
-        np.add.at(target, indices, values)
+    xp_of(target, indices, values).add.at(target, indices, values)
 
 
 def check_token_ids(tokens: Any, vocab_size: int, what: str = "token ids") -> None:
