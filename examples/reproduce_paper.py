@@ -27,8 +27,8 @@ Usage (from the repository root; the plots need matplotlib, ``pip install -e '.[
     python examples/reproduce_paper.py --steps 20000 --only paper-eta0 paper-eta0.02 paper-eta0.04 --jobs 3 --out out/long
                                                        # the run that measures the approximation targets (38 min)
 
-``--jobs N`` trains N experiments at once, one process each (default: the cores on a CPU, 1
-on a GPU); the numbers do not depend on it.
+``--jobs N`` trains N experiments at once, one worker process each (default: the cores on a
+CPU, 1 on a GPU); the numbers do not depend on it.
 
 docs/results.md has the measured tables, timings and what each budget reaches.
 
@@ -205,15 +205,19 @@ def run_experiments(experiments: list, model_config: GPTConfig, train_config: Tr
                     out_dir: Path, seed: int, jobs: int, verbose: bool) -> list:
     """:func:`run_experiment` for each experiment, ``jobs`` at a time; the results in the experiments' order.
 
-    Each experiment is trained and evaluated by one process on one BLAS thread, so on a
-    machine with ``jobs`` idle cores the wall time falls by about that factor. The results
-    do not depend on ``jobs``: every experiment draws from its own seeded streams.
+    Each experiment is trained and evaluated by a worker process on one BLAS thread, so on
+    a machine with ``jobs`` idle cores the wall time falls by about that factor. The results
+    do not depend on ``jobs``: every experiment draws from its own seeded streams, and
+    every one runs in a fresh worker, also when ``jobs`` is 1. The worker's BLAS reads
+    ``OPENBLAS_NUM_THREADS`` (which ``_common`` sets to 1 unless it is given) when it
+    starts, whereas this process's BLAS may have started with another thread count (NumPy
+    imported before ``_common``, as in a notebook or the tests), and OpenBLAS's float32
+    products can change in the last bit with the thread count (a (2048, 64) @ (64, 64)
+    product does, with OpenBLAS 0.3.31).
     """
     log = _print_line if verbose else _print_nothing
     jobs = max(1, min(jobs, len(experiments)))
     arguments = [(experiment, model_config, train_config, budget, out_dir, seed, log) for experiment in experiments]
-    if jobs == 1:
-        return [run_experiment(*item) for item in arguments]
     # "spawn": a fresh interpreter per worker (a forked copy of a process holding BLAS threads can hang).
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [pool.submit(_run_experiment_in_worker, *item) for item in arguments]
