@@ -53,8 +53,9 @@ import json  # noqa: E402
 import math  # noqa: E402
 import multiprocessing  # noqa: E402
 import os  # noqa: E402
+import signal  # noqa: E402
 import time  # noqa: E402
-from concurrent.futures import ProcessPoolExecutor  # noqa: E402
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait  # noqa: E402
 from dataclasses import replace  # noqa: E402
 from typing import NamedTuple, Optional  # noqa: E402
 
@@ -214,21 +215,49 @@ def run_experiments(experiments: list, model_config: GPTConfig, train_config: Tr
     imported before ``_common``, as in a notebook or the tests), and OpenBLAS's float32
     products can change in the last bit with the thread count (a (2048, 64) @ (64, 64)
     product does, with OpenBLAS 0.3.31).
+
+    An experiment is handed to a worker only when one is free, so that after Ctrl-C (which
+    the terminal sends to the workers too: each running experiment saves its checkpoint and
+    stops) or a failed experiment no further one starts. (Handed all at once, the pool would
+    queue the next one behind each worker, and it would start training after Ctrl-C.)
     """
     log = _print_line if verbose else _print_nothing
     jobs = max(1, min(jobs, len(experiments)))
-    arguments = [(experiment, model_config, train_config, budget, out_dir, seed, log) for experiment in experiments]
+    waiting = [(index, (experiment, model_config, train_config, budget, out_dir, seed, log))
+               for index, experiment in enumerate(experiments)]
+    waiting.reverse()  # popped from the end: the experiments' order
+    results = [None] * len(experiments)
     # "spawn": a fresh interpreter per worker (a forked copy of a process holding BLAS threads can hang).
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_run_experiment_in_worker, *item) for item in arguments]
-        return [future.result() for future in futures]
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_ignore_ctrl_c) as pool:
+        running = {}  # future -> the experiment's index
+        while waiting or running:
+            while waiting and len(running) < jobs:
+                index, arguments = waiting.pop()
+                running[pool.submit(_run_experiment_in_worker, *arguments)] = index
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                results[running.pop(future)] = future.result()  # a failed experiment raises here
+    return results
+
+
+def _ignore_ctrl_c() -> None:
+    """A worker between experiments ignores SIGINT, so that Ctrl-C does not print the traceback
+    of an idle worker; :func:`_run_experiment_in_worker` takes it back while an experiment runs."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _run_experiment_in_worker(*arguments) -> dict:
     """:func:`run_experiment` in a worker process, which prints to the same standard output as
-    the main one: if its reader has left (``| head -1``), the worker's line is dropped too."""
-    with stdout_reader_may_leave():
-        return run_experiment(*arguments)
+    the main one: if its reader has left (``| head -1``), the worker's line is dropped too.
+    Ctrl-C stops it as it stops :func:`tinylatent.train.train` (a checkpoint, then
+    ``KeyboardInterrupt``, which reaches the main process as the experiment's outcome)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with stdout_reader_may_leave():
+            return run_experiment(*arguments)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def run_experiment(experiment: Experiment, model_config: GPTConfig, train_config: TrainConfig, budget: Budget,

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from one_line_errors import assert_one_line_error
-from tinylatent.cli import main
+from tinylatent import cli_language
+from tinylatent.cli import main, run_script
 from tinylatent.language import paper_language
 
 
@@ -241,6 +242,23 @@ def test_out_of_memory_is_one_line(monkeypatch, capsys):
         raise MemoryError()
     monkeypatch.setattr(cli_language, "sample_corpus", no_memory)
     assert_one_line_error(capsys, main, ["sample", "--messages", "5"], "out of memory")
+
+
+@pytest.mark.parametrize("run_it", [lambda: main(["sample", "--messages", "5"]),
+                                    lambda: run_script("script.py", lambda: cli_language.sample_corpus())],
+                         ids=["command", "script"])
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys, run_it):
+    """Ctrl-C in a command (`tinylatent ...`) or a script (an example, a benchmark: cli.run_script)."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli_language, "sample_corpus", interrupted)
+    try:
+        code = run_it()
+    except KeyboardInterrupt:  # as such it would stop pytest itself
+        pytest.fail("the KeyboardInterrupt escaped")
+    assert code == 130
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err in ("tinylatent sample: interrupted\n", "script.py: interrupted\n")
 
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,6 +1,10 @@
 """examples/reproduce_paper.py, run in-process with ``--smoke``: its files, its JSON, reuse, and its errors."""
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -147,3 +151,31 @@ def test_a_closed_output_pipe_stops_nothing(tmp_path):
     report = json.loads((tmp_path / "results.json").read_text())
     assert [e["name"] for e in report["experiments"]] == ["paper-eta0", "mixture-eta0"]
     assert (tmp_path / "results.md").exists()
+
+
+def test_ctrl_c_saves_the_running_experiment_and_starts_no_other(tmp_path):
+    """Ctrl-C (SIGINT to the process group, as a terminal sends it) while the first of two
+    experiments trains with ``--jobs 1``: that one saves its checkpoint, the second never
+    starts (the pool is handed an experiment only when a worker is free), and the script
+    says so in one line and exits 130. Before, the second experiment started training."""
+    command = [sys.executable, str(EXAMPLE), "--smoke", "--steps", "1000000", "--jobs", "1", "--no-progress",
+               "--only", "paper-eta0", "paper-eta0.02", "--out", str(tmp_path)]
+    log = tmp_path / "runs" / "paper-eta0" / "log.jsonl"
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120.0
+        while not (log.exists() and log.read_text().count("\n") >= 3):   # step 0 and two training steps
+            assert process.poll() is None and time.monotonic() < deadline, "training never started"
+            time.sleep(0.1)
+        os.killpg(process.pid, signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert (process.returncode, stderr) == (130, "reproduce_paper.py: interrupted\n")
+    assert sorted(path.name for path in (tmp_path / "runs").iterdir()) == ["paper-eta0"]
+    saved_step = load_checkpoint(log.parent / "ckpt.npz").step
+    last_logged_step = json.loads(log.read_text().splitlines()[-1])["step"]
+    assert 2 <= saved_step == last_logged_step < 1000000

@@ -239,14 +239,18 @@ def stdout_reader_may_leave():
 
 def run_script(program: str, main) -> int:
     """``main()`` for a script (the examples, the benchmarks), as :func:`main` runs a command: a bad
-    setting, an unwritable file or too little memory is one line on stderr and exit status 2, and
-    a reader of standard output that leaves early (``| head -1``) stops nothing."""
+    setting, an unwritable file or too little memory is one line on stderr and exit status 2,
+    Ctrl-C is one line and exit status 130 (what a training run had done is in its checkpoint),
+    and a reader of standard output that leaves early (``| head -1``) stops nothing."""
     try:
         with stdout_reader_may_leave():   # outside it a failed last flush (a full disk) is caught below too
             return int(main() or 0)
     except (ValueError, OSError, MemoryError) as exc:
         print(f"{program}: error: {error_text(exc)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"{program}: interrupted", file=sys.stderr)
+        return 130
 
 
 def build_parser() -> argparse.ArgumentParser:
