@@ -13,6 +13,7 @@ import signal
 import numpy as np
 import pytest
 
+import tinylatent.train as train_module
 from tinylatent.checkpoint import CHECKPOINT_FILENAME, load_checkpoint, save_checkpoint
 from tinylatent.gpt import GPT, GPTConfig
 from tinylatent.language import paper_language, random_language, sample_corpus, sample_windows
@@ -227,6 +228,18 @@ def test_keyboard_interrupt_saves_a_checkpoint_and_the_resumed_run_matches(tmp_p
     assert [r["step"] for r in read_log(tmp_path / "interrupted")] == list(range(11))
 
 
+def assert_the_resumed_run_is_the_straight_run(language, config, tmp_path):
+    """Resume ``tmp_path/interrupted``: its final state and its log (timings aside) are those of ``tmp_path/straight``."""
+    train(language, tiny_model(language), config, tmp_path / "interrupted", resume=True, progress=False)
+    assert_same_state(load_checkpoint(tmp_path / "straight" / CHECKPOINT_FILENAME),
+                      load_checkpoint(tmp_path / "interrupted" / CHECKPOINT_FILENAME))
+
+    def without_timing(log):
+        return [{key: value for key, value in r.items() if key != "tokens_per_s"} for r in log]
+
+    assert without_timing(read_log(tmp_path / "interrupted")) == without_timing(read_log(tmp_path / "straight"))
+
+
 def test_ctrl_c_during_the_optimiser_update_is_held_until_the_step_is_whole(tmp_path, monkeypatch):
     """A real SIGINT in the middle of AdamW.step: the update finishes, and so do the step's
     metrics, its validation (step 3 is due one) and its log line; then the run stops and
@@ -255,14 +268,71 @@ def test_ctrl_c_during_the_optimiser_update_is_held_until_the_step_is_whole(tmp_
     assert [r["step"] for r in read_log(tmp_path / "interrupted")] == [0, 1, 2, 3]
     assert saved.metrics["train_loss"] == straight_log[3]["loss"]
     assert saved.metrics["val_loss"] == straight_log[3]["val_loss"]
-    train(language, tiny_model(language), config, tmp_path / "interrupted", resume=True, progress=False)
-    assert_same_state(load_checkpoint(tmp_path / "straight" / CHECKPOINT_FILENAME),
-                      load_checkpoint(tmp_path / "interrupted" / CHECKPOINT_FILENAME))
+    assert_the_resumed_run_is_the_straight_run(language, config, tmp_path)
 
-    def without_timing(log):
-        return [{key: value for key, value in r.items() if key != "tokens_per_s"} for r in log]
 
-    assert without_timing(read_log(tmp_path / "interrupted")) == without_timing(straight_log)
+def test_ctrl_c_during_the_step_0_validation_keeps_step_0_in_the_log(tmp_path, monkeypatch):
+    """A real SIGINT while a fresh run validates its untrained model: the validation and the
+    step 0 log line finish, then the run stops with a step 0 checkpoint; the resumed run's
+    log is the straight run's, step 0 line included (it used to start at step 1)."""
+    language = tiny_language()
+    config = tiny_run(steps=5, checkpoint_interval=100)
+    train(language, tiny_model(language), config, tmp_path / "straight", progress=False)
+    original = train_module.validation_loss
+
+    def validation_with_signal(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # held: the line must be written first
+        return original(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "validation_loss", validation_with_signal)
+        with pytest.raises(KeyboardInterrupt):
+            train(language, tiny_model(language), config, tmp_path / "interrupted", progress=False)
+    saved = load_checkpoint(tmp_path / "interrupted" / CHECKPOINT_FILENAME)
+    straight_log = read_log(tmp_path / "straight")
+    assert saved.step == 0 and saved.metrics["val_loss"] == straight_log[0]["val_loss"]
+    assert read_log(tmp_path / "interrupted") == straight_log[:1]
+    assert_the_resumed_run_is_the_straight_run(language, config, tmp_path)
+
+
+def test_ctrl_c_before_the_log_is_opened_writes_nothing(tmp_path, monkeypatch):
+    """Ctrl-C before the run has written anything (here: while the progress display starts)
+    leaves no file behind, so the same command runs again without --force."""
+    language = tiny_language()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "Progress", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            train(language, tiny_model(language), tiny_run(steps=3), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists() or list((tmp_path / "run").iterdir()) == []
+    train(language, tiny_model(language), tiny_run(steps=3), tmp_path / "run", progress=False)
+
+
+def test_a_second_ctrl_c_waits_for_the_checkpoint_of_the_first(tmp_path, monkeypatch):
+    """Ctrl-C, then another while the first one's checkpoint is being written: the checkpoint is
+    written whole, and the run stops with one KeyboardInterrupt."""
+    language = tiny_language()
+    config = tiny_run(steps=10, checkpoint_interval=100)
+    original_save = train_module.save_checkpoint
+
+    def interrupt(model, idx, targets, original):
+        raise KeyboardInterrupt
+
+    def save_with_signal(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # the second Ctrl-C, in the middle of the save
+        return original_save(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        CallCounter(patch, on_call=4, action=interrupt)
+        patch.setattr(train_module, "save_checkpoint", save_with_signal)
+        with pytest.raises(KeyboardInterrupt):
+            train(language, tiny_model(language), config, tmp_path / "interrupted", progress=False)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert load_checkpoint(tmp_path / "interrupted" / CHECKPOINT_FILENAME).step == 3
+    assert [r["step"] for r in read_log(tmp_path / "interrupted")] == [0, 1, 2, 3]
 
 
 def test_resume_drops_damaged_log_lines_and_those_after_the_checkpoint(tmp_path):

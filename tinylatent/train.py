@@ -628,8 +628,8 @@ def train(language: Language, model_config: GPTConfig, train_config: TrainConfig
 
     data = TrainingData(language, config, RandomStreams.from_seed(config.seed))  # validation (and corpus) streams
     bayes_loss = bayes_validation_loss(language, data.validation)
-    log = JsonLog(out_dir / LOG_FILENAME, keep_through_step=step if resume else None)
-    bar = Progress(progress, config.steps, step)
+    bar = Progress(progress, config.steps, step)  # before any file is written (a terminal's bar imports tqdm)
+    log = None  # log.jsonl, opened in the try below
     last_checkpoint_step = step if resume else None
 
     def diverged(at_step: int, what: str) -> TrainingDiverged:
@@ -658,10 +658,16 @@ def train(language: Language, model_config: GPTConfig, train_config: TrainConfig
     # The data generator's state after the last completed step: what a checkpoint must hold.
     rng_state_at_step_boundary = data_rng.bit_generator.state
     try:
+        # Opening the log and (a fresh run) step 0, its validation and its log line: all or nothing.
+        # A Ctrl-C before it leaves the folder as it was; one inside waits for the line, so the
+        # checkpoint saved below and the log agree (the resumed run writes no step 0 line).
+        with keyboard_interrupt_deferred():
+            log = JsonLog(out_dir / LOG_FILENAME, keep_through_step=step if resume else None)
+            if not resume:
+                evaluate()
+                evaluated_at = 0
+                log.write({"step": 0, "val_loss": metrics["val_loss"], "bayes_val_loss": bayes_loss})
         if not resume:
-            evaluate()
-            evaluated_at = 0
-            log.write({"step": 0, "val_loss": metrics["val_loss"], "bayes_val_loss": bayes_loss})
             bar.report(0, None, metrics["val_loss"], bayes_loss, None, None)
         while step < config.steps:
             started = time.perf_counter()
@@ -708,14 +714,21 @@ def train(language: Language, model_config: GPTConfig, train_config: TrainConfig
         if evaluated_at != step:  # a resume of a finished run: nothing was trained
             evaluate()
     except KeyboardInterrupt:
+        if log is None:  # before the log was opened: nothing was written, and nothing is saved
+            raise
         data_rng.bit_generator.state = rng_state_at_step_boundary
-        save()
+        try:
+            with keyboard_interrupt_deferred():  # a second Ctrl-C waits for the checkpoint ...
+                save()
+        except KeyboardInterrupt:                # ... and is the same request: the first is raised below
+            pass
         bar.close()
         bar.message(f"interrupted: saved the checkpoint of step {step} to {checkpoint_path}; continue with resume")
         raise
     finally:
         bar.close()
-        log.close()
+        if log is not None:
+            log.close()
 
     val_loss = metrics["val_loss"]
     summary = {
