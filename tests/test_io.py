@@ -1,12 +1,16 @@
 """Atomic writes (``tinylatent._io``): nothing a user made is lost or changed but the content."""
+import functools
+import json
 import os
 import stat
 import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from tinylatent._io import atomic_write, json_text, write_json, write_text
+from tinylatent._io import MAX_JSON_DEPTH, atomic_write, json_depth, json_text, parse_json, write_json, write_text
 
 
 def _mode(path):
@@ -104,3 +108,27 @@ def test_json_is_valid_json_whatever_the_numbers(tmp_path):
     text = (tmp_path / "report.json").read_text(encoding="utf-8")
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in the file")) == expected
+
+
+def test_json_nesting_has_one_limit_on_every_python():
+    """MAX_JSON_DEPTH levels parse, one more is refused, and so is nesting too deep for the parser:
+    the same on Python 3.11 (whose parser stops near 1,000 levels) as on 3.12 and 3.13 (deeper)."""
+    for depth in (1, MAX_JSON_DEPTH):
+        assert parse_json("[" * depth + "]" * depth, "f") == functools.reduce(lambda inner, _: [inner], range(depth - 1), [])
+    for depth in (MAX_JSON_DEPTH + 1, 1000, 100_000):
+        with pytest.raises(ValueError, match=f"^f nests lists or objects too deeply: more than {MAX_JSON_DEPTH} levels"):
+            parse_json('{"a": ' * depth + "0" + "}" * depth, "f")
+
+
+@given(st.recursive(st.none() | st.booleans() | st.floats(allow_nan=False) | st.text(),
+                    lambda children: st.lists(children) | st.dictionaries(st.text(), children), max_leaves=30))
+def test_json_depth_counts_what_json_nests(value):
+    """json_depth on the text against the depth of the parsed value, brackets and quotes in strings included."""
+    def depth(item):
+        if isinstance(item, list):
+            return 1 + max(map(depth, item), default=0)
+        if isinstance(item, dict):
+            return 1 + max(map(depth, item.values()), default=0)
+        return 0
+    texts = [json.dumps(value), json.dumps(value, indent=1), json.dumps(value, ensure_ascii=False)]
+    assert [json_depth(text) for text in texts] == [depth(value)] * 3

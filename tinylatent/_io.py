@@ -7,6 +7,7 @@ import errno
 import json
 import math
 import os
+import re
 import stat
 import tempfile
 from pathlib import Path
@@ -132,18 +133,42 @@ def _bounded_int(digits: str) -> int:
     return int(digits)
 
 
+# Lists and objects inside each other: a language nests 3 levels, a checkpoint's metadata a few
+# more. The limit is tinylatent's own, so a file is refused the same way on every Python (3.11's
+# parser stops near 1,000 levels with RecursionError; 3.12's goes deeper, 3.13's deeper still).
+MAX_JSON_DEPTH = 100
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')  # a string of valid JSON, escapes and all
+_OPENING, _CLOSING = b"[{", b"]}"
+
+
+def json_depth(text: str) -> int:
+    """How deep the lists and objects of valid JSON ``text`` nest (0 for a number or a string),
+    counted on the text without recursion: brackets outside strings, opened minus closed."""
+    structure = np.frombuffer(_JSON_STRING.sub("", text).encode("utf-8", "surrogatepass"), dtype=np.uint8)
+    brackets = structure[np.isin(structure, np.frombuffer(_OPENING + _CLOSING, dtype=np.uint8))]
+    if brackets.size == 0:
+        return 0
+    steps = np.where(np.isin(brackets, np.frombuffer(_OPENING, dtype=np.uint8)), 1, -1)
+    return int(np.cumsum(steps, dtype=np.int64).max())
+
+
 def parse_json(text: str, what: str) -> Any:
     """``json.loads(text)`` for a file tinylatent reads, with every failure a ValueError that
-    starts with ``what`` (e.g. the file name): malformed JSON, nesting too deep for the parser
-    (which would raise RecursionError), or an integer too large for a float64 (which would raise
-    OverflowError wherever it is checked or converted)."""
+    starts with ``what`` (e.g. the file name): malformed JSON, lists or objects nested more than
+    :data:`MAX_JSON_DEPTH` levels deep (or too deep for the parser, which would raise
+    RecursionError), or an integer too large for a float64 (which would raise OverflowError
+    wherever it is checked or converted)."""
+    too_deep = (f"{what} nests lists or objects too deeply: more than {MAX_JSON_DEPTH} levels (a language "
+                "nests 3 levels, a checkpoint's metadata a few more)")
     try:
-        return json.loads(text, parse_int=_bounded_int)
+        value = json.loads(text, parse_int=_bounded_int)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{what} is not valid JSON (truncated or malformed): {exc.msg} "
                          f"(line {exc.lineno}, column {exc.colno})") from None
     except RecursionError:
-        raise ValueError(f"{what} nests lists or objects too deeply for the JSON parser (a language "
-                         "nests 3 levels, a checkpoint's metadata a few more)") from None
+        raise ValueError(too_deep) from None
     except ValueError as exc:                                    # from _bounded_int
         raise ValueError(f"{what} {exc}") from None
+    if isinstance(value, (list, dict)) and json_depth(text) > MAX_JSON_DEPTH:
+        raise ValueError(too_deep)
+    return value
