@@ -39,7 +39,7 @@ from tinylatent.evaluate import predictor_log_probs  # noqa: E402
 from tinylatent.gpt import GPTConfig  # noqa: E402
 from tinylatent.language import DELIMITER_ID, Language  # noqa: E402
 from tinylatent.oracle import Oracle  # noqa: E402
-from tinylatent.train import LOG_FILENAME, TrainConfig, train  # noqa: E402
+from tinylatent.train import LOG_FILENAME, TrainConfig, keyboard_interrupt_deferred, train  # noqa: E402
 
 TIE_TOLERANCE = 1e-9  # two posterior entries closer than this are a tie: the message names no single intention
 FORCE_HELP = "replace existing outputs: the --json file, and files in --out that no run of this script wrote"
@@ -251,8 +251,9 @@ def check_outputs(args: argparse.Namespace, program: str, outputs: list) -> None
     for output, before in args.outputs_before.items():
         ours = recorded.get(output) == {"by": program, "fingerprint": before}
         if before is not None and not ours:
-            raise UsageError(f"{args.out / output} exists, and no run of {program} wrote it: pass --force to "
-                             "replace the files it writes there, or choose another --out")
+            raise UsageError(f"{args.out / output} exists, and no run of {program} recorded it (a run that was "
+                             "killed records nothing): pass --force to replace the files it writes there, or "
+                             "choose another --out")
 
 
 def record_outputs(args: argparse.Namespace, program: str) -> None:
@@ -290,7 +291,8 @@ def run_main(program: str, parse: Callable, run: Callable, argv=None) -> int:
         try:
             run(args)
         finally:                      # also after an error or Ctrl-C: what was written is the script's
-            record_outputs(args, program)
+            with keyboard_interrupt_deferred():  # a second Ctrl-C waits for the record
+                record_outputs(args, program)
 
     try:
         return run_script(program, parse_run_record)

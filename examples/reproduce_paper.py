@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402  (first: it sets OPENBLAS_NUM_THREADS=1 before NumPy loads; docs/results.md)
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import multiprocessing  # noqa: E402
@@ -216,10 +217,12 @@ def run_experiments(experiments: list, model_config: GPTConfig, train_config: Tr
     products can change in the last bit with the thread count (a (2048, 64) @ (64, 64)
     product does, with OpenBLAS 0.3.31).
 
-    An experiment is handed to a worker only when one is free, so that after Ctrl-C (which
-    the terminal sends to the workers too: each running experiment saves its checkpoint and
-    stops) or a failed experiment no further one starts. (Handed all at once, the pool would
-    queue the next one behind each worker, and it would start training after Ctrl-C.)
+    An experiment is handed to a worker only when one is free, so that after Ctrl-C or a
+    failed experiment no further one starts. (Handed all at once, the pool would queue the
+    next one behind each worker, and it would start training after Ctrl-C.) Ctrl-C reaches
+    the running experiments whether it comes from a terminal (to every process) or to this
+    process alone (passed on): each saves its checkpoint and stops, and a worker still
+    loading starts nothing.
     """
     log = _print_line if verbose else _print_nothing
     jobs = max(1, min(jobs, len(experiments)))
@@ -228,32 +231,70 @@ def run_experiments(experiments: list, model_config: GPTConfig, train_config: Tr
     waiting.reverse()  # popped from the end: the experiments' order
     results = [None] * len(experiments)
     # "spawn": a fresh interpreter per worker (a forked copy of a process holding BLAS threads can hang).
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_ignore_ctrl_c) as pool:
+    context = multiprocessing.get_context("spawn")
+    stopped = context.Event()  # set on Ctrl-C: no worker starts an experiment after it
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_started,
+                             initargs=(stopped,)) as pool:
         running = {}  # future -> the experiment's index
-        while waiting or running:
-            while waiting and len(running) < jobs:
-                index, arguments = waiting.pop()
-                running[pool.submit(_run_experiment_in_worker, *arguments)] = index
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in finished:
-                results[running.pop(future)] = future.result()  # a failed experiment raises here
+        try:
+            while waiting or running:
+                while waiting and len(running) < jobs:
+                    index, arguments = waiting.pop()
+                    with _ctrl_c_held():  # a worker started here loads deaf to Ctrl-C (no traceback of its imports)
+                        future = pool.submit(_run_experiment_in_worker, *arguments)
+                    running[future] = index
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    results[running.pop(future)] = future.result()  # a failed experiment raises here
+        except KeyboardInterrupt:
+            stopped.set()
+            for worker in multiprocessing.active_children():  # the pool's workers: SIGINT sent to this process alone
+                os.kill(worker.pid, signal.SIGINT)             # reaches them too (a second one is ignored there)
+            raise
     return results
 
 
-def _ignore_ctrl_c() -> None:
-    """A worker between experiments ignores SIGINT, so that Ctrl-C does not print the traceback
-    of an idle worker; :func:`_run_experiment_in_worker` takes it back while an experiment runs."""
+@contextlib.contextmanager
+def _ctrl_c_held():
+    """SIGINT blocked in this thread inside the block: one that arrives is delivered when it ends,
+    and a process started inside inherits the block (the signal mask survives ``exec``)."""
+    if not hasattr(signal, "pthread_sigmask"):  # not on POSIX
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+_stopped = None  # in a worker: the main process's Event, set on Ctrl-C
+
+
+def _worker_started(stopped) -> None:
+    """A worker, once loaded: SIGINT ignored between experiments (an idle worker prints no
+    traceback), then unblocked (:func:`_ctrl_c_held`). A Ctrl-C that came while it loaded
+    counts as :func:`_run_experiment_in_worker`'s, which takes SIGINT back while an experiment runs."""
+    global _stopped
+    _stopped = stopped
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        if signal.SIGINT in signal.sigpending():
+            stopped.set()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def _run_experiment_in_worker(*arguments) -> dict:
     """:func:`run_experiment` in a worker process, which prints to the same standard output as
     the main one: if its reader has left (``| head -1``), the worker's line is dropped too.
     Ctrl-C stops it as it stops :func:`tinylatent.train.train` (a checkpoint, then
-    ``KeyboardInterrupt``, which reaches the main process as the experiment's outcome)."""
+    ``KeyboardInterrupt``, which reaches the main process as the experiment's outcome); after
+    it, or after a Ctrl-C that reached the main process first, no experiment starts. The
+    worker then ignores SIGINT again at once, for the main process passes the same Ctrl-C on."""
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
+        if _stopped is not None and _stopped.is_set():  # checked once SIGINT is ours: nothing slips between
+            raise KeyboardInterrupt
         with stdout_reader_may_leave():
             return run_experiment(*arguments)
     finally:

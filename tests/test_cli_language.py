@@ -261,6 +261,17 @@ def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys, run_it):
     assert captured.out == "" and captured.err in ("tinylatent sample: interrupted\n", "script.py: interrupted\n")
 
 
+def test_ctrl_c_while_the_command_line_loads_is_one_line_and_exit_130(monkeypatch, capsys):
+    """The first tenths of a second import NumPy and the commands (build_parser)."""
+    from tinylatent import cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    assert main(["sample", "--messages", "5"]) == 130
+    assert capsys.readouterr().err == "tinylatent: interrupted\n"
+
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

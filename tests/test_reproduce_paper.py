@@ -153,29 +153,70 @@ def test_a_closed_output_pipe_stops_nothing(tmp_path):
     assert (tmp_path / "results.md").exists()
 
 
-def test_ctrl_c_saves_the_running_experiment_and_starts_no_other(tmp_path):
-    """Ctrl-C (SIGINT to the process group, as a terminal sends it) while the first of two
-    experiments trains with ``--jobs 1``: that one saves its checkpoint, the second never
-    starts (the pool is handed an experiment only when a worker is free), and the script
-    says so in one line and exits 130. Before, the second experiment started training."""
-    command = [sys.executable, str(EXAMPLE), "--smoke", "--steps", "1000000", "--jobs", "1", "--no-progress",
-               "--only", "paper-eta0", "paper-eta0.02", "--out", str(tmp_path)]
-    log = tmp_path / "runs" / "paper-eta0" / "log.jsonl"
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+def _interrupted(arguments: list, ready, to_the_group: bool, wait: float = 0.0) -> tuple:
+    """Run the script with ``--smoke --steps 1000000 --jobs 1 --no-progress`` and ``arguments`` in a
+    session of its own; once ``ready(pid)``, and ``wait`` seconds later, send SIGINT to its process
+    group (as a terminal sends Ctrl-C) or to it alone. Returns (exit status, standard error)."""
+    process = subprocess.Popen([sys.executable, str(EXAMPLE), "--smoke", "--steps", "1000000", "--jobs", "1",
+                                "--no-progress", *arguments],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 120.0
-        while not (log.exists() and log.read_text().count("\n") >= 3):   # step 0 and two training steps
-            assert process.poll() is None and time.monotonic() < deadline, "training never started"
-            time.sleep(0.1)
-        os.killpg(process.pid, signal.SIGINT)
+        while not ready(process.pid):
+            assert process.poll() is None and time.monotonic() < deadline, "the script never got there"
+            time.sleep(0.002)
+        time.sleep(wait)
+        if to_the_group:
+            os.killpg(process.pid, signal.SIGINT)
+        else:
+            os.kill(process.pid, signal.SIGINT)
         _, stderr = process.communicate(timeout=120)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-    assert (process.returncode, stderr) == (130, "reproduce_paper.py: interrupted\n")
+    return process.returncode, stderr
+
+
+@pytest.mark.parametrize("to_the_group", [True, False], ids=["terminal", "kill"])
+def test_ctrl_c_saves_the_running_experiment_and_starts_no_other(tmp_path, to_the_group):
+    """SIGINT while the first of two experiments trains with ``--jobs 1``, to the process group
+    (as a terminal sends Ctrl-C) or to the script alone (``kill -INT``, which it passes on to its
+    worker): the experiment saves its checkpoint, the second never starts (the pool is handed an
+    experiment only when a worker is free), and the script says so in one line and exits 130.
+    Before, the second experiment started training, and ``kill -INT`` waited for the first to end."""
+    log = tmp_path / "runs" / "paper-eta0" / "log.jsonl"
+    returncode, stderr = _interrupted(["--only", "paper-eta0", "paper-eta0.02", "--out", str(tmp_path)],
+                                      lambda pid: log.exists() and log.read_text().count("\n") >= 3,  # step 0 and 2 steps
+                                      to_the_group)
+    assert (returncode, stderr) == (130, "reproduce_paper.py: interrupted\n")
     assert sorted(path.name for path in (tmp_path / "runs").iterdir()) == ["paper-eta0"]
     saved_step = load_checkpoint(log.parent / "ckpt.npz").step
     last_logged_step = json.loads(log.read_text().splitlines()[-1])["step"]
     assert 2 <= saved_step == last_logged_step < 1000000
+
+
+def _has_a_worker(pid: int) -> bool:
+    """Whether process ``pid`` has started a multiprocessing worker (Linux's /proc)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return False
+    for child in children:
+        try:
+            if "multiprocessing.spawn" in Path(f"/proc/{child}/cmdline").read_text(errors="replace"):
+                return True
+        except OSError:  # it has exited since
+            continue
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads a process's children from Linux's /proc")
+def test_ctrl_c_while_a_worker_loads_is_one_line_and_starts_nothing(tmp_path):
+    """Ctrl-C just after the worker process starts, while it imports NumPy and the script:
+    the worker started with SIGINT blocked, so it prints no traceback of its imports; it keeps
+    the Ctrl-C, and starts no experiment."""
+    returncode, stderr = _interrupted(["--only", "paper-eta0", "--out", str(tmp_path)], _has_a_worker, True,
+                                      wait=0.02)  # the worker is loading (it takes tenths of a second)
+    assert (returncode, stderr) == (130, "reproduce_paper.py: interrupted\n")
+    assert not (tmp_path / "runs").exists()

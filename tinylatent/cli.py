@@ -271,7 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()  # imports NumPy and the commands: the first few tenths of a second
+    except KeyboardInterrupt:
+        print("tinylatent: interrupted", file=sys.stderr)
+        return 130
     args = parser.parse_args(argv)
     try:
         code = int(args.func(args) or 0)
