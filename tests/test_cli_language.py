@@ -224,7 +224,8 @@ def test_a_closed_pipe_is_quiet():
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     reader.stdout.read(10)
     reader.stdout.close()
-    assert reader.wait(timeout=120) == 0 and reader.stderr.read() == b""
+    with reader.stderr:
+        assert reader.wait(timeout=120) == 0 and reader.stderr.read() == b""
 
 
 def test_a_closed_standard_output_is_not_an_error(tmp_path):
