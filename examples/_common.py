@@ -148,8 +148,9 @@ def path_type(text: str) -> Path:
     return Path(path_arg(text))
 
 
-def experiment_parser(program: str, description: str, default_out: str) -> argparse.ArgumentParser:
-    """A parser with the options every experiment has; each script adds its own."""
+def experiment_parser(program: str, description: str, default_out: str, json_name: str) -> argparse.ArgumentParser:
+    """A parser with the options every experiment has; each script adds its own. ``json_name``:
+    the JSON file the script writes in ``--out`` unless ``--json`` says otherwise."""
     parser = RaisingParser(prog=program, description=description)
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--smoke", action="store_true", help="a tiny budget (seconds): checks that everything runs")
@@ -157,7 +158,7 @@ def experiment_parser(program: str, description: str, default_out: str) -> argpa
     parser.add_argument("--out", type=path_type, default=Path(default_out), help=f"output folder (default {default_out})")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random stream (default 0)")
     parser.add_argument("--json", type=path_type, default=None,
-                        help="where to write the numbers (default OUT/<name>.json)")
+                        help=f"where to write the numbers (default OUT/{json_name})")
     parser.add_argument("--force", action="store_true", help=FORCE_HELP)
     parser.add_argument("--no-progress", action="store_true", help="print nothing while training")
     return parser

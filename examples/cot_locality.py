@@ -436,7 +436,8 @@ def outputs(args) -> list:
 
 
 def parse_args(argv):
-    parser = common.experiment_parser(PROGRAM, __doc__.splitlines()[0], default_out=f"out/{NAME}")
+    parser = common.experiment_parser(PROGRAM, __doc__.splitlines()[0], default_out=f"out/{NAME}",
+                                     json_name=f"{NAME}.json")
     parser.add_argument("--advance", type=float, default=SkipChain.advance,
                         help=f"probability that the value moves on by exactly one (default {SkipChain.advance})")
     parser.add_argument("--local-jump-rate", type=float, default=0.0,

@@ -311,7 +311,8 @@ def outputs(args) -> list:
 
 
 def parse_args(argv):
-    parser = common.experiment_parser(PROGRAM, __doc__.splitlines()[0], default_out=f"out/{NAME}")
+    parser = common.experiment_parser(PROGRAM, __doc__.splitlines()[0], default_out=f"out/{NAME}",
+                                     json_name=f"{NAME}.json")
     parser.add_argument("--language", choices=PRESETS, default="paper-noisy-first-mixture",
                         help="the language preset (default paper-noisy-first-mixture)")
     parser.add_argument("--eta", type=float, default=0.02, help="its noise η (default 0.02)")

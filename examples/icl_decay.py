@@ -48,10 +48,10 @@ import time
 from pathlib import Path
 from typing import NamedTuple, Optional, Protocol, Sequence
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as common  # noqa: E402  (shared command-line pieces; it also makes tinylatent importable)
+import _common as common  # noqa: E402  (first: it sets OPENBLAS_NUM_THREADS=1 before NumPy loads; it also makes tinylatent importable)
+
+import numpy as np  # noqa: E402
 
 from tinylatent import theorems as th
 from tinylatent._io import write_json

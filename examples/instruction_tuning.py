@@ -335,7 +335,8 @@ def outputs(args) -> list:
 
 
 def parse_args(argv):
-    parser = common.experiment_parser(PROGRAM, __doc__.splitlines()[0], default_out=f"out/{NAME}")
+    parser = common.experiment_parser(PROGRAM, __doc__.splitlines()[0], default_out=f"out/{NAME}",
+                                     json_name=f"{NAME}.json")
     parser.add_argument("--bad", type=int, default=2, help="the intention to suppress, 0..5 (default 2)")
     parser.add_argument("--lr", type=float, default=3e-3, help="pre-training peak learning rate (default 3e-3)")
     parser.add_argument("--finetune-lr", type=float, default=1e-3, help="fine-tuning peak learning rate (default 1e-3)")

@@ -70,6 +70,7 @@ from tinylatent.paper_results import PAPER_RESULTS  # noqa: E402
 from tinylatent.train import LOG_FILENAME, TrainConfig, outer_chain_mixes, train  # noqa: E402
 
 PROGRAM = "reproduce_paper.py"
+RESULTS_JSON = "results.json"  # in --out, unless --json puts it elsewhere
 APPROXIMATION_TARGET = 0.01  # nats: the model's share of every understanding and ICL KL should stay below this
 
 class Experiment(NamedTuple):
@@ -517,7 +518,8 @@ def _legend(ax, ncol: int = 1) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The options every experiment has (``--smoke``, ``--quick``, ``--out``, ``--seed``, ``--json``,
     ``--no-progress``; examples/_common.py), and the model's."""
-    parser = common.experiment_parser(PROGRAM, __doc__.splitlines()[0], "out/reproduce_paper")
+    parser = common.experiment_parser(PROGRAM, __doc__.splitlines()[0], "out/reproduce_paper",
+                                     json_name=RESULTS_JSON)
     parser.add_argument("--preset", choices=("small", "paper"), default="small",
                         help="small: the CPU model (default); paper: the paper's 21M-parameter model (for a GPU)")
     parser.add_argument("--device", choices=("cpu", "gpu"), default=None,
@@ -540,7 +542,7 @@ def selected_experiments(args: argparse.Namespace) -> list:
 def outputs(args: argparse.Namespace) -> list:
     """Every file this script writes inside --out, relative to it: each experiment's training folder,
     the tables, the plots (:func:`save_plots`) and the JSON. Checked before any work (``_common.check_outputs``)."""
-    files = ["results.md", "convergence.png", "understanding.png", "icl.png"] + ([] if args.json else ["results.json"])
+    files = ["results.md", "convergence.png", "understanding.png", "icl.png"] + ([] if args.json else [RESULTS_JSON])
     return common.run_files(*(Path("runs") / e.name for e in selected_experiments(args))) + [Path(f) for f in files]
 
 
@@ -594,7 +596,7 @@ def run(args: argparse.Namespace) -> dict:
         "plots": plots,
         "seconds": time.perf_counter() - started,
     }
-    json_path = args.json or args.out / "results.json"
+    json_path = args.json or args.out / RESULTS_JSON
     write_text(args.out / "results.md", tables + "\n")
     write_json(json_path, report)
     print()

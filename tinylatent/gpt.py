@@ -65,7 +65,7 @@ class GPTConfig:
     context_length: int = 128   # block size: the paper trained on windows of 128 tokens
     n_layer: int = 3            # the paper's model: 3 blocks (nanoGPT's "baby" scale)
     n_head: int = 12            # 12 heads of size 64, as GPT-2 small
-    d_model: int = 768          # GPT-2 small's width; 21,253,632 parameters in all
+    d_model: int = 768          # GPT-2 small's width; 21,351,936 parameters (21,253,632 without wpe)
     bias: bool = False          # nanoGPT: no biases in linears and LayerNorms is a bit better and faster
     tie_embeddings: bool = True  # the head reuses wte (GPT-2; Press & Wolf 2017): V*C fewer parameters
     dtype: str = "float32"      # float32 to train; "float64" for finite-difference gradient checks
@@ -107,7 +107,8 @@ class GPTConfig:
     @classmethod
     def paper(cls, vocab_size: int = 19) -> "GPTConfig":
         """The paper's nanoGPT: 3 layers, 12 heads, d_model 768, no bias, tied embeddings,
-        learned position embeddings, context 128; 21,253,632 parameters with 19 tokens."""
+        learned position embeddings, context 128; with 19 tokens 21,351,936 parameters, or
+        21,253,632 without the position embeddings (nanoGPT's count, the paper's number)."""
         return cls(vocab_size=vocab_size, context_length=128, n_layer=3, n_head=12, d_model=768,
                    bias=False, tie_embeddings=True)
 

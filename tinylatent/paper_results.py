@@ -1,8 +1,9 @@
 """What the paper's own code measured (docs/claims.md §7), for side-by-side comparison.
 
 Hui Jiang, arXiv 2304.09960: nanoGPT with 3 layers, 12 heads, d_model 768 (21,253,632
-parameters), trained 5000 iterations on the paper's language. These are its reported
-numbers, not ours; the examples print them beside the exact oracle's and our models'.
+parameters without the position embeddings, nanoGPT's count), trained 5000 iterations on
+the paper's language. These are its reported numbers, not ours; the examples print them
+beside the exact oracle's and our models'.
 """
 
 PAPER_RESULTS = {
