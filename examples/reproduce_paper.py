@@ -55,6 +55,7 @@ import math  # noqa: E402
 import multiprocessing  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
+import threading  # noqa: E402
 import time  # noqa: E402
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait  # noqa: E402
 from dataclasses import replace  # noqa: E402
@@ -211,7 +212,8 @@ def run_experiments(experiments: list, model_config: GPTConfig, train_config: Tr
     Each experiment is trained and evaluated by a worker process on one BLAS thread, so on
     a machine with ``jobs`` idle cores the wall time falls by about that factor. The results
     do not depend on ``jobs``: every experiment draws from its own seeded streams, and
-    every one runs in a fresh worker, also when ``jobs`` is 1. The worker's BLAS reads
+    every one runs in a worker process, never in this one, also when ``jobs`` is 1 (one
+    worker runs them one after another). The worker's BLAS reads
     ``OPENBLAS_NUM_THREADS`` (which ``_common`` sets to 1 unless it is given) when it
     starts, whereas this process's BLAS may have started with another thread count (NumPy
     imported before ``_common``, as in a notebook or the tests), and OpenBLAS's float32
@@ -220,10 +222,11 @@ def run_experiments(experiments: list, model_config: GPTConfig, train_config: Tr
 
     An experiment is handed to a worker only when one is free, so that after Ctrl-C or a
     failed experiment no further one starts. (Handed all at once, the pool would queue the
-    next one behind each worker, and it would start training after Ctrl-C.) Ctrl-C reaches
-    the running experiments whether it comes from a terminal (to every process) or to this
-    process alone (passed on): each saves its checkpoint and stops, and a worker still
-    loading starts nothing.
+    next one behind each worker, and it would start training after Ctrl-C.) Ctrl-C, or an
+    experiment that fails, stops the running ones, whether the Ctrl-C came from a terminal
+    (to every process) or to this process alone (passed on): each saves its checkpoint and
+    stops, and a worker still loading starts nothing. A run started with Ctrl-C ignored
+    (``cmd &`` from a script, ``trap '' INT``) keeps its workers deaf to it too.
     """
     log = _print_line if verbose else _print_nothing
     jobs = max(1, min(jobs, len(experiments)))
@@ -231,28 +234,46 @@ def run_experiments(experiments: list, model_config: GPTConfig, train_config: Tr
                for index, experiment in enumerate(experiments)]
     waiting.reverse()  # popped from the end: the experiments' order
     results = [None] * len(experiments)
+    deaf = not callable(signal.getsignal(signal.SIGINT))  # SIGINT ignored: the workers ignore it too
     # "spawn": a fresh interpreter per worker (a forked copy of a process holding BLAS threads can hang).
     context = multiprocessing.get_context("spawn")
-    stopped = context.Event()  # set on Ctrl-C: no worker starts an experiment after it
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_started,
-                             initargs=(stopped,)) as pool:
+    stopped = context.Event()  # set on Ctrl-C or a failure: no worker starts an experiment after it
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_started,
+                               initargs=(stopped, deaf))
+    try:
         running = {}  # future -> the experiment's index
-        try:
-            while waiting or running:
-                while waiting and len(running) < jobs:
-                    index, arguments = waiting.pop()
-                    with _ctrl_c_held():  # a worker started here loads deaf to Ctrl-C (no traceback of its imports)
-                        future = pool.submit(_run_experiment_in_worker, *arguments)
-                    running[future] = index
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    results[running.pop(future)] = future.result()  # a failed experiment raises here
-        except KeyboardInterrupt:
-            stopped.set()
-            for worker in multiprocessing.active_children():  # the pool's workers: SIGINT sent to this process alone
-                os.kill(worker.pid, signal.SIGINT)             # reaches them too (a second one is ignored there)
-            raise
+        while waiting or running:
+            while waiting and len(running) < jobs:
+                index, arguments = waiting.pop()
+                with _ctrl_c_held():  # a worker started here loads deaf to Ctrl-C (no traceback of its imports)
+                    future = pool.submit(_run_experiment_in_worker, *arguments)
+                running[future] = index
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                results[running.pop(future)] = future.result()  # a failed experiment raises here
+    except BaseException:  # Ctrl-C, or a failed experiment: the running ones save and stop
+        stopped.set()
+        if not deaf and os.name == "posix":  # elsewhere os.kill would terminate, not interrupt
+            for worker in multiprocessing.active_children():  # this script's only children: the pool's workers
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker.pid, signal.SIGINT)  # a second one (a terminal's Ctrl-C) is ignored there
+        raise
+    finally:
+        _shut_down(pool)
     return results
+
+
+def _shut_down(pool: ProcessPoolExecutor) -> None:
+    """``pool.shutdown(wait=True)`` that a Ctrl-C cannot cut short: the workers have the signal
+    already, and a main process that left early would hang at exit (Python's exit handler
+    closes the queue that the pool's own thread still needs to tell idle workers to stop)."""
+    while True:
+        try:
+            with _ctrl_c_ignored():  # signal.signal runs a pending Ctrl-C before it ignores the next
+                pool.shutdown(wait=True)
+            return
+        except KeyboardInterrupt:  # one that was pending: the workers have it too; wait for them still
+            continue
 
 
 @contextlib.contextmanager
@@ -269,20 +290,42 @@ def _ctrl_c_held():
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-_stopped = None  # in a worker: the main process's Event, set on Ctrl-C
+@contextlib.contextmanager
+def _ctrl_c_ignored():
+    """SIGINT ignored inside the block (main thread only; elsewhere signals are not ours)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
-def _worker_started(stopped) -> None:
+_stopped = None  # in a worker: the main process's Event, set on Ctrl-C or a failure
+_deaf = False    # in a worker: the main process ignores SIGINT, so this one does too
+
+
+def _worker_started(stopped, deaf: bool) -> None:
     """A worker, once loaded: SIGINT ignored between experiments (an idle worker prints no
     traceback), then unblocked (:func:`_ctrl_c_held`). A Ctrl-C that came while it loaded
     counts as :func:`_run_experiment_in_worker`'s, which takes SIGINT back while an experiment runs."""
-    global _stopped
-    _stopped = stopped
+    global _stopped, _deaf
+    _stopped, _deaf = stopped, deaf
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if hasattr(signal, "pthread_sigmask"):
-        if signal.SIGINT in signal.sigpending():
+        if signal.SIGINT in signal.sigpending() and not deaf:
             stopped.set()
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def _interrupt_once(signum, frame) -> None:
+    """A worker's SIGINT handler: KeyboardInterrupt the first time, then SIGINT is ignored (the
+    main process passes a terminal's Ctrl-C on, so it comes twice), so a second one can never
+    cut the checkpoint the first one saves."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 def _run_experiment_in_worker(*arguments) -> dict:
@@ -290,9 +333,9 @@ def _run_experiment_in_worker(*arguments) -> dict:
     the main one: if its reader has left (``| head -1``), the worker's line is dropped too.
     Ctrl-C stops it as it stops :func:`tinylatent.train.train` (a checkpoint, then
     ``KeyboardInterrupt``, which reaches the main process as the experiment's outcome); after
-    it, or after a Ctrl-C that reached the main process first, no experiment starts. The
-    worker then ignores SIGINT again at once, for the main process passes the same Ctrl-C on."""
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    it, or after a Ctrl-C or a failure that reached the main process first, no experiment starts."""
+    if not _deaf:
+        signal.signal(signal.SIGINT, _interrupt_once)
     try:
         if _stopped is not None and _stopped.is_set():  # checked once SIGINT is ours: nothing slips between
             raise KeyboardInterrupt

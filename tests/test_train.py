@@ -295,16 +295,17 @@ def test_ctrl_c_during_the_step_0_validation_keeps_step_0_in_the_log(tmp_path, m
     assert_the_resumed_run_is_the_straight_run(language, config, tmp_path)
 
 
-def test_ctrl_c_before_the_log_is_opened_writes_nothing(tmp_path, monkeypatch):
-    """Ctrl-C before the run has written anything (here: while the progress display starts)
-    leaves no file behind, so the same command runs again without --force."""
+@pytest.mark.parametrize("where", ["Progress", "JsonLog"])
+def test_ctrl_c_before_the_log_is_opened_writes_nothing(tmp_path, monkeypatch, where):
+    """Ctrl-C before the run has written anything (while the progress display starts, or as
+    the log is opened) leaves no file behind, so the same command runs again without --force."""
     language = tiny_language()
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(train_module, "Progress", interrupted)
+        patch.setattr(train_module, where, interrupted)
         with pytest.raises(KeyboardInterrupt):
             train(language, tiny_model(language), tiny_run(steps=3), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists() or list((tmp_path / "run").iterdir()) == []

@@ -7,7 +7,6 @@ import errno
 import json
 import math
 import os
-import re
 import stat
 import tempfile
 from pathlib import Path
@@ -137,19 +136,19 @@ def _bounded_int(digits: str) -> int:
 # more. The limit is tinylatent's own, so a file is refused the same way on every Python (3.11's
 # parser stops near 1,000 levels with RecursionError; 3.12's goes deeper, 3.13's deeper still).
 MAX_JSON_DEPTH = 100
-_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')  # a string of valid JSON, escapes and all
-_OPENING, _CLOSING = b"[{", b"]}"
 
 
-def json_depth(text: str) -> int:
-    """How deep the lists and objects of valid JSON ``text`` nest (0 for a number or a string),
-    counted on the text without recursion: brackets outside strings, opened minus closed."""
-    structure = np.frombuffer(_JSON_STRING.sub("", text).encode("utf-8", "surrogatepass"), dtype=np.uint8)
-    brackets = structure[np.isin(structure, np.frombuffer(_OPENING + _CLOSING, dtype=np.uint8))]
-    if brackets.size == 0:
-        return 0
-    steps = np.where(np.isin(brackets, np.frombuffer(_OPENING, dtype=np.uint8)), 1, -1)
-    return int(np.cumsum(steps, dtype=np.int64).max())
+def json_depth(value: Any) -> int:
+    """How deep the lists and objects of a parsed JSON value nest (0 for a number or a string),
+    walked with an explicit stack, not recursion."""
+    deepest = 0
+    stack = [(value, 1)] if isinstance(value, (list, dict)) else []
+    while stack:
+        container, depth = stack.pop()
+        deepest = max(deepest, depth)
+        items = container.values() if isinstance(container, dict) else container
+        stack.extend((item, depth + 1) for item in items if isinstance(item, (list, dict)))
+    return deepest
 
 
 def parse_json(text: str, what: str) -> Any:
@@ -169,6 +168,6 @@ def parse_json(text: str, what: str) -> Any:
         raise ValueError(too_deep) from None
     except ValueError as exc:                                    # from _bounded_int
         raise ValueError(f"{what} {exc}") from None
-    if isinstance(value, (list, dict)) and json_depth(text) > MAX_JSON_DEPTH:
+    if json_depth(value) > MAX_JSON_DEPTH:
         raise ValueError(too_deep)
     return value

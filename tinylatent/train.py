@@ -489,22 +489,23 @@ def keyboard_interrupt_deferred():
 
     The optimiser updates the parameters in place, one array after another; an
     interrupt in the middle would leave half of them updated, a state that no
-    uninterrupted run ever passes through. Inside this block SIGINT is only recorded,
-    and KeyboardInterrupt is raised when the block ends. (Only in the main thread, and
-    only when Python's default handler is installed: otherwise signals are not ours.)
+    uninterrupted run ever passes through. Inside this block SIGINT is only recorded;
+    when the block ends the handler it held back runs (Python's default one raises
+    KeyboardInterrupt). Only in the main thread, and only while a Python handler is
+    installed: an ignored SIGINT stays ignored.
     """
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+    handler = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or not callable(handler):
         yield
         return
     received = []
-    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    signal.signal(signal.SIGINT, lambda signum, frame: received.append((signum, frame)))
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, handler)
     if received:
-        raise KeyboardInterrupt
+        handler(*received[0])
 
 
 # ----------------------------------------------------------------------------------------
