@@ -220,3 +220,18 @@ def test_ctrl_c_while_a_worker_loads_is_one_line_and_starts_nothing(tmp_path):
                                       wait=0.02)  # the worker is loading (it takes tenths of a second)
     assert (returncode, stderr) == (130, "reproduce_paper.py: interrupted\n")
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_failed_experiment_stops_the_running_ones_and_is_reported_at_once(reproduce, tmp_path):
+    """paper-eta0's folder holds a run of another seed, so that experiment fails at once; the other,
+    training a million steps beside it, is stopped (a checkpoint, if it got that far) instead of
+    being waited for, and the error is one line with exit status 2. Before, the script said
+    nothing until the other experiment had finished."""
+    assert reproduce.main(["--smoke", "--only", "paper-eta0", "--seed", "1", "--no-progress",
+                           "--out", str(tmp_path)]) == 0
+    result = subprocess.run([sys.executable, str(EXAMPLE), "--smoke", "--steps", "1000000", "--jobs", "2",
+                             "--no-progress", "--only", "paper-eta0", "paper-eta0.02", "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.startswith("reproduce_paper.py: error: ") and "holds a different run" in result.stderr
+    assert result.stderr.count("\n") == 1
