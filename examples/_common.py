@@ -12,14 +12,34 @@ from the letters by hand.
 from __future__ import annotations
 
 import os
+import signal
+import sys
 
 # One BLAS thread, set before NumPy loads (import this module first): on a small machine shared
 # with other runs, OpenBLAS's extra threads only fight them (docs/training.md measured 8× slower).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+
+def _interrupted_while_loading(signum, frame) -> None:
+    """SIGINT handler while a script loads NumPy and tinylatent (its first few tenths of a second,
+    before :func:`run_main`): nothing is written yet, so a Ctrl-C there is the same one line and exit
+    status 130 as one during the run, not the traceback of whichever import it cut short."""
+    print(f"{os.path.basename(sys.argv[0])}: interrupted", file=sys.stderr)
+    sys.exit(130)  # SystemExit passes up through the imports and prints nothing
+
+
+def _run_as_script() -> bool:
+    """True when the program is one of the scripts beside this module (not a test importing them)."""
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    here = os.path.dirname(os.path.abspath(__file__))
+    return main_file is not None and os.path.dirname(os.path.abspath(main_file)) == here
+
+
+if _run_as_script() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not if ignored
+    signal.signal(signal.SIGINT, _interrupted_while_loading)  # run_main hands Ctrl-C back to Python
+
 import argparse  # noqa: E402
 import json  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Callable, NamedTuple, Optional  # noqa: E402
@@ -295,6 +315,8 @@ def run_main(program: str, parse: Callable, run: Callable, argv=None) -> int:
             with keyboard_interrupt_deferred():  # a second Ctrl-C waits for the record
                 record_outputs(args, program)
 
+    if signal.getsignal(signal.SIGINT) is _interrupted_while_loading:  # loaded: Ctrl-C is KeyboardInterrupt again
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return run_script(program, parse_run_record)
     except UsageError as exc:

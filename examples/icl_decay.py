@@ -40,16 +40,17 @@ script wrote them and they are unchanged since (examples/_common.py, ``check_out
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import math
 import sys
-import time
 from pathlib import Path
-from typing import NamedTuple, Optional, Protocol, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as common  # noqa: E402  (first: it sets OPENBLAS_NUM_THREADS=1 before NumPy loads; it also makes tinylatent importable)
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import math  # noqa: E402
+import time  # noqa: E402
+from typing import NamedTuple, Optional, Protocol, Sequence  # noqa: E402
 
 import numpy as np  # noqa: E402
 

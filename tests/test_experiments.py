@@ -10,6 +10,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -431,3 +432,22 @@ def test_a_closed_output_pipe_stops_nothing(tmp_path):
                                         "--out", str(tmp_path)], cwd=ROOT)
     assert (result.returncode, result.stderr) == (0, "")
     assert set(json.loads((tmp_path / "cot_locality.json").read_text())["models"]) == {"local", "control"}
+
+
+@pytest.mark.skipif(os.name != "posix", reason="sends itself SIGINT with os.kill (POSIX)")
+@pytest.mark.parametrize("script", ["icl_decay", "cot_locality", "instruction_tuning", "emergence",
+                                    "reproduce_paper"])
+def test_ctrl_c_while_a_script_loads_is_one_line_and_exit_130(script, tmp_path):
+    """A Ctrl-C while ``_common`` imports NumPy (a script's first few tenths of a second): one line
+    and exit status 130, as during the run. Before, it printed the traceback of the import. A NumPy
+    of our own, first on the path, sends the SIGINT at that moment, so the test does not race."""
+    (tmp_path / "numpy").mkdir()
+    (tmp_path / "numpy" / "__init__.py").write_text(
+        "import os, signal, time\n"
+        "os.kill(os.getpid(), signal.SIGINT)\n"
+        "time.sleep(60.0)\n"
+        "raise AssertionError('no Ctrl-C arrived')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT)]))
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / f"{script}.py"), "--help"], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert (result.returncode, result.stdout, result.stderr) == (130, "", f"{script}.py: interrupted\n")
