@@ -378,8 +378,14 @@ def run_experiment(experiment: Experiment, model_config: GPTConfig, train_config
 # Tables beside the paper's numbers
 # ----------------------------------------------------------------------------------------
 
+def _fixed(value: float, digits: int) -> str:
+    """``value`` to ``digits`` decimals, with no minus sign on a zero: a KL that is exactly 0 comes out
+    of floating point as about −1e-17, and "-0.0000" would read as a negative divergence."""
+    return f"{round(value, digits) + 0.0:.{digits}f}"  # round gives −0.0 there; −0.0 + 0.0 is +0.0
+
+
 def _ci(estimate: dict, digits: int = 4) -> str:
-    return f"{estimate['mean']:.{digits}f} [{estimate['low']:.{digits}f}, {estimate['high']:.{digits}f}]"
+    return f"{_fixed(estimate['mean'], digits)} [{_fixed(estimate['low'], digits)}, {_fixed(estimate['high'], digits)}]"
 
 
 def _worst_approximation(rows: list, targets: tuple) -> dict:

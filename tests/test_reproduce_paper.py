@@ -117,6 +117,14 @@ def test_a_subset_of_the_experiments_with_its_own_steps(reproduce, tmp_path):
     assert report["experiments"][0]["train"]["steps"] == 2 and report["settings"]["train_config"]["steps"] == 2
 
 
+def test_the_tables_print_no_negative_zero(reproduce):
+    """An exact reader's KL of 0 comes out of floating point as about −1e-17; the tables printed it
+    as "-0.0000" (docs/results.md had 12). A value below −0.00005 keeps its sign."""
+    assert reproduce._ci({"mean": -1e-17, "low": -3e-12, "high": -0.0}) == "0.0000 [0.0000, 0.0000]"
+    assert reproduce._ci({"mean": -0.00016, "low": -0.00049, "high": 0.00004}) == "-0.0002 [-0.0005, 0.0000]"
+    assert reproduce._ci({"mean": 0.12345, "low": 0.1, "high": 2.0}, digits=3) == "0.123 [0.100, 2.000]"
+
+
 @pytest.mark.parametrize("arguments", [["--quick", "--smoke"], ["--seed", "-1"], ["--preset", "huge"], ["--bogus"],
                                        ["--seed", "x"], ["--steps", "0"], ["--only", "paper-eta0.5"],
                                        ["--jobs", "0"]])
