@@ -25,7 +25,7 @@ Usage (from the repository root; the plots need matplotlib, ``pip install -e '.[
     python examples/reproduce_paper.py --smoke         # seconds: checks that everything runs (the tests)
     python examples/reproduce_paper.py --preset paper --device gpu   # the paper's 21M-parameter model
     python examples/reproduce_paper.py --steps 20000 --only paper-eta0 paper-eta0.02 paper-eta0.04 --jobs 3 --out out/long
-                                                       # the run that measures the approximation targets (38 min)
+                                                       # the run that measures the approximation targets (32–38 min)
 
 ``--jobs N`` trains N experiments at once, one worker process each (default: the cores on a
 CPU, 1 on a GPU); the numbers do not depend on it.
