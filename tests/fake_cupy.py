@@ -388,16 +388,15 @@ def installed():
     """Make ``import cupy`` give this fake, and tinylatent forget any cached CuPy."""
     from tinylatent import backend
 
-    saved_modules = {name: sys.modules.get(name) for name in ("cupy",)}
+    saved_module = sys.modules.get("cupy")
     saved_cache = backend._cupy_module
     sys.modules["cupy"] = cupy
     backend._cupy_module = None
     try:
         yield cupy
     finally:
-        for name, module in saved_modules.items():
-            if module is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = module
+        if saved_module is None:
+            sys.modules.pop("cupy", None)
+        else:
+            sys.modules["cupy"] = saved_module
         backend._cupy_module = saved_cache
