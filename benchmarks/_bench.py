@@ -2,16 +2,23 @@
 a closed output pipe stops nothing), the output file checked before the run, and the BLAS thread count.
 
 Import it after putting this folder and the repository root on ``sys.path`` (each benchmark
-does so first).
+does so first), and before NumPy: a Ctrl-C while NumPy loads is then one line and exit status 130,
+as during the run, not the traceback of the import.
 """
 from __future__ import annotations
 
-import argparse
-import math
 import os
-from typing import Callable
 
-from tinylatent.cli import OneLineParser, check_optional_output, int_in, path_arg, run_script
+from tinylatent._ctrl_c import quiet_ctrl_c_while_loading
+
+# Before anything slow: a Ctrl-C while the rest loads is one line and exit 130 (run_script hands it back).
+quiet_ctrl_c_while_loading(os.path.dirname(os.path.abspath(__file__)))
+
+import argparse  # noqa: E402
+import math  # noqa: E402
+from typing import Callable  # noqa: E402
+
+from tinylatent.cli import OneLineParser, check_optional_output, int_in, path_arg, run_script  # noqa: E402
 
 MAX_THREADS = 1_024
 

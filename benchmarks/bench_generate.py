@@ -17,16 +17,17 @@ reported).
 from __future__ import annotations
 
 import os
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import numpy as np  # noqa: E402
+import _bench  # noqa: E402  (first: then a Ctrl-C while the rest loads is one line, not a traceback)
 
-import _bench  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
 from _bench import blas_threads, set_blas_threads  # noqa: E402
 from bench_train import CONFIGS, synchroniser  # noqa: E402
 from tinylatent import backend  # noqa: E402

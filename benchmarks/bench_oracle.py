@@ -19,17 +19,18 @@ A bad option is one line on stderr and exit status 2; the --json path is checked
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
-import time
-
-import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import _bench  # noqa: E402
+import _bench  # noqa: E402  (first: then a Ctrl-C while the rest loads is one line, not a traceback)
+
+import dataclasses  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
 from tinylatent._io import write_json  # noqa: E402
 from tinylatent.cli import int_in  # noqa: E402
 from tinylatent.language import fixed_length, mixture_language, paper_language, sample_messages  # noqa: E402

@@ -53,21 +53,22 @@ OMP_NUM_THREADS, else reported as "default".
 """
 from __future__ import annotations
 
-import gc
 import os
-import platform
-import resource
-import statistics
 import sys
-import time
-import tracemalloc
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import numpy as np  # noqa: E402
+import _bench  # noqa: E402  (first: then a Ctrl-C while the rest loads is one line, not a traceback)
 
-import _bench  # noqa: E402
+import gc  # noqa: E402
+import platform  # noqa: E402
+import resource  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+import tracemalloc  # noqa: E402
+
+import numpy as np  # noqa: E402
 from _bench import blas_threads, set_blas_threads  # noqa: E402
 
 from tinylatent import backend, gpt, layers  # noqa: E402

@@ -12,31 +12,20 @@ from the letters by hand.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 
 # One BLAS thread, set before NumPy loads (import this module first): on a small machine shared
 # with other runs, OpenBLAS's extra threads only fight them (docs/training.md measured 8× slower).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+try:
+    import tinylatent  # noqa: F401  (its __init__ imports nothing)
+except ModuleNotFoundError:  # run from a checkout without `pip install -e .`
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
+from tinylatent._ctrl_c import quiet_ctrl_c_while_loading  # noqa: E402
 
-def _interrupted_while_loading(signum, frame) -> None:
-    """SIGINT handler while a script loads NumPy and tinylatent (its first few tenths of a second,
-    before :func:`run_main`): nothing is written yet, so a Ctrl-C there is the same one line and exit
-    status 130 as one during the run, not the traceback of whichever import it cut short."""
-    print(f"{os.path.basename(sys.argv[0])}: interrupted", file=sys.stderr)
-    sys.exit(130)  # SystemExit passes up through the imports and prints nothing
-
-
-def _run_as_script() -> bool:
-    """True when the program is one of the scripts beside this module (not a test importing them)."""
-    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
-    here = os.path.dirname(os.path.abspath(__file__))
-    return main_file is not None and os.path.dirname(os.path.abspath(main_file)) == here
-
-
-if _run_as_script() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not if ignored
-    signal.signal(signal.SIGINT, _interrupted_while_loading)  # run_main hands Ctrl-C back to Python
+# Before anything slow: a Ctrl-C while the rest loads is one line and exit 130 (run_script hands it back).
+quiet_ctrl_c_while_loading(os.path.dirname(os.path.abspath(__file__)))
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -45,11 +34,6 @@ from pathlib import Path  # noqa: E402
 from typing import Callable, NamedTuple, Optional  # noqa: E402
 
 import numpy as np  # noqa: E402
-
-try:
-    import tinylatent  # noqa: F401
-except ModuleNotFoundError:  # run from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tinylatent._io import write_json  # noqa: E402
 from tinylatent.checkpoint import CHECKPOINT_FILENAME  # noqa: E402
@@ -315,8 +299,6 @@ def run_main(program: str, parse: Callable, run: Callable, argv=None) -> int:
             with keyboard_interrupt_deferred():  # a second Ctrl-C waits for the record
                 record_outputs(args, program)
 
-    if signal.getsignal(signal.SIGINT) is _interrupted_while_loading:  # loaded: Ctrl-C is KeyboardInterrupt again
-        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return run_script(program, parse_run_record)
     except UsageError as exc:

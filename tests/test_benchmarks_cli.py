@@ -1,12 +1,14 @@
 """The benchmarks' command lines: bad options are one line and exit status 2, the --json path is checked
-before the run, a closed output pipe stops nothing, and the BLAS thread count is read one way for all of them."""
+before the run, a closed output pipe stops nothing, a Ctrl-C while one loads is one line and exit status 130,
+and the BLAS thread count is read one way for all of them."""
 import json
+import os
 import sys
 
 import pytest
 
 import one_line_errors
-from examples_loader import ROOT, load_example, run_with_its_reader_gone
+from examples_loader import ROOT, load_example, run_interrupted_while_loading_numpy, run_with_its_reader_gone
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +72,15 @@ def test_a_closed_output_pipe_stops_nothing(script, argv, tmp_path):
                                        "--json", str(tmp_path / "figures.json")])
     assert (result.returncode, result.stderr) == (0, "")
     assert json.loads((tmp_path / "figures.json").read_text())
+
+
+@pytest.mark.skipif(os.name != "posix", reason="sends itself SIGINT with os.kill (POSIX)")
+@pytest.mark.parametrize("script", ["bench_oracle", "bench_train", "bench_generate"])
+def test_ctrl_c_while_a_benchmark_loads_is_one_line_and_exit_130(script, tmp_path):
+    """As for the examples: ``_bench`` is imported before NumPy. Before, this printed the traceback
+    of NumPy's import."""
+    result = run_interrupted_while_loading_numpy(ROOT / "benchmarks" / f"{script}.py", tmp_path)
+    assert (result.returncode, result.stdout, result.stderr) == (130, "", f"{script}.py: interrupted\n")
 
 
 def test_blas_threads_reads_openblas_before_omp_without_threadpoolctl(bench_oracle, monkeypatch):

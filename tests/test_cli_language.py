@@ -2,8 +2,10 @@
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -260,6 +262,43 @@ def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys, run_it):
     assert code == 130
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err in ("tinylatent sample: interrupted\n", "script.py: interrupted\n")
+
+
+@pytest.fixture
+def sigint_handler_restored():
+    """SIGINT's handler as Python's default while the test runs, and as it was afterwards."""
+    before = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def test_quiet_ctrl_c_while_loading_acts_only_for_the_scripts_of_its_folder(monkeypatch, tmp_path,
+                                                                           sigint_handler_restored):
+    """A test importing ``examples/_common`` keeps its Ctrl-C; a script of that folder gets the one-line
+    handler until run_script gives Ctrl-C back to Python; a Ctrl-C ignored (``cmd &``) stays ignored."""
+    from tinylatent import _ctrl_c
+    _ctrl_c.quiet_ctrl_c_while_loading(str(tmp_path))  # __main__ is pytest, not a script in tmp_path
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+    monkeypatch.setitem(sys.modules, "__main__", types.SimpleNamespace(__file__=str(tmp_path / "script.py")))
+    _ctrl_c.quiet_ctrl_c_while_loading(str(tmp_path))
+    assert signal.getsignal(signal.SIGINT) is _ctrl_c._interrupted_while_loading
+    assert run_script("script.py", lambda: 0) == 0
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _ctrl_c.quiet_ctrl_c_while_loading(str(tmp_path))
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+def test_the_ctrl_c_module_loads_nothing_slow():
+    """Scripts import tinylatent._ctrl_c first, so that a Ctrl-C during the slow imports after it is one line."""
+    code = ("import sys; before = set(sys.modules); import tinylatent._ctrl_c; "
+            "sys.exit(sorted(set(sys.modules) - before - {'__future__', 'tinylatent', 'tinylatent._ctrl_c', 'signal'}) or 0)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                            stderr=subprocess.PIPE, text=True)
+    assert (result.returncode, result.stderr) == (0, "")
 
 
 def test_ctrl_c_while_the_command_line_loads_is_one_line_and_exit_130(monkeypatch, capsys):

@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 from tinylatent import __version__
+from tinylatent._ctrl_c import ctrl_c_loaded
 
 # Modules that register subcommands, in the order they appear in ``--help``.
 COMMAND_MODULES = [
@@ -242,6 +243,7 @@ def run_script(program: str, main) -> int:
     setting, an unwritable file or too little memory is one line on stderr and exit status 2,
     Ctrl-C is one line and exit status 130 (what a training run had done is in its checkpoint),
     and a reader of standard output that leaves early (``| head -1``) stops nothing."""
+    ctrl_c_loaded()  # the script has loaded: Ctrl-C is KeyboardInterrupt again (tinylatent._ctrl_c)
     try:
         with stdout_reader_may_leave():   # outside it a failed last flush (a full disk) is caught below too
             return int(main() or 0)
