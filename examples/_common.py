@@ -36,6 +36,7 @@ from typing import Callable, NamedTuple, Optional  # noqa: E402
 import numpy as np  # noqa: E402
 
 from tinylatent._io import write_json  # noqa: E402
+from tinylatent.backend import DEVICES, array_module  # noqa: E402
 from tinylatent.checkpoint import CHECKPOINT_FILENAME  # noqa: E402
 from tinylatent.cli import (OneLineParser, check_output_file, check_output_folder, path_arg,  # noqa: E402
                             run_script)
@@ -152,7 +153,25 @@ def path_type(text: str) -> Path:
     return Path(path_arg(text))
 
 
-def experiment_parser(program: str, description: str, default_out: str, json_name: str) -> argparse.ArgumentParser:
+def add_device_argument(parser: argparse.ArgumentParser, what: str = "the models train and run",
+                        default: Optional[str] = "cpu", default_text: str = "cpu") -> None:
+    """``--device cpu|gpu``: where ``what`` (the exact oracle always runs on the CPU). A script whose
+    default depends on other options gives ``default=None`` and says what it means in ``default_text``."""
+    parser.add_argument("--device", choices=DEVICES, default=default,
+                        help=f"where {what}: cpu (NumPy) or gpu (CuPy: `pip install tinylatent[gpu]`); "
+                             f"the exact oracle runs on the CPU (default {default_text})")
+
+
+def check_device_now(device: str) -> None:
+    """Refuse ``--device gpu`` before any work (one line, exit 2) where CuPy or a GPU is missing."""
+    try:
+        array_module(device)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def experiment_parser(program: str, description: str, default_out: str, json_name: str,
+                      device_default: Optional[str] = "cpu", device_default_text: str = "cpu") -> argparse.ArgumentParser:
     """A parser with the options every experiment has; each script adds its own. ``json_name``:
     the JSON file the script writes in ``--out`` unless ``--json`` says otherwise."""
     parser = RaisingParser(prog=program, description=description)
@@ -165,6 +184,7 @@ def experiment_parser(program: str, description: str, default_out: str, json_nam
                         help=f"where to write the numbers (default OUT/{json_name})")
     parser.add_argument("--force", action="store_true", help=FORCE_HELP)
     parser.add_argument("--no-progress", action="store_true", help="print nothing while training")
+    add_device_argument(parser, default=device_default, default_text=device_default_text)
     return parser
 
 
@@ -173,10 +193,12 @@ def budget_of(args: argparse.Namespace) -> str:
 
 
 def check_common(args: argparse.Namespace, program: str, outputs: list) -> None:
-    """The options every experiment has; the output paths are checked now, before any training
-    (``outputs``: :func:`check_outputs`)."""
+    """The options every experiment has; the device and the output paths are checked now, before
+    any training (``outputs``: :func:`check_outputs`)."""
     if args.seed < 0:
         raise UsageError(f"--seed must be ≥ 0; got {args.seed}")
+    if args.device is not None:
+        check_device_now(args.device)
     check_outputs(args, program, outputs)
 
 

@@ -50,6 +50,7 @@ Usage (from the repository root; OPENBLAS_NUM_THREADS=1 on a small shared machin
     python examples/cot_locality.py                 # default budget
     python examples/cot_locality.py --quick         # a smaller one
     python examples/cot_locality.py --smoke         # seconds; the numbers mean nothing
+    python examples/cot_locality.py --device gpu    # the models on a GPU (CuPy)
 """
 from __future__ import annotations
 
@@ -352,7 +353,7 @@ def train_models(languages: dict, budget: Budget, args) -> dict:
                                     budget.d_model)
         train_config = TrainConfig(steps=budget.steps, batch_size=budget.batch_size, max_lr=args.lr,
                                    eval_interval=max(1, budget.steps // 10), eval_windows=budget.eval_windows,
-                                   checkpoint_interval=budget.steps, seed=args.seed)
+                                   checkpoint_interval=budget.steps, seed=args.seed, device=args.device)
         if not args.no_progress:
             print(f"training on the {corpus} corpus ({language.description})", file=sys.stderr)
         model, summary = common.train_fresh(language, config, train_config, args.out / corpus,
@@ -469,8 +470,8 @@ def run(args) -> dict:
     prompts = sample_prompts(reader, setup, budget.prompts, rng)
     bayes = {k: bayes_values(reader, setup, prompts, k) for k in range(1, setup.max_jump + 1)}
     report = {
-        "settings": {"budget": common.budget_of(args), **asdict(budget), "seed": args.seed, "lr": args.lr,
-                     "setup": asdict(setup), "local_jump_rate": args.local_jump_rate, "temperature": 1.0,
+        "settings": {"budget": common.budget_of(args), **asdict(budget), "seed": args.seed, "device": args.device,
+                     "lr": args.lr, "setup": asdict(setup), "local_jump_rate": args.local_jump_rate, "temperature": 1.0,
                      "accuracy": "q(v_k = v̂ | x_0) = (q(v_0 | x_0) W^k)[v̂], v̂ read off the answer by the exact "
                                  "oracle (MAP, uniform prior); mean and 95% interval over prompts"},
         "value_chain": value_chain(setup),

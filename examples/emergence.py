@@ -37,6 +37,7 @@ Usage (from the repository root):
     python examples/emergence.py            # default budget
     python examples/emergence.py --quick
     python examples/emergence.py --smoke    # seconds; the numbers mean nothing
+    python examples/emergence.py --device gpu    # the models on a GPU (CuPy)
 """
 from __future__ import annotations
 
@@ -183,7 +184,7 @@ def run_size(size: ModelSize, language: Language, budget: Budget, probes: Probes
         train_config = TrainConfig(steps=step, batch_size=budget.batch_size, max_lr=args.lr, min_lr=args.lr,
                                    warmup_steps=budget.warmup_steps, eval_interval=max(1, budget.snapshots[-1] // 8),
                                    eval_windows=budget.eval_windows, checkpoint_interval=budget.snapshots[-1],
-                                   seed=args.seed)
+                                   seed=args.seed, device=args.device)
         if index == 0:
             model, summary = common.train_fresh(language, config, train_config, out_dir, progress=False)
         else:
@@ -336,8 +337,8 @@ def run(args) -> dict:
     floor = measure(bayes_reader, language, probes, budget.max_examples)
     m_max = max(floor["icl"])
     report = {
-        "settings": {"budget": common.budget_of(args), **asdict(budget), "seed": args.seed, "lr": args.lr,
-                     "threshold": args.threshold, "icl_m": m_max, "schedule": "linear warm-up, then constant",
+        "settings": {"budget": common.budget_of(args), **asdict(budget), "seed": args.seed, "device": args.device,
+                     "lr": args.lr, "threshold": args.threshold, "icl_m": m_max, "schedule": "linear warm-up, then constant",
                      "understanding": "prompt \\n + 1..N letters of a message of θ*, target q(·|x, θ*), mean over N",
                      "icl": "prompt \\n + m examples of θ* + the query's first letter, target q(·|query, θ*)"},
         "language": language.name,

@@ -31,6 +31,7 @@ beside the oracle's for the language it was trained on:
 
     python examples/icl_decay.py --model runs/train/ckpt.npz    # a checkpoint of `tinylatent train`
     python examples/icl_decay.py --train --language paper-noisy-first-mixture --eta 0.02
+    python examples/icl_decay.py --train --device gpu    # train and read the model on a GPU (CuPy)
 
 ``--train`` trains into OUT/icl_decay_model_<language>/ and a later run with the same
 settings reuses that model; other ``--train-steps`` (fewer) or ``--seed`` need another ``--out``.
@@ -366,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train", action="store_true",
                         help="train a small model on the spot on the first --language and --eta, and add its curve")
     parser.add_argument("--train-steps", type=int, default=1500, help="steps for --train (default 1500)")
+    common.add_device_argument(parser, what="the --model or --train model runs (and trains)")
     return parser
 
 
@@ -387,6 +389,7 @@ def parse_args(argv) -> argparse.Namespace:
         raise UsageError("give --model CHECKPOINT or --train, not both")
     if args.train_steps < 1:
         raise UsageError(f"--train-steps must be at least 1; got {args.train_steps}")
+    common.check_device_now(args.device)
     common.check_outputs(args, PROGRAM, outputs(args))  # before anything is computed
     return args
 
@@ -408,7 +411,7 @@ def trained_model(args: argparse.Namespace) -> Optional[TrainedModel]:
     from tinylatent.checkpoint import CHECKPOINT_FILENAME, load_checkpoint
     if args.model is not None:
         checkpoint = load_checkpoint(args.model)
-        return TrainedModel(checkpoint.model(), checkpoint.language, name="model")
+        return TrainedModel(checkpoint.model(args.device), checkpoint.language, name="model")
     if not args.train:
         return None
     from tinylatent.gpt import GPTConfig
@@ -417,7 +420,8 @@ def trained_model(args: argparse.Namespace) -> Optional[TrainedModel]:
     # context 192 holds a leading delimiter, 8 examples of 22 tokens and the query
     config = dataclasses.replace(GPTConfig.small(language.vocab_size), context_length=192)
     settings = TrainConfig(steps=args.train_steps, batch_size=32, max_lr=3e-3, seed=args.seed,
-                           eval_interval=max(1, args.train_steps // 5), checkpoint_interval=args.train_steps)
+                           eval_interval=max(1, args.train_steps // 5), checkpoint_interval=args.train_steps,
+                           device=args.device)
     out_dir = args.out / model_folder(args)
     reuse = (out_dir / CHECKPOINT_FILENAME).exists()
     print(f"{'continuing the' if reuse else 'training a'} small model on {language.name} for {args.train_steps} "
@@ -442,6 +446,7 @@ def run(args: argparse.Namespace) -> dict:
     report = {
         "settings": {"trials": args.trials, "eta": args.eta, "max_examples": args.max_examples,
                      "query_letters": args.query_letters, "seed": args.seed, "languages": args.language,
+                     "device": args.device,
                      "prior": "stationary intentions (uniform over the 6 intentions)",
                      "paper_form_epsilon_0": "max_i eps_i over the prompt's examples, each read alone, uniform prior",
                      "confidence_interval": "95% normal approximation over trials, clipped at 0"},

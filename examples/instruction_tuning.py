@@ -36,6 +36,7 @@ Usage (from the repository root):
     python examples/instruction_tuning.py            # default budget
     python examples/instruction_tuning.py --quick
     python examples/instruction_tuning.py --smoke    # seconds; the numbers mean nothing
+    python examples/instruction_tuning.py --device gpu    # the models on a GPU (CuPy)
 """
 from __future__ import annotations
 
@@ -358,7 +359,8 @@ def run(args) -> dict:
     edited = edited_language(base, args.bad)
     model_config = common.small_model(base.vocab_size, budget.context_length, budget.n_layer, budget.n_head,
                                       budget.d_model)
-    common_settings = dict(batch_size=budget.batch_size, eval_windows=budget.eval_windows, seed=args.seed)
+    common_settings = dict(batch_size=budget.batch_size, eval_windows=budget.eval_windows, seed=args.seed,
+                           device=args.device)
     pretrain_config = TrainConfig(steps=budget.pretrain_steps, max_lr=args.lr, checkpoint_interval=budget.pretrain_steps,
                                   eval_interval=max(1, budget.pretrain_steps // 5), **common_settings)
     finetune_config = TrainConfig(steps=budget.finetune_steps, max_lr=args.finetune_lr,
@@ -381,7 +383,8 @@ def run(args) -> dict:
     validation = {name: stream_windows(lang, budget.eval_windows, budget.context_length + 1, window_rng)
                   for name, lang in (("old", base), ("new", edited))}
     report = {
-        "settings": {"budget": common.budget_of(args), **asdict(budget), "seed": args.seed, "bad": args.bad,
+        "settings": {"budget": common.budget_of(args), **asdict(budget), "seed": args.seed, "device": args.device,
+                     "bad": args.bad,
                      "lr": args.lr, "finetune_lr": args.finetune_lr, "message_letters": args.message_letters,
                      "parameters": pretrain_summary["parameters"],
                      "response_reading": "MAP intention of the generated message, exact oracle, uniform prior"},

@@ -568,11 +568,10 @@ def build_parser() -> argparse.ArgumentParser:
     """The options every experiment has (``--smoke``, ``--quick``, ``--out``, ``--seed``, ``--json``,
     ``--no-progress``; examples/_common.py), and the model's."""
     parser = common.experiment_parser(PROGRAM, __doc__.splitlines()[0], "out/reproduce_paper",
-                                     json_name=RESULTS_JSON)
+                                     json_name=RESULTS_JSON, device_default=None,
+                                     device_default_text="gpu for --preset paper, cpu otherwise")
     parser.add_argument("--preset", choices=("small", "paper"), default="small",
                         help="small: the CPU model (default); paper: the paper's 21M-parameter model (for a GPU)")
-    parser.add_argument("--device", choices=("cpu", "gpu"), default=None,
-                        help="cpu or gpu (default: gpu for --preset paper, cpu otherwise)")
     parser.add_argument("--steps", type=int, default=None,
                         help="training steps of every model (default: the budget's; 6000 for the small model)")
     parser.add_argument("--only", nargs="+", choices=[e.name for e in EXPERIMENTS], default=None, metavar="NAME",
@@ -597,11 +596,11 @@ def outputs(args: argparse.Namespace) -> list:
 
 def parse_args(argv) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
+    if args.device is None:
+        args.device = "gpu" if args.preset == "paper" else "cpu"
     common.check_common(args, PROGRAM, outputs(args))
     common.require(args.steps is None or args.steps >= 1, f"--steps must be a positive integer; got {args.steps}")
     common.require(args.jobs is None or args.jobs >= 1, f"--jobs must be a positive integer; got {args.jobs}")
-    if args.device is None:
-        args.device = "gpu" if args.preset == "paper" else "cpu"
     if args.jobs is None:
         args.jobs = 1 if args.device == "gpu" else available_cores()
     return args

@@ -27,7 +27,10 @@ a little more), so a port mistake fails here as it would on the device:
   every ``out`` as a matrix); CuPy 14 accepts it. tinylatent supports both.
 
 The arithmetic is NumPy's own, so a run on this device must agree *bit for bit* with the
-same run on the CPU. What it cannot find: numerical differences of real GPU kernels
+same run on the CPU, as long as the CPU works in one block of rows: on tensors larger than
+``tinylatent.layers.BLOCK_ELEMENTS`` numbers it works block by block (``row_blocks``; on a
+device, one block) and sums LayerNorm's parameter gradients in another order, so a test with
+such sizes raises ``BLOCK_ELEMENTS`` first. What it cannot find: numerical differences of real GPU kernels
 (summation order, cuBLAS), CuPy's type promotion where it differs from NumPy 2's, NumPy
 functions that CuPy lacks (beyond ``random``), and speed. Those need the real device (``benchmarks/gpu_check.sh``).
 

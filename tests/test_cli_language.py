@@ -88,6 +88,36 @@ def test_asking_for_a_missing_gpu_is_one_line_and_exit_2(command):
     assert "gpu" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+def test_every_command_takes_a_device():
+    """``--device cpu|gpu`` on every command (the GPU issue), a new one included."""
+    from tinylatent.cli import build_parser
+    subparsers = next(action for action in build_parser()._actions if action.dest == "command")
+    assert set(subparsers.choices) == {"language", "sample", "ambiguity", "posterior", "train", "generate", "eval"}
+    for name, parser in subparsers.choices.items():
+        device = [action for action in parser._actions if "--device" in action.option_strings]
+        # train's default None: cpu for a fresh run, the checkpoint's device with --resume
+        assert device and device[0].choices == ("cpu", "gpu") and device[0].default in ("cpu", None), name
+
+
+@pytest.mark.skipif(__import__("tinylatent.backend").backend.gpu_available(), reason="this machine has a GPU")
+def test_every_command_says_in_one_line_that_the_gpu_is_missing_and_writes_nothing(tmp_path, capsys):
+    tiny = ["--n-layer", "1", "--n-head", "2", "--d-model", "16", "--context", "16", "--batch-size", "4",
+            "--eval-windows", "4", "--no-progress"]
+    checkpoint = tmp_path / "run" / "ckpt.npz"
+    assert main(["train", "--steps", "1", "--out", str(checkpoint.parent), *tiny]) == 0
+    capsys.readouterr()
+    before = sorted(tmp_path.rglob("*"))
+    for command in (["language", "--out", str(tmp_path / "language.json")],
+                    ["sample", "--messages", "3", "--out", str(tmp_path / "corpus.txt")],
+                    ["ambiguity", "--messages", "100"], ["posterior", "--prompt", "abc"],
+                    ["train", "--steps", "1", "--out", str(tmp_path / "gpu_run"), *tiny],
+                    ["generate", "--checkpoint", str(checkpoint), "--tokens", "4"],
+                    ["eval", "--checkpoint", str(checkpoint), "--windows", "2"]):
+        assert_one_line_error(capsys, main, [*command, "--device", "gpu"], "device 'gpu' needs CuPy",
+                              nothing_printed=True, program=f"tinylatent {command[0]}")
+    assert sorted(tmp_path.rglob("*")) == before
+
+
 def test_malformed_language_file(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('{"format": "tinylatent-language", "version": 1, "alph')

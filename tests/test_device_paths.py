@@ -1,11 +1,13 @@
-"""Whole workflows on the device: training, resuming, checkpoints, evaluation, generation, the CLI.
+"""Whole workflows on the device: training, resuming, checkpoints, evaluation, generation, the CLI,
+the experiments.
 
 ``test_backend.py`` checks the pieces (each layer, one step, the oracle). These run what a
 user runs with ``device="gpu"``, end to end, against the same run on the CPU. Each runs
 on the fake CuPy (always; see ``fake_cupy.py``) and on real CuPy where there is a GPU:
 
 * on the fake CuPy the arithmetic is NumPy's, so the device run must equal the CPU run
-  **bit for bit**: any difference is a code path that differs by device;
+  **bit for bit**: any difference is a code path that differs by device (the CPU's blocks
+  of rows aside, which tensors this small do not have, or a test turns off: fake_cupy.py);
 * on a real GPU, float64 runs must agree to ``rtol`` 1e-9 (cuBLAS and atomic scatter-adds
   sum in another order; a few optimiser steps amplify that little).
 """
@@ -16,7 +18,7 @@ import pytest
 
 import fake_cupy
 from examples_loader import load_example
-from tinylatent import backend, cli
+from tinylatent import backend, cli, layers
 from tinylatent.ambiguity import measure_ambiguity
 from tinylatent.checkpoint import load_checkpoint
 from tinylatent.evaluate import evaluate
@@ -211,7 +213,7 @@ def test_generating_on_the_device_gives_the_cpu_tokens(gpu, use_cache):
     np.testing.assert_array_equal(on_gpu, on_cpu)
 
 
-def test_every_command_with_a_device_option_runs_on_the_device(gpu, tmp_path, capsys):
+def test_every_command_runs_on_the_device(gpu, tmp_path, capsys):
     # float64, as every device-against-CPU comparison here: on a real GPU a float32 model's
     # loss differs from the CPU's by ~1e-7 (cuBLAS against OpenBLAS), far above REAL_GPU_TOLERANCE
     common = ["--n-layer", "1", "--d-model", "16", "--n-head", "2", "--context", "16", "--steps", "4", "--dtype", "float64",
@@ -234,8 +236,12 @@ def test_every_command_with_a_device_option_runs_on_the_device(gpu, tmp_path, ca
         posterior = json.loads(capsys.readouterr().out)
         assert cli.main(["ambiguity", "--length", "2", "--messages", "50", "--sample", *language]) == 0
         ambiguity = json.loads(capsys.readouterr().out)
+        assert cli.main(["sample", "--messages", "20", "--seed", "3", "--device", device, "--json"]) == 0
+        sampled = json.loads(capsys.readouterr().out)       # on the host either way: the same messages
+        assert cli.main(["language", "--random", "--seed", "3", "--device", device, "--json"]) == 0
+        described = json.loads(capsys.readouterr().out)
         reports[device] = {"val_loss": trained["val_loss"], "eval": evaluated, "generated": generated,
-                           "posterior": posterior, "ambiguity": ambiguity}
+                           "posterior": posterior, "ambiguity": ambiguity, "sample": sampled, "language": described}
     _assert_same_report(reports["gpu"], reports["cpu"], gpu)
 
 
@@ -269,3 +275,60 @@ def test_the_benchmark_copies_a_device_model_into_pytorch(gpu):
                                                backend.to_device(targets_host, "gpu"))[1]))
     theirs = bench_train.TorchGPT(torch, model, "cpu").loss(torch.tensor(idx_host), torch.tensor(targets_host))
     np.testing.assert_allclose(float(theirs.detach()), ours, rtol=1e-5)
+
+
+# What an experiment's report holds that differs by run, not by device: timings, and paths under --out.
+RUN_SPECIFIC_KEYS = ("seconds", "train_seconds", "tokens_per_s", "plot", "checkpoint", "log", "device")
+EXPERIMENT_ARGS = {
+    "cot_locality": ["--smoke", "--no-progress"],
+    "emergence": ["--smoke", "--no-progress"],
+    "instruction_tuning": ["--smoke", "--no-progress"],
+    "icl_decay": ["--trials", "4", "--max-examples", "2", "--language", "paper", "--eta", "0.02", "--train",
+                  "--train-steps", "3"],
+}
+
+
+def _without(report, keys):
+    if isinstance(report, dict):
+        return {key: _without(value, keys) for key, value in report.items() if key not in keys}
+    if isinstance(report, list):
+        return [_without(value, keys) for value in report]
+    return report
+
+
+def _layout(report):
+    """The report with every number (or null: a NaN) replaced by its kind: what a real GPU must keep."""
+    if isinstance(report, dict):
+        return {key: _layout(value) for key, value in report.items()}
+    if isinstance(report, list):
+        return [_layout(value) for value in report]
+    return "number" if report is None or isinstance(report, (int, float)) and not isinstance(report, bool) else report
+
+
+@pytest.mark.parametrize("script", sorted(EXPERIMENT_ARGS))
+def test_the_experiments_train_and_read_their_models_on_the_device(gpu, script, tmp_path, capsys, monkeypatch):
+    """``--device gpu`` on the examples: the models train on the device and are read there
+    (generation, next-token probabilities, log-likelihoods); the exact oracle reads on the host.
+    On the fake CuPy the report is the CPU run's bit for bit, apart from timings and paths. On a
+    real GPU the models train in float32 (cuBLAS sums in another order), so the report must have
+    the CPU run's every entry, each number where the CPU run has one."""
+    if gpu == "fake-cupy":
+        # The CPU works through large tensors in cache-sized blocks of rows (layers.row_blocks), and
+        # sums LayerNorm's parameter gradients block by block: in float32 the last bit can differ
+        # from the device's one pass (icl_decay's 32 × 192-token batches do). One block on the CPU
+        # too leaves only the code paths that differ by device, which must not change a bit.
+        monkeypatch.setattr(layers, "BLOCK_ELEMENTS", 1 << 62)
+    module = load_example(script)
+    reports = {}
+    for device in ("cpu", "gpu"):
+        out = tmp_path / device
+        assert module.main([*EXPERIMENT_ARGS[script], "--device", device, "--out", str(out),
+                            "--json", str(out / "report.json")]) == 0
+        report = json.loads((out / "report.json").read_text())
+        assert report["settings"]["device"] == device
+        reports[device] = _without(report, RUN_SPECIFIC_KEYS)
+    capsys.readouterr()
+    if gpu == "fake-cupy":
+        assert reports["gpu"] == reports["cpu"]
+    else:
+        assert _layout(reports["gpu"]) == _layout(reports["cpu"])

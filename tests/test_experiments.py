@@ -321,6 +321,19 @@ def test_bad_options_exit_2_with_one_line(script, argv, request, capsys, tmp_pat
     assert not list(tmp_path.iterdir())                                   # nothing was trained or written
 
 
+@pytest.mark.skipif(__import__("tinylatent.backend").backend.gpu_available(), reason="this machine has a GPU")
+@pytest.mark.parametrize("script, argv", [("cot_locality", ["--smoke"]), ("instruction_tuning", ["--smoke"]),
+                                          ("emergence", ["--smoke"]), ("reproduce_paper", ["--smoke", "--preset", "paper"]),
+                                          ("icl_decay", ["--train"])])
+def test_a_missing_gpu_is_one_line_before_any_work(script, argv, capsys, tmp_path):
+    """``--device gpu`` (reproduce_paper's default for --preset paper) without CuPy: one line, exit 2, nothing written."""
+    module = _load(script)
+    device = [] if script == "reproduce_paper" else ["--device", "gpu"]
+    assert_one_line_error(capsys, module.main, [*argv, *device, "--out", str(tmp_path / "out")], "device 'gpu' needs CuPy",
+                          nothing_printed=True, program=module.PROGRAM)
+    assert not list(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("script", ["cot", "tuning", "emergence"])
 def test_output_paths_are_checked_before_any_training(script, request, capsys, tmp_path):
     module = request.getfixturevalue(script)

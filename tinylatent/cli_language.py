@@ -45,10 +45,16 @@ def add_language_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--language-file", type=path_arg, metavar="PATH",
                        help="a language JSON (docs/language_format.md); not with --preset or --eta")
 
-def add_device_argument(parser: argparse.ArgumentParser) -> None:
+HOST_ONLY_DEVICE_HELP = ("accepted as on every command; this one works on the host (it draws random numbers, "
+                         "always on the host so that a seed gives the same result on either device, and writes "
+                         "text), so gpu only checks that CuPy sees a GPU")
+
+
+def add_device_argument(parser: argparse.ArgumentParser, help_text: str = "") -> None:
     """``--device cpu|gpu``: where the arrays of the computation live."""
     parser.add_argument("--device", choices=DEVICES, default="cpu",
-                        help="cpu (NumPy, default) or gpu (CuPy; needs `pip install tinylatent[gpu]`)")
+                        help="cpu (NumPy, default) or gpu (CuPy; needs `pip install tinylatent[gpu]`)"
+                             + (f"; {help_text}" if help_text else ""))
 
 
 def language_from_args(args: argparse.Namespace) -> Language:
@@ -71,6 +77,7 @@ def _random_options_given(args) -> list:
 
 def cmd_language(args) -> int:
     check_optional_output(args.out, args.force, "--out")
+    array_module(args.device)  # a clear error now if the device is missing (the work stays on the host)
     if args.random:
         given = [option for option, value in (("--preset", args.preset), ("--language-file", args.language_file))
                  if value is not None]
@@ -111,6 +118,7 @@ def cmd_language(args) -> int:
 
 def cmd_sample(args) -> int:
     check_optional_output(args.out, args.force, "--out")
+    array_module(args.device)  # a clear error now if the device is missing (sampling stays on the host)
     language = language_from_args(args)
     corpus = sample_corpus(language, args.messages, args.seed)
     text = language.decode(corpus.tokens)
@@ -211,6 +219,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", type=path_arg, metavar="PATH", help="write the language JSON here")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_device_argument(p, HOST_ONLY_DEVICE_HELP)
     p.set_defaults(func=cmd_language)
 
     p = subparsers.add_parser("sample", help="sample a corpus, one message per line")
@@ -221,6 +230,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", type=path_arg, metavar="PATH", help="write the corpus here (default: print it)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--json", action="store_true", help="print a summary as JSON")
+    add_device_argument(p, HOST_ONLY_DEVICE_HELP)
     p.set_defaults(func=cmd_sample)
 
     p = subparsers.add_parser("ambiguity", help="how ambiguous a language is: MAP error, E[ε(x)], q(ε(x) > 0)")
