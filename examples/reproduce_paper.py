@@ -566,7 +566,7 @@ def _legend(ax, ncol: int = 1) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The options every experiment has (``--smoke``, ``--quick``, ``--out``, ``--seed``, ``--json``,
-    ``--no-progress``; examples/_common.py), and the model's."""
+    ``--no-progress``, ``--device``; examples/_common.py), and the model's."""
     parser = common.experiment_parser(PROGRAM, __doc__.splitlines()[0], "out/reproduce_paper",
                                      json_name=RESULTS_JSON, device_default=None,
                                      device_default_text="gpu for --preset paper, cpu otherwise")
