@@ -45,9 +45,9 @@ def add_language_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--language-file", type=path_arg, metavar="PATH",
                        help="a language JSON (docs/language_format.md); not with --preset or --eta")
 
-HOST_ONLY_DEVICE_HELP = ("accepted as on every command; this one works on the host (it draws random numbers, "
-                         "always on the host so that a seed gives the same result on either device, and writes "
-                         "text), so gpu only checks that CuPy sees a GPU")
+HOST_ONLY_DEVICE_HELP = ("every command takes --device; this one works on the host (random numbers are always "
+                         "drawn there, so that a seed gives the same result on either device), so gpu only "
+                         "checks that CuPy sees a GPU")
 
 
 def add_device_argument(parser: argparse.ArgumentParser, help_text: str = "") -> None:
