@@ -1,5 +1,6 @@
 """What the benchmarks share: the command line (one-line errors, exit status 2, as `tinylatent`'s;
-a closed output pipe stops nothing), the output file checked before the run, and the BLAS thread count.
+a closed output pipe stops nothing), the output file checked before the run, the BLAS thread count,
+and waiting for a GPU's queued work before the clock is read.
 
 Import it after putting this folder and the repository root on ``sys.path`` (each benchmark
 does so first), and before NumPy: a Ctrl-C while NumPy loads is then one line and exit status 130,
@@ -18,6 +19,7 @@ import argparse  # noqa: E402
 import math  # noqa: E402
 from typing import Callable  # noqa: E402
 
+from tinylatent import backend  # noqa: E402
 from tinylatent.cli import OneLineParser, check_optional_output, int_in, path_arg, run_script  # noqa: E402
 
 MAX_THREADS = 1_024
@@ -85,3 +87,16 @@ def blas_threads() -> str:
         if os.environ.get(variable):
             return os.environ[variable]
     return "default"
+
+
+# --------------------------------------------------------------------------------------
+# the device's clock
+# --------------------------------------------------------------------------------------
+
+def synchroniser(device: str):
+    """A function that waits until the device has finished its queued work (a no-op on the CPU):
+    a GPU runs its kernels after the host has issued them, so a clock read without it times the issuing."""
+    if device == "gpu":
+        xp = backend.array_module("gpu")
+        return lambda: xp.cuda.Device().synchronize()
+    return lambda: None

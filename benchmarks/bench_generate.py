@@ -28,8 +28,8 @@ import statistics  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
-from _bench import blas_threads, set_blas_threads  # noqa: E402
-from bench_train import CONFIGS, synchroniser  # noqa: E402
+from _bench import blas_threads, set_blas_threads, synchroniser  # noqa: E402
+from bench_train import CONFIGS  # noqa: E402
 from tinylatent import backend  # noqa: E402
 from tinylatent._io import write_json  # noqa: E402
 from tinylatent.cli import int_in  # noqa: E402

@@ -69,7 +69,7 @@ import time  # noqa: E402
 import tracemalloc  # noqa: E402
 
 import numpy as np  # noqa: E402
-from _bench import blas_threads, set_blas_threads  # noqa: E402
+from _bench import blas_threads, set_blas_threads, synchroniser  # noqa: E402
 
 from tinylatent import backend, gpt, layers  # noqa: E402
 from tinylatent._io import write_json  # noqa: E402
@@ -95,14 +95,6 @@ CONFIGS = {
 # --------------------------------------------------------------------------------------
 # the machine: threads, synchronisation, matmul peak
 # --------------------------------------------------------------------------------------
-
-def synchroniser(device: str):
-    """A function that waits until the device has finished its queued work (a no-op on the CPU)."""
-    if device == "gpu":
-        xp = backend.array_module("gpu")
-        return lambda: xp.cuda.Device().synchronize()
-    return lambda: None
-
 
 def seconds_of(function, sync) -> float:
     sync()

@@ -74,6 +74,14 @@ def test_a_closed_output_pipe_stops_nothing(script, argv, tmp_path):
     assert json.loads((tmp_path / "figures.json").read_text())
 
 
+@pytest.mark.skipif(__import__("tinylatent.backend").backend.gpu_available(), reason="this machine has a GPU")
+@pytest.mark.parametrize("script", ["bench_oracle", "bench_train", "bench_generate"])
+def test_a_missing_gpu_is_one_line_and_exit_2(script, capsys):
+    module = load_example(script, folder="benchmarks")
+    one_line_errors.assert_one_line_error(capsys, module.main, ["--device", "gpu"], "device 'gpu' needs CuPy",
+                                          nothing_printed=True, program=module.PROGRAM)
+
+
 @pytest.mark.skipif(os.name != "posix", reason="sends itself SIGINT with os.kill (POSIX)")
 @pytest.mark.parametrize("script", ["bench_oracle", "bench_train", "bench_generate"])
 def test_ctrl_c_while_a_benchmark_loads_is_one_line_and_exit_130(script, tmp_path):

@@ -245,21 +245,38 @@ def test_every_command_runs_on_the_device(gpu, tmp_path, capsys):
     _assert_same_report(reports["gpu"], reports["cpu"], gpu)
 
 
-def test_the_training_benchmark_runs_on_the_device(gpu, tmp_path, capsys):
-    """What ``benchmarks/gpu_check.sh`` runs, on the smallest configuration: it finishes and writes its JSON."""
-    bench_train = load_example("bench_train", folder="benchmarks")
-    out = tmp_path / "bench.json"
-    assert bench_train.main(["--device", "gpu", "--configs", "small", "--steps", "1", "--warmup", "0",
-                             "--json", str(out)]) == 0
-    assert "device gpu" in capsys.readouterr().out
+def _benchmark_on_the_device(name, argv, tmp_path, capsys) -> tuple:
+    """``benchmarks/<name>.py --device gpu argv --json ...``, which must succeed: (module, its JSON, its stdout)."""
+    module = load_example(name, folder="benchmarks")
+    out = tmp_path / f"{name}.json"
+    assert module.main(["--device", "gpu", *argv, "--json", str(out)]) == 0
     figures = json.loads(out.read_text())
     assert figures["device"] == "gpu"
+    return module, figures, capsys.readouterr().out
+
+
+def test_the_training_benchmark_runs_on_the_device(gpu, tmp_path, capsys):
+    """What ``benchmarks/gpu_check.sh`` runs, on the smallest configuration: it finishes and writes its JSON."""
+    bench_train, figures, printed = _benchmark_on_the_device(
+        "bench_train", ["--configs", "small", "--steps", "1", "--warmup", "0"], tmp_path, capsys)
+    assert "device gpu" in printed
     small = figures["configs"]["small"]
     assert small["wall"]["tokens_per_s"] > 0 and small["split_clock"] == "wall"
     assert 0.0 < small["issue_seconds_median"] and 0.0 < small["issue_share_of_step"]
     assert set(bench_train.LAYER_KINDS) <= set(small["split_seconds"])
     assert small["issue_split_seconds"].keys() == small["split_seconds"].keys()    # where the issue time goes
     assert all(seconds >= 0.0 for seconds in small["issue_split_seconds"].values())
+
+
+def test_the_oracle_benchmark_runs_on_the_device(gpu, tmp_path, capsys):
+    """``bench_oracle.py --device gpu``: our oracle filters device arrays; where hmmlearn is installed,
+    its log q(x) (another algorithm, on the CPU) must agree with the device's to 1e-8."""
+    _, figures, printed = _benchmark_on_the_device(
+        "bench_oracle", ["--sequences", "40", "--length", "24", "--repeats", "2"], tmp_path, capsys)
+    assert "(GPU)" in printed and figures["tokens"] == 40 * 24
+    assert all(row["seconds"] > 0.0 for row in figures["rows"].values())
+    if "agree_to_1e_8" in figures:
+        assert figures["agree_to_1e_8"] and figures["hmmlearn_max_abs_difference"] <= 1e-8
 
 
 def test_the_benchmark_copies_a_device_model_into_pytorch(gpu):
