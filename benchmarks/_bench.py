@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from tinylatent._ctrl_c import quiet_ctrl_c_while_loading
+from tinylatent._signals import quiet_ctrl_c_while_loading
 
 # Before anything slow: a Ctrl-C while the rest loads is one line and exit 130 (run_script hands it back).
 quiet_ctrl_c_while_loading(os.path.dirname(os.path.abspath(__file__)))

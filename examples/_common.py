@@ -22,7 +22,7 @@ try:
     import tinylatent  # noqa: F401  (its __init__ imports nothing)
 except ModuleNotFoundError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
-from tinylatent._ctrl_c import quiet_ctrl_c_while_loading  # noqa: E402
+from tinylatent._signals import quiet_ctrl_c_while_loading  # noqa: E402
 
 # Before anything slow: a Ctrl-C while the rest loads is one line and exit 130 (run_script hands it back).
 quiet_ctrl_c_while_loading(os.path.dirname(os.path.abspath(__file__)))

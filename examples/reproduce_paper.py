@@ -62,6 +62,7 @@ from dataclasses import replace  # noqa: E402
 from typing import NamedTuple, Optional  # noqa: E402
 
 from tinylatent._io import write_json, write_text  # noqa: E402
+from tinylatent._signals import sigterm_as_interrupt  # noqa: E402
 from tinylatent.checkpoint import CHECKPOINT_FILENAME  # noqa: E402
 from tinylatent.cli import stdout_reader_may_leave  # noqa: E402
 from tinylatent.evaluate import evaluate  # noqa: E402
@@ -226,7 +227,10 @@ def run_experiments(experiments: list, model_config: GPTConfig, train_config: Tr
     experiment that fails, stops the running ones, whether the Ctrl-C came from a terminal
     (to every process) or to this process alone (passed on): each saves its checkpoint and
     stops, and a worker still loading starts nothing. A run started with Ctrl-C ignored
-    (``cmd &`` from a script, ``trap '' INT``) keeps its workers deaf to it too.
+    (``cmd &`` from a script, ``trap '' INT``) keeps its workers deaf to it too. SIGTERM
+    (``kill PID``, a scheduler) is taken as Ctrl-C, here and in a worker that trains
+    (:func:`tinylatent.train.train`); the script then says ``terminated`` and exits 143. (A run
+    deaf to Ctrl-C passes it on to no worker: their running experiments finish first.)
     """
     log = _print_line if verbose else _print_nothing
     jobs = max(1, min(jobs, len(experiments)))
@@ -240,26 +244,27 @@ def run_experiments(experiments: list, model_config: GPTConfig, train_config: Tr
     stopped = context.Event()  # set on Ctrl-C or a failure: no worker starts an experiment after it
     pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_started,
                                initargs=(stopped, deaf))
-    try:
-        running = {}  # future -> the experiment's index
-        while waiting or running:
-            while waiting and len(running) < jobs:
-                index, arguments = waiting.pop()
-                with _ctrl_c_held():  # a worker started here loads deaf to Ctrl-C (no traceback of its imports)
-                    future = pool.submit(_run_experiment_in_worker, *arguments)
-                running[future] = index
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in finished:
-                results[running.pop(future)] = future.result()  # a failed experiment raises here
-    except BaseException:  # Ctrl-C, or a failed experiment: the running ones save and stop
-        stopped.set()
-        if not deaf and os.name == "posix":  # elsewhere os.kill would terminate, not interrupt
-            for worker in multiprocessing.active_children():  # this script's only children: the pool's workers
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(worker.pid, signal.SIGINT)  # a second one (a terminal's Ctrl-C) is ignored there
-        raise
-    finally:
-        _shut_down(pool)
+    with sigterm_as_interrupt():  # `kill PID` too: Terminated, a KeyboardInterrupt, and the same path
+        try:
+            running = {}  # future -> the experiment's index
+            while waiting or running:
+                while waiting and len(running) < jobs:
+                    index, arguments = waiting.pop()
+                    with _ctrl_c_held():  # a worker started here loads deaf to Ctrl-C (no traceback of its imports)
+                        future = pool.submit(_run_experiment_in_worker, *arguments)
+                    running[future] = index
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    results[running.pop(future)] = future.result()  # a failed experiment raises here
+        except BaseException:  # Ctrl-C, or a failed experiment: the running ones save and stop
+            stopped.set()
+            if not deaf and os.name == "posix":  # elsewhere os.kill would terminate, not interrupt
+                for worker in multiprocessing.active_children():  # this script's only children: the pool's workers
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(worker.pid, signal.SIGINT)  # a second one (a terminal's Ctrl-C) is ignored there
+            raise
+        finally:
+            _shut_down(pool)
     return results
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from one_line_errors import assert_one_line_error
 from tinylatent import cli_language
+from tinylatent._signals import Terminated
 from tinylatent.cli import main, run_script
 from tinylatent.language import paper_language
 
@@ -280,18 +281,21 @@ def test_out_of_memory_is_one_line(monkeypatch, capsys):
 @pytest.mark.parametrize("run_it", [lambda: main(["sample", "--messages", "5"]),
                                     lambda: run_script("script.py", lambda: cli_language.sample_corpus())],
                          ids=["command", "script"])
-def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys, run_it):
-    """Ctrl-C in a command (`tinylatent ...`) or a script (an example, a benchmark: cli.run_script)."""
+@pytest.mark.parametrize("stop, said, status", [(KeyboardInterrupt, "interrupted", 130), (Terminated, "terminated", 143)],
+                         ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys, run_it, stop, said, status):
+    """Ctrl-C in a command (`tinylatent ...`) or a script (an example, a benchmark: cli.run_script);
+    and SIGTERM, which training turns into Terminated (a KeyboardInterrupt): "terminated", 143."""
     def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
+        raise stop
     monkeypatch.setattr(cli_language, "sample_corpus", interrupted)
     try:
         code = run_it()
     except KeyboardInterrupt:  # as such it would stop pytest itself
         pytest.fail("the KeyboardInterrupt escaped")
-    assert code == 130
+    assert code == status
     captured = capsys.readouterr()
-    assert captured.out == "" and captured.err in ("tinylatent sample: interrupted\n", "script.py: interrupted\n")
+    assert captured.out == "" and captured.err in (f"tinylatent sample: {said}\n", f"script.py: {said}\n")
 
 
 @pytest.fixture
@@ -307,25 +311,25 @@ def test_quiet_ctrl_c_while_loading_acts_only_for_the_scripts_of_its_folder(monk
                                                                            sigint_handler_restored):
     """A test importing ``examples/_common`` keeps its Ctrl-C; a script of that folder gets the one-line
     handler until run_script gives Ctrl-C back to Python; a Ctrl-C ignored (``cmd &``) stays ignored."""
-    from tinylatent import _ctrl_c
-    _ctrl_c.quiet_ctrl_c_while_loading(str(tmp_path))  # __main__ is pytest, not a script in tmp_path
+    from tinylatent import _signals
+    _signals.quiet_ctrl_c_while_loading(str(tmp_path))  # __main__ is pytest, not a script in tmp_path
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
     monkeypatch.setitem(sys.modules, "__main__", types.SimpleNamespace(__file__=str(tmp_path / "script.py")))
-    _ctrl_c.quiet_ctrl_c_while_loading(str(tmp_path))
-    assert signal.getsignal(signal.SIGINT) is _ctrl_c._interrupted_while_loading
+    _signals.quiet_ctrl_c_while_loading(str(tmp_path))
+    assert signal.getsignal(signal.SIGINT) is _signals._interrupted_while_loading
     assert run_script("script.py", lambda: 0) == 0
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _ctrl_c.quiet_ctrl_c_while_loading(str(tmp_path))
+    _signals.quiet_ctrl_c_while_loading(str(tmp_path))
     assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
 
-def test_the_ctrl_c_module_loads_nothing_slow():
-    """Scripts import tinylatent._ctrl_c first, so that a Ctrl-C during the slow imports after it is one line."""
-    code = ("import os, signal, sys; before = set(sys.modules); import tinylatent._ctrl_c; "
-            "sys.exit(sorted(set(sys.modules) - before - {'__future__', 'tinylatent', 'tinylatent._ctrl_c'}) or 0)")
+def test_the_signals_module_loads_nothing_slow():
+    """Scripts import tinylatent._signals first, so that a Ctrl-C during the slow imports after it is one line."""
+    code = ("import os, signal, sys; before = set(sys.modules); import tinylatent._signals; "
+            "sys.exit(sorted(set(sys.modules) - before - {'__future__', 'tinylatent', 'tinylatent._signals'}) or 0)")
     result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
                             stderr=subprocess.PIPE, text=True)
     assert (result.returncode, result.stderr) == (0, "")

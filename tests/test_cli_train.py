@@ -2,6 +2,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -254,3 +259,30 @@ def test_out_of_memory_is_one_line(tmp_path, capsys, monkeypatch):
         raise MemoryError()
     monkeypatch.setattr(cli_train, "train", no_memory)
     assert_one_line_error(capsys, ["train", "--steps", "2", "--out", str(tmp_path / "run"), *TINY], "out of memory")
+
+
+@pytest.mark.skipif(os.name != "posix", reason="sends SIGTERM (POSIX)")
+def test_sigterm_saves_a_checkpoint_says_terminated_and_exits_143(tmp_path):
+    """``kill PID`` (a scheduler's time limit, a container's stop) during `tinylatent train`: the step
+    in progress finishes and is saved, one line says so, exit status 143; --resume then finishes the run."""
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "tinylatent", "train", "--steps", "100000", "--out", str(out), *TINY]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        log = out / "log.jsonl"
+        deadline = time.monotonic() + 120.0
+        while not (log.exists() and log.read_text().count("\n") >= 3):   # step 0 and two training steps
+            assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert (process.returncode, stderr) == (143, "tinylatent train: terminated\n")   # --no-progress: only that line
+    saved = load_checkpoint(out / "ckpt.npz")
+    logged = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert saved.step >= 2 and logged == list(range(saved.step + 1))   # the checkpoint is the log's last step
+    finish = max(saved.step, 100) + 2   # the run warms up for 100 steps: a shorter one is refused
+    assert main(["train", "--out", str(out), "--resume", "--steps", str(finish), "--no-progress"]) == 0
+    assert load_checkpoint(out / "ckpt.npz").step == finish

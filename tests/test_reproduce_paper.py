@@ -161,10 +161,10 @@ def test_a_closed_output_pipe_stops_nothing(tmp_path):
     assert (tmp_path / "results.md").exists()
 
 
-def _interrupted(arguments: list, ready, to_the_group: bool, wait: float = 0.0) -> tuple:
+def _interrupted(arguments: list, ready, to_the_group: bool, wait: float = 0.0, signum=signal.SIGINT) -> tuple:
     """Run the script with ``--smoke --steps 1000000 --jobs 1 --no-progress`` and ``arguments`` in a
-    session of its own; once ``ready(pid)``, and ``wait`` seconds later, send SIGINT to its process
-    group (as a terminal sends Ctrl-C) or to it alone. Returns (exit status, standard error)."""
+    session of its own; once ``ready(pid)``, and ``wait`` seconds later, send SIGINT (or ``signum``)
+    to its process group (as a terminal sends Ctrl-C) or to it alone. Returns (exit status, standard error)."""
     process = subprocess.Popen([sys.executable, str(EXAMPLE), "--smoke", "--steps", "1000000", "--jobs", "1",
                                 "--no-progress", *arguments],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -175,9 +175,9 @@ def _interrupted(arguments: list, ready, to_the_group: bool, wait: float = 0.0) 
             time.sleep(0.002)
         time.sleep(wait)
         if to_the_group:
-            os.killpg(process.pid, signal.SIGINT)
+            os.killpg(process.pid, signum)
         else:
-            os.kill(process.pid, signal.SIGINT)
+            os.kill(process.pid, signum)
         _, stderr = process.communicate(timeout=120)
     finally:
         if process.poll() is None:
@@ -187,17 +187,21 @@ def _interrupted(arguments: list, ready, to_the_group: bool, wait: float = 0.0) 
 
 
 @pytest.mark.parametrize("to_the_group", [True, False], ids=["terminal", "kill"])
-def test_ctrl_c_saves_the_running_experiment_and_starts_no_other(tmp_path, to_the_group):
+@pytest.mark.parametrize("signum, said, status", [(signal.SIGINT, "interrupted", 130), (signal.SIGTERM, "terminated", 143)],
+                         ids=["sigint", "sigterm"])
+def test_ctrl_c_saves_the_running_experiment_and_starts_no_other(tmp_path, to_the_group, signum, said, status):
     """SIGINT while the first of two experiments trains with ``--jobs 1``, to the process group
     (as a terminal sends Ctrl-C) or to the script alone (``kill -INT``, which it passes on to its
     worker): the experiment saves its checkpoint, the second never starts (the pool is handed an
     experiment only when a worker is free), and the script says so in one line and exits 130.
-    Before, the second experiment started training, and ``kill -INT`` waited for the first to end."""
+    Before, the second experiment started training, and ``kill -INT`` waited for the first to end.
+    SIGTERM (``kill``, a scheduler) the same, with "terminated" and exit 143; before, it ended
+    the script at once, and the worker's steps since its last checkpoint were lost."""
     log = tmp_path / "runs" / "paper-eta0" / "log.jsonl"
     returncode, stderr = _interrupted(["--only", "paper-eta0", "paper-eta0.02", "--out", str(tmp_path)],
                                       lambda pid: log.exists() and log.read_text().count("\n") >= 3,  # step 0 and 2 steps
-                                      to_the_group)
-    assert (returncode, stderr) == (130, "reproduce_paper.py: interrupted\n")
+                                      to_the_group, signum=signum)
+    assert (returncode, stderr) == (status, f"reproduce_paper.py: {said}\n")
     assert sorted(path.name for path in (tmp_path / "runs").iterdir()) == ["paper-eta0"]
     saved_step = load_checkpoint(log.parent / "ckpt.npz").step
     last_logged_step = json.loads(log.read_text().splitlines()[-1])["step"]

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import tinylatent.train as train_module
+from tinylatent._signals import Terminated
 from tinylatent.checkpoint import CHECKPOINT_FILENAME, load_checkpoint, save_checkpoint
 from tinylatent.gpt import GPT, GPTConfig
 from tinylatent.language import paper_language, random_language, sample_corpus, sample_windows
@@ -240,9 +241,16 @@ def assert_the_resumed_run_is_the_straight_run(language, config, tmp_path):
     assert without_timing(read_log(tmp_path / "interrupted")) == without_timing(read_log(tmp_path / "straight"))
 
 
-def test_ctrl_c_during_the_optimiser_update_is_held_until_the_step_is_whole(tmp_path, monkeypatch):
-    """A real SIGINT in the middle of AdamW.step: the update finishes, and so do the step's
-    metrics, its validation (step 3 is due one) and its log line; then the run stops and
+# Each stop request: the signal, what train() raises for it, and its handler before and after the run.
+STOP_SIGNALS = [pytest.param(signal.SIGINT, KeyboardInterrupt, signal.default_int_handler, id="ctrl-c"),
+                pytest.param(signal.SIGTERM, Terminated, signal.SIG_DFL, id="sigterm")]
+
+
+@pytest.mark.parametrize("signum, raised, handler", STOP_SIGNALS)
+def test_ctrl_c_during_the_optimiser_update_is_held_until_the_step_is_whole(tmp_path, monkeypatch, signum, raised,
+                                                                            handler):
+    """A real SIGINT (or SIGTERM) in the middle of AdamW.step: the update finishes, and so do the
+    step's metrics, its validation (step 3 is due one) and its log line; then the run stops and
     saves it. The checkpoint, the log and the resumed run all agree with a straight run."""
     language = tiny_language()
     config = tiny_run(steps=8, checkpoint_interval=100, eval_interval=3)
@@ -254,14 +262,14 @@ def test_ctrl_c_during_the_optimiser_update_is_held_until_the_step_is_whole(tmp_
     def step_with_signal(optimizer, params, grads, lr):
         calls.append(lr)
         if len(calls) == 3:
-            os.kill(os.getpid(), signal.SIGINT)  # delivered now; the handler only records it
+            os.kill(os.getpid(), signum)  # delivered now; the handler only records it
         return original_step(optimizer, params, grads, lr)
 
     with monkeypatch.context() as patch:
         patch.setattr(AdamW, "step", step_with_signal)
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(raised):
             train(language, tiny_model(language), config, tmp_path / "interrupted", progress=False)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signum) is handler  # handler restored
     saved = load_checkpoint(tmp_path / "interrupted" / CHECKPOINT_FILENAME)
     straight_log = read_log(tmp_path / "straight")
     assert saved.step == 3
@@ -312,26 +320,27 @@ def test_ctrl_c_before_the_log_is_opened_writes_nothing(tmp_path, monkeypatch, w
     train(language, tiny_model(language), tiny_run(steps=3), tmp_path / "run", progress=False)
 
 
-def test_a_second_ctrl_c_waits_for_the_checkpoint_of_the_first(tmp_path, monkeypatch):
-    """Ctrl-C, then another while the first one's checkpoint is being written: the checkpoint is
-    written whole, and the run stops with one KeyboardInterrupt."""
+@pytest.mark.parametrize("signum, raised, handler", STOP_SIGNALS)
+def test_a_second_ctrl_c_waits_for_the_checkpoint_of_the_first(tmp_path, monkeypatch, signum, raised, handler):
+    """Ctrl-C (or SIGTERM), then another while the first one's checkpoint is being written: the
+    checkpoint is written whole, and the run stops with one KeyboardInterrupt (or Terminated)."""
     language = tiny_language()
     config = tiny_run(steps=10, checkpoint_interval=100)
     original_save = train_module.save_checkpoint
 
     def interrupt(model, idx, targets, original):
-        raise KeyboardInterrupt
+        raise raised()
 
     def save_with_signal(*args, **kwargs):
-        os.kill(os.getpid(), signal.SIGINT)  # the second Ctrl-C, in the middle of the save
+        os.kill(os.getpid(), signum)  # the second request, in the middle of the save
         return original_save(*args, **kwargs)
 
     with monkeypatch.context() as patch:
         CallCounter(patch, on_call=4, action=interrupt)
         patch.setattr(train_module, "save_checkpoint", save_with_signal)
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(raised):
             train(language, tiny_model(language), config, tmp_path / "interrupted", progress=False)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signum) is handler
     assert load_checkpoint(tmp_path / "interrupted" / CHECKPOINT_FILENAME).step == 3
     assert [r["step"] for r in read_log(tmp_path / "interrupted")] == [0, 1, 2, 3]
 

@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 from tinylatent import __version__
-from tinylatent._ctrl_c import ctrl_c_loaded
+from tinylatent._signals import TERMINATED_EXIT_STATUS, Terminated, ctrl_c_loaded
 
 # Modules that register subcommands, in the order they appear in ``--help``.
 COMMAND_MODULES = [
@@ -241,18 +241,28 @@ def stdout_reader_may_leave():
 def run_script(program: str, main) -> int:
     """``main()`` for a script (the examples, the benchmarks), as :func:`main` runs a command: a bad
     setting, an unwritable file or too little memory is one line on stderr and exit status 2,
-    Ctrl-C is one line and exit status 130 (what a training run had done is in its checkpoint),
+    Ctrl-C is one line and exit status 130 (what a training run had done is in its checkpoint;
+    a SIGTERM while a model trains is the same, with exit status 143: :func:`stopped`),
     and a reader of standard output that leaves early (``| head -1``) stops nothing."""
-    ctrl_c_loaded()  # the script has loaded: Ctrl-C is KeyboardInterrupt again (tinylatent._ctrl_c)
+    ctrl_c_loaded()  # the script has loaded: Ctrl-C is KeyboardInterrupt again (tinylatent._signals)
     try:
         with stdout_reader_may_leave():   # outside it a failed last flush (a full disk) is caught below too
             return int(main() or 0)
     except (ValueError, OSError, MemoryError) as exc:
         print(f"{program}: error: {error_text(exc)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"{program}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        return stopped(program, exc)
+
+
+def stopped(program: str, exc: KeyboardInterrupt) -> int:
+    """What a command or script says when Ctrl-C or (while a model trains) SIGTERM stopped it:
+    ``<program>: interrupted`` and exit status 130, or ``<program>: terminated`` and 143."""
+    if isinstance(exc, Terminated):
+        print(f"{program}: terminated", file=sys.stderr)
+        return TERMINATED_EXIT_STATUS
+    print(f"{program}: interrupted", file=sys.stderr)
+    return 130
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -292,9 +302,8 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, OSError):
             _quiet_stdout_after_failure()
         return 2
-    except KeyboardInterrupt:
-        print(f"tinylatent {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM while a model trains (tinylatent._signals)
+        return stopped(f"tinylatent {args.command}", exc)
 
 
 if __name__ == "__main__":

@@ -63,6 +63,7 @@ import numpy as np
 
 from tinylatent._checks import as_python_scalars, is_finite_real, is_integer
 from tinylatent._io import atomic_write, json_ready
+from tinylatent._signals import Terminated, raise_terminated, sigterm_as_interrupt
 from tinylatent.backend import check_device, to_device, to_host, xp_of
 from tinylatent.checkpoint import CHECKPOINT_FILENAME, load_checkpoint, save_checkpoint
 from tinylatent.gpt import GPT, GPTConfig
@@ -485,27 +486,38 @@ class JsonLog:
 
 @contextlib.contextmanager
 def keyboard_interrupt_deferred():
-    """Hold a Ctrl-C that arrives inside the block until the block has finished.
+    """Hold a Ctrl-C (or a SIGTERM that :func:`train` turns into one) that arrives inside the
+    block until the block has finished.
 
     The optimiser updates the parameters in place, one array after another; an
     interrupt in the middle would leave half of them updated, a state that no
     uninterrupted run ever passes through. Inside this block SIGINT is only recorded;
     when the block ends the handler it held back runs (Python's default one raises
     KeyboardInterrupt). Only in the main thread, and only while a Python handler is
-    installed: an ignored SIGINT stays ignored.
+    installed: an ignored SIGINT stays ignored. SIGTERM is held the same way while its
+    handler is :func:`tinylatent._signals.raise_terminated` (inside
+    :func:`~tinylatent._signals.sigterm_as_interrupt`); otherwise it is left alone.
     """
-    handler = signal.getsignal(signal.SIGINT)
-    if threading.current_thread() is not threading.main_thread() or not callable(handler):
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {signum: handler for signum, handler in ((signal.SIGINT, signal.getsignal(signal.SIGINT)),
+                                                    (signal.SIGTERM, signal.getsignal(signal.SIGTERM)))
+            if callable(handler) and (signum == signal.SIGINT or handler is raise_terminated)}
+    if not held:
         yield
         return
     received = []
-    signal.signal(signal.SIGINT, lambda signum, frame: received.append((signum, frame)))
+    for signum in held:
+        signal.signal(signum, lambda signum, frame: received.append((signum, frame)))
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, handler)
+        for signum, handler in held.items():
+            signal.signal(signum, handler)
     if received:
-        handler(*received[0])
+        signum, frame = received[0]
+        held[signum](signum, frame)
 
 
 # ----------------------------------------------------------------------------------------
@@ -572,7 +584,9 @@ def train(language: Language, model_config: GPTConfig, train_config: TrainConfig
     Stops early
 
     * on Ctrl-C (KeyboardInterrupt): writes a checkpoint of the last completed step,
-      then re-raises;
+      then re-raises; the same on SIGTERM, while it has its default action and this runs in
+      the main thread, which then raises :class:`~tinylatent._signals.Terminated` (a
+      KeyboardInterrupt);
     * when the loss or gradient norm is NaN or infinite: raises :class:`TrainingDiverged`
       (a ValueError) before the bad step touches the parameters, and writes nothing,
       so the last good checkpoint stays;
@@ -658,78 +672,82 @@ def train(language: Language, model_config: GPTConfig, train_config: TrainConfig
     evaluated_at = None
     # The data generator's state after the last completed step: what a checkpoint must hold.
     rng_state_at_step_boundary = data_rng.bit_generator.state
-    try:
-        # Opening the log and (a fresh run) step 0, its validation and its log line: all or nothing.
-        # A Ctrl-C before it leaves the folder as it was; one inside waits for the line, so the
-        # checkpoint saved below and the log agree (the resumed run writes no step 0 line).
-        with keyboard_interrupt_deferred():
-            log = JsonLog(out_dir / LOG_FILENAME, keep_through_step=step if resume else None)
-            if not resume:
-                evaluate()
-                evaluated_at = 0
-                log.write({"step": 0, "val_loss": metrics["val_loss"], "bayes_val_loss": bayes_loss})
-        if not resume:
-            bar.report(0, None, metrics["val_loss"], bayes_loss, None, None)
-        while step < config.steps:
-            started = time.perf_counter()
-            lr = lr_at(step, config.max_lr, config.warmup_steps, config.steps, config.min_lr)
-            with _no_overflow_warnings():
-                loss, grads = batches_loss_and_grads(model, data.train_batch(data_rng))
-                train_loss = float(to_host(loss))
-                grad_norm = clip_grad_norm(grads, config.grad_clip) if math.isfinite(train_loss) else math.nan
-            if not (math.isfinite(train_loss) and math.isfinite(grad_norm)):
-                raise diverged(step + 1, f"the loss is {train_loss} and the gradient norm {grad_norm} (lr {lr:.3g})")
-            # A step is done when its update, its metrics and its log line (and validation, when
-            # due) are: a Ctrl-C in the middle waits for all of them, so the checkpoint it saves
-            # and the log agree, and the resumed run's log has no gap.
-            with keyboard_interrupt_deferred():
-                with _no_overflow_warnings():
-                    optimizer.step(model.params, grads, lr)
-                step += 1
-                rng_state_at_step_boundary = data_rng.bit_generator.state
-                step_seconds = time.perf_counter() - started
-                train_seconds += step_seconds
-                tokens_per_s = config.tokens_per_step / step_seconds
-                metrics["train_loss"] = train_loss
-                record = {"step": step, "loss": train_loss, "lr": lr, "grad_norm": grad_norm,
-                          "tokens_per_s": tokens_per_s}
-                val_loss = None
-                if step % config.eval_interval == 0 or step == config.steps:
-                    val_loss = evaluate()
-                    evaluated_at = step
-                    record.update(val_loss=val_loss, bayes_val_loss=bayes_loss)
-                log.write(record)
-            bar.step(train_loss, tokens_per_s, val_loss)
-            if val_loss is not None:
-                tokens_done = (step - (resumed_from or 0)) * config.tokens_per_step
-                interval_rate = (tokens_done - tokens_at_last_report) / max(train_seconds - seconds_at_last_report, 1e-9)
-                tokens_at_last_report, seconds_at_last_report = tokens_done, train_seconds
-                eta = (config.steps - step) * config.tokens_per_step / interval_rate
-                bar.report(step, train_loss, val_loss, bayes_loss, interval_rate, eta)
-            if step % config.checkpoint_interval == 0 or step == config.steps:
-                if not all(bool(xp_of(p).isfinite(p).all()) for p in model.params.values()):
-                    # the update itself overflowed (its loss was finite): this state must not replace a good
-                    # checkpoint (save_checkpoint would refuse it too; here it is reported as a divergence)
-                    raise diverged(step, f"its update (lr {lr:.3g}) made parameters infinite or NaN")
-                save()
-        if evaluated_at != step:  # a resume of a finished run: nothing was trained
-            evaluate()
-    except KeyboardInterrupt:
-        if log is None:  # before the log was opened: nothing was written, and nothing is saved
-            raise
-        data_rng.bit_generator.state = rng_state_at_step_boundary
+    # SIGTERM (kill, a scheduler's time limit) stops the run as Ctrl-C does: the step in progress is
+    # finished and saved, then Terminated (a KeyboardInterrupt) is raised; tinylatent._signals.
+    with sigterm_as_interrupt():
         try:
-            with keyboard_interrupt_deferred():  # a second Ctrl-C waits for the checkpoint ...
-                save()
-        except KeyboardInterrupt:                # ... and is the same request: the first is raised below
-            pass
-        bar.close()
-        bar.message(f"interrupted: saved the checkpoint of step {step} to {checkpoint_path}; continue with resume")
-        raise
-    finally:
-        bar.close()
-        if log is not None:
-            log.close()
+            # Opening the log and (a fresh run) step 0, its validation and its log line: all or nothing.
+            # A Ctrl-C before it leaves the folder as it was; one inside waits for the line, so the
+            # checkpoint saved below and the log agree (the resumed run writes no step 0 line).
+            with keyboard_interrupt_deferred():
+                log = JsonLog(out_dir / LOG_FILENAME, keep_through_step=step if resume else None)
+                if not resume:
+                    evaluate()
+                    evaluated_at = 0
+                    log.write({"step": 0, "val_loss": metrics["val_loss"], "bayes_val_loss": bayes_loss})
+            if not resume:
+                bar.report(0, None, metrics["val_loss"], bayes_loss, None, None)
+            while step < config.steps:
+                started = time.perf_counter()
+                lr = lr_at(step, config.max_lr, config.warmup_steps, config.steps, config.min_lr)
+                with _no_overflow_warnings():
+                    loss, grads = batches_loss_and_grads(model, data.train_batch(data_rng))
+                    train_loss = float(to_host(loss))
+                    grad_norm = clip_grad_norm(grads, config.grad_clip) if math.isfinite(train_loss) else math.nan
+                if not (math.isfinite(train_loss) and math.isfinite(grad_norm)):
+                    raise diverged(step + 1, f"the loss is {train_loss} and the gradient norm {grad_norm} (lr {lr:.3g})")
+                # A step is done when its update, its metrics and its log line (and validation, when
+                # due) are: a Ctrl-C in the middle waits for all of them, so the checkpoint it saves
+                # and the log agree, and the resumed run's log has no gap.
+                with keyboard_interrupt_deferred():
+                    with _no_overflow_warnings():
+                        optimizer.step(model.params, grads, lr)
+                    step += 1
+                    rng_state_at_step_boundary = data_rng.bit_generator.state
+                    step_seconds = time.perf_counter() - started
+                    train_seconds += step_seconds
+                    tokens_per_s = config.tokens_per_step / step_seconds
+                    metrics["train_loss"] = train_loss
+                    record = {"step": step, "loss": train_loss, "lr": lr, "grad_norm": grad_norm,
+                              "tokens_per_s": tokens_per_s}
+                    val_loss = None
+                    if step % config.eval_interval == 0 or step == config.steps:
+                        val_loss = evaluate()
+                        evaluated_at = step
+                        record.update(val_loss=val_loss, bayes_val_loss=bayes_loss)
+                    log.write(record)
+                bar.step(train_loss, tokens_per_s, val_loss)
+                if val_loss is not None:
+                    tokens_done = (step - (resumed_from or 0)) * config.tokens_per_step
+                    interval_rate = (tokens_done - tokens_at_last_report) / max(train_seconds - seconds_at_last_report, 1e-9)
+                    tokens_at_last_report, seconds_at_last_report = tokens_done, train_seconds
+                    eta = (config.steps - step) * config.tokens_per_step / interval_rate
+                    bar.report(step, train_loss, val_loss, bayes_loss, interval_rate, eta)
+                if step % config.checkpoint_interval == 0 or step == config.steps:
+                    if not all(bool(xp_of(p).isfinite(p).all()) for p in model.params.values()):
+                        # the update itself overflowed (its loss was finite): this state must not replace a good
+                        # checkpoint (save_checkpoint would refuse it too; here it is reported as a divergence)
+                        raise diverged(step, f"its update (lr {lr:.3g}) made parameters infinite or NaN")
+                    save()
+            if evaluated_at != step:  # a resume of a finished run: nothing was trained
+                evaluate()
+        except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (Terminated)
+            if log is None:  # before the log was opened: nothing was written, and nothing is saved
+                raise
+            data_rng.bit_generator.state = rng_state_at_step_boundary
+            try:
+                with keyboard_interrupt_deferred():  # a second Ctrl-C waits for the checkpoint ...
+                    save()
+            except KeyboardInterrupt:                # ... and is the same request: the first is raised below
+                pass
+            bar.close()
+            what = "terminated" if isinstance(stop, Terminated) else "interrupted"
+            bar.message(f"{what}: saved the checkpoint of step {step} to {checkpoint_path}; continue with resume")
+            raise
+        finally:
+            bar.close()
+            if log is not None:
+                log.close()
 
     val_loss = metrics["val_loss"]
     summary = {
