@@ -3,6 +3,8 @@ import functools
 import json
 import os
 import stat
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -10,7 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tinylatent._io import MAX_JSON_DEPTH, atomic_write, json_depth, json_text, parse_json, write_json, write_text
+from tinylatent._io import (MAX_JSON_DEPTH, atomic_write, json_depth, json_text, parse_json,
+                            remove_leftover_temporaries, write_json, write_text)
 
 
 def _mode(path):
@@ -131,3 +134,24 @@ def test_json_depth_counts_what_json_nests(value):
             return 1 + max(map(depth, item.values()), default=0)
         return 0
     assert json_depth(json.loads(json.dumps(value))) == depth(value)
+
+
+def test_what_a_write_killed_midway_left_is_removed_and_nothing_else(tmp_path):
+    """A process killed inside atomic_write (here it ends itself with os._exit) leaves its hidden
+    temporary file; remove_leftover_temporaries removes exactly those, not a user's look-alikes."""
+    target = tmp_path / "ckpt.npz"
+    target.write_bytes(b"the last good checkpoint")
+    code = ("import os, sys; from tinylatent._io import atomic_write; "
+            "atomic_write(sys.argv[1], lambda handle: (handle.write(b'half a checkpoint'), handle.flush(), os._exit(9)), 'wb')")
+    result = subprocess.run([sys.executable, "-c", code, str(target)], cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 9
+    leftovers = [path for path in tmp_path.iterdir() if path.name.endswith(".tmp")]
+    assert len(leftovers) == 1 and leftovers[0].name.startswith(".ckpt.npz.")
+    mine = [tmp_path / name for name in (".ckpt.npz.mine.tmp", ".ckpt.npz.abcdefgh.tmp.keep", "ckpt.npz.abcdefgh.tmp",
+                                         ".log.jsonl.abcdefgh.tmp", ".ckpt.npz.ABCDEFGH.tmp")]
+    for path in mine:
+        path.write_text("mine")
+    assert remove_leftover_temporaries(target) == leftovers
+    assert sorted(tmp_path.iterdir()) == sorted([target, *mine])
+    assert target.read_bytes() == b"the last good checkpoint"
+    assert remove_leftover_temporaries(tmp_path / "missing" / "ckpt.npz") == []   # no such folder: nothing to do

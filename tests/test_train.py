@@ -9,6 +9,8 @@ import json
 import math
 import os
 import signal
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -602,3 +604,18 @@ def test_short_windows_longer_than_the_context_are_refused():
     with pytest.raises(ValueError, match=r"short_context \(200\) must be at most the context_length \(128\)"):
         TrainConfig(short_windows=4, short_context=200).resolved(GPTConfig.small())
     assert TrainConfig(short_windows=0, short_context=200).resolved(GPTConfig.small()).short_context == 200
+
+
+def test_a_run_removes_what_a_killed_save_left_and_nothing_else(tmp_path):
+    """A save killed mid-write (SIGKILL) leaves a hidden temporary file as large as the checkpoint;
+    the next run in that folder (here the resumed one) removes it, and leaves a user's files alone."""
+    language = tiny_language()
+    run = tmp_path / "run"
+    train(language, tiny_model(language), tiny_run(steps=3, checkpoint_interval=100), run, progress=False)
+    leftovers = [Path(tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=run)[1])   # as atomic_write names them
+                 for name in (CHECKPOINT_FILENAME, LOG_FILENAME)]
+    mine = run / ".ckpt.npz.notes.tmp"
+    mine.write_text("mine")
+    train(language, tiny_model(language), tiny_run(steps=5, checkpoint_interval=100), run, resume=True, progress=False)
+    assert not any(path.exists() for path in leftovers) and mine.read_text() == "mine"
+    assert load_checkpoint(run / CHECKPOINT_FILENAME).step == 5

@@ -84,6 +84,31 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], mode: str
     return given
 
 
+# What tempfile.mkstemp puts between atomic_write's prefix and suffix: 8 of these characters.
+_TEMPORARY_NAME_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
+
+
+def remove_leftover_temporaries(path: str | os.PathLike) -> list:
+    """Remove the temporary files that :func:`atomic_write` of ``path`` left behind when its process
+    was killed mid-write (SIGKILL, the out-of-memory killer, a power cut): ``.<name>.XXXXXXXX.tmp``
+    beside it, exactly as ``mkstemp`` names them. A checkpoint's can be as large as the checkpoint.
+    Nothing else is touched. Returns the paths removed.
+
+    Only for a file that one process writes at a time: another process's write in progress would
+    lose its temporary file and fail.
+    """
+    target = Path(os.path.realpath(path))
+    prefix, suffix = f".{target.name}.", ".tmp"
+    removed = []
+    for candidate in target.parent.glob(f"{prefix}*{suffix}") if target.parent.is_dir() else ():
+        middle = candidate.name[len(prefix):-len(suffix)]
+        if len(middle) == 8 and set(middle) <= _TEMPORARY_NAME_CHARACTERS and candidate.is_file() \
+                and not candidate.is_symlink():
+            candidate.unlink(missing_ok=True)
+            removed.append(candidate)
+    return removed
+
+
 def json_ready(value: Any) -> Any:
     """``value`` in JSON's own types: NumPy scalars and arrays as Python numbers and lists, tuples as
     lists, and NaN and ±inf, which JSON has no numbers for, as null (Python's ``json`` would write

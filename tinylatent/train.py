@@ -62,7 +62,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from tinylatent._checks import as_python_scalars, is_finite_real, is_integer
-from tinylatent._io import atomic_write, json_ready
+from tinylatent._io import atomic_write, json_ready, remove_leftover_temporaries
 from tinylatent._signals import Terminated, raise_terminated, sigterm_as_interrupt
 from tinylatent.backend import check_device, to_device, to_host, xp_of
 from tinylatent.checkpoint import CHECKPOINT_FILENAME, load_checkpoint, save_checkpoint
@@ -667,6 +667,8 @@ def train(language: Language, model_config: GPTConfig, train_config: TrainConfig
         metrics["bayes_val_loss"] = bayes_loss
         return metrics["val_loss"]
 
+    for path in (checkpoint_path, out_dir / LOG_FILENAME):  # what a save killed mid-write (SIGKILL) left
+        remove_leftover_temporaries(path)
     train_seconds = 0.0
     tokens_at_last_report, seconds_at_last_report = 0, 0.0
     evaluated_at = None
