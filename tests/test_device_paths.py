@@ -300,7 +300,7 @@ EXPERIMENT_ARGS = {
     "cot_locality": ["--smoke", "--no-progress"],
     "emergence": ["--smoke", "--no-progress"],
     "instruction_tuning": ["--smoke", "--no-progress"],
-    "icl_decay": ["--trials", "4", "--max-examples", "2", "--language", "paper", "--eta", "0.02", "--train",
+    "icl_decay": ["--trials", "2", "--max-examples", "1", "--language", "paper", "--eta", "0.02", "--train",
                   "--train-steps", "3"],
 }
 
