@@ -16,13 +16,12 @@ import numpy as np
 import pytest
 
 import tinylatent.train as train_module
-from tinylatent._signals import Terminated
 from tinylatent.checkpoint import CHECKPOINT_FILENAME, load_checkpoint, save_checkpoint
 from tinylatent.gpt import GPT, GPTConfig
 from tinylatent.language import paper_language, random_language, sample_corpus, sample_windows
 from tinylatent.optim import AdamW
 from tinylatent.train import (
-    LOG_FILENAME, RandomStreams, TrainConfig, TrainingData, TrainingDiverged, batches_loss_and_grads,
+    LOG_FILENAME, RandomStreams, Terminated, TrainConfig, TrainingData, TrainingDiverged, batches_loss_and_grads,
     bayes_validation_loss, train, validation_loss,
 )
 

@@ -63,7 +63,7 @@ import numpy as np
 
 from tinylatent._checks import as_python_scalars, is_finite_real, is_integer
 from tinylatent._io import atomic_write, json_ready, remove_leftover_temporaries
-from tinylatent._signals import Terminated, raise_terminated, sigterm_as_interrupt
+from tinylatent._signals import Terminated, raise_terminated, sigterm_as_interrupt  # Terminated: train's, for users
 from tinylatent.backend import check_device, to_device, to_host, xp_of
 from tinylatent.checkpoint import CHECKPOINT_FILENAME, load_checkpoint, save_checkpoint
 from tinylatent.gpt import GPT, GPTConfig
@@ -585,7 +585,7 @@ def train(language: Language, model_config: GPTConfig, train_config: TrainConfig
 
     * on Ctrl-C (KeyboardInterrupt): writes a checkpoint of the last completed step,
       then re-raises; the same on SIGTERM, while it has its default action and this runs in
-      the main thread, which then raises :class:`~tinylatent._signals.Terminated` (a
+      the main thread, which then raises :class:`Terminated` (a
       KeyboardInterrupt);
     * when the loss or gradient norm is NaN or infinite: raises :class:`TrainingDiverged`
       (a ValueError) before the bad step touches the parameters, and writes nothing,
