@@ -17,6 +17,7 @@ quiet_ctrl_c_while_loading(os.path.dirname(os.path.abspath(__file__)))
 
 import argparse  # noqa: E402
 import math  # noqa: E402
+import time  # noqa: E402
 from typing import Callable  # noqa: E402
 
 from tinylatent import backend  # noqa: E402
@@ -100,3 +101,13 @@ def synchroniser(device: str):
         xp = backend.array_module("gpu")
         return lambda: xp.cuda.Device().synchronize()
     return lambda: None
+
+
+def timed(function, sync=lambda: None, clock=time.perf_counter) -> tuple:
+    """(seconds by ``clock``, result) of one ``function()``, with the device's queue empty before
+    the clock starts and waited for before it stops (``sync``: :func:`synchroniser`)."""
+    sync()
+    start = clock()
+    result = function()
+    sync()
+    return clock() - start, result

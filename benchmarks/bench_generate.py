@@ -32,7 +32,7 @@ from _bench import blas_threads, set_blas_threads, synchroniser  # noqa: E402
 from bench_train import CONFIGS  # noqa: E402
 from tinylatent import backend  # noqa: E402
 from tinylatent._io import write_json  # noqa: E402
-from tinylatent.cli import int_in  # noqa: E402
+from tinylatent.cli import add_device_argument, int_in  # noqa: E402
 from tinylatent.gpt import GPT  # noqa: E402
 
 PROGRAM = "bench_generate.py"
@@ -40,11 +40,8 @@ PROGRAM = "bench_generate.py"
 
 def time_generate(model: GPT, prompt, n_new: int, use_cache: bool, sync, clock):
     """(seconds by ``clock``, tokens) of one ``model.generate(prompt, n_new)`` with a fixed seed."""
-    sync()
-    start = clock()
-    tokens = model.generate(prompt, n_new, np.random.default_rng(1), use_cache=use_cache)
-    sync()
-    return clock() - start, tokens
+    return _bench.timed(lambda: model.generate(prompt, n_new, np.random.default_rng(1), use_cache=use_cache),
+                        sync, clock)
 
 
 def main(argv=None) -> int:
@@ -54,7 +51,7 @@ def main(argv=None) -> int:
     parser.add_argument("--contexts", default="8,16,32,64,96", help="prompt lengths L, comma-separated")
     parser.add_argument("--new-tokens", type=int_in(1, 1_024), default=16, help="n: tokens whose cost is averaged")
     parser.add_argument("--repeats", type=int_in(1, 1_000), default=3)
-    parser.add_argument("--device", choices=backend.DEVICES, default="cpu")
+    add_device_argument(parser, "generation runs")
     _bench.add_threads_argument(parser, "BLAS threads (default: as the environment sets)")
     parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
                         help="cpu: this process's CPU time (steady on a shared machine, for one thread); "

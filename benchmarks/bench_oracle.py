@@ -33,12 +33,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _bench  # noqa: E402  (first: then a Ctrl-C while the rest loads is one line, not a traceback)
 
 import dataclasses  # noqa: E402
-import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 from tinylatent import backend  # noqa: E402
 from tinylatent._io import write_json  # noqa: E402
-from tinylatent.cli import int_in  # noqa: E402
+from tinylatent.cli import add_device_argument, int_in  # noqa: E402
 from tinylatent.language import fixed_length, mixture_language, paper_language, sample_messages  # noqa: E402
 from tinylatent.oracle import Oracle  # noqa: E402
 
@@ -48,11 +47,8 @@ def best_of(repeats: int, function, sync=lambda: None):
     queued work before each clock read (the first run on a GPU also compiles its kernels)."""
     times, result = [], None
     for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        result = function()
-        sync()
-        times.append(time.perf_counter() - start)
+        seconds, result = _bench.timed(function, sync)   # only the last result is kept
+        times.append(seconds)
     return min(times), result
 
 
@@ -85,8 +81,7 @@ def main(argv=None) -> int:
     parser.add_argument("--eta", type=_bench.non_negative_float, default=0.02, help="noise of the paper's letter chains")
     parser.add_argument("--repeats", type=int_in(1, 1_000), default=3)
     parser.add_argument("--seed", type=int_in(0, 2**32 - 1), default=0)
-    parser.add_argument("--device", choices=backend.DEVICES, default="cpu",
-                        help="where our oracle runs: cpu (NumPy, default) or gpu (CuPy); hmmlearn runs on the CPU")
+    add_device_argument(parser, "our oracle runs (hmmlearn runs on the CPU)")
     _bench.add_json_arguments(parser)
     args = parser.parse_args(argv)
     if args.sequences * args.length > MAX_TOKENS:
@@ -96,6 +91,7 @@ def main(argv=None) -> int:
 
 
 def run(args) -> int:
+    backend.array_module(args.device)  # a missing GPU: one line, before anything is drawn or timed
     base = paper_language(args.eta)
     language = mixture_language(dataclasses.replace(base, length_probs=fixed_length(args.length)),
                                 prior=np.full(base.n_intentions, 1.0 / base.n_intentions))

@@ -73,7 +73,7 @@ from _bench import blas_threads, set_blas_threads, synchroniser  # noqa: E402
 
 from tinylatent import backend, gpt, layers  # noqa: E402
 from tinylatent._io import write_json  # noqa: E402
-from tinylatent.cli import int_in  # noqa: E402
+from tinylatent.cli import add_device_argument, int_in  # noqa: E402
 from tinylatent.gpt import GPT, GPTConfig  # noqa: E402
 from tinylatent.optim import AdamW  # noqa: E402
 
@@ -97,11 +97,7 @@ CONFIGS = {
 # --------------------------------------------------------------------------------------
 
 def seconds_of(function, sync) -> float:
-    sync()
-    start = time.perf_counter()
-    function()
-    sync()
-    return time.perf_counter() - start
+    return _bench.timed(function, sync)[0]
 
 
 def wall_and_cpu_seconds(function, sync) -> tuple:
@@ -580,7 +576,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int_in(1, 10_000), default=5, help="timed steps per model")
     parser.add_argument("--warmup", type=int_in(0, 10_000), default=1, help="untimed steps first")
     parser.add_argument("--vs", choices=["torch"], help="also time PyTorch eager on the same weights")
-    parser.add_argument("--device", choices=backend.DEVICES, default="cpu")
+    add_device_argument(parser, "the training step runs (ours, and PyTorch's with --vs torch)")
     _bench.add_threads_argument(parser, "BLAS and PyTorch threads (default: as the environment sets)")
     _bench.add_json_arguments(parser)
     args = parser.parse_args(argv)

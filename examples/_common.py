@@ -36,10 +36,10 @@ from typing import Callable, NamedTuple, Optional  # noqa: E402
 import numpy as np  # noqa: E402
 
 from tinylatent._io import write_json  # noqa: E402
-from tinylatent.backend import DEVICES, array_module  # noqa: E402
+from tinylatent.backend import array_module  # noqa: E402
 from tinylatent.checkpoint import CHECKPOINT_FILENAME  # noqa: E402
-from tinylatent.cli import (OneLineParser, check_output_file, check_output_folder, path_arg,  # noqa: E402
-                            run_script)
+from tinylatent.cli import (OneLineParser, add_device_argument, check_output_file, check_output_folder,  # noqa: E402
+                            path_arg, run_script)
 from tinylatent.evaluate import predictor_log_probs  # noqa: E402
 from tinylatent.gpt import GPTConfig  # noqa: E402
 from tinylatent.language import DELIMITER_ID, Language  # noqa: E402
@@ -153,25 +153,8 @@ def path_type(text: str) -> Path:
     return Path(path_arg(text))
 
 
-def add_device_argument(parser: argparse.ArgumentParser, what: str = "the models train and run",
-                        default: Optional[str] = "cpu", default_text: str = "cpu") -> None:
-    """``--device cpu|gpu``: where ``what`` (the exact oracle always runs on the CPU). A script whose
-    default depends on other options gives ``default=None`` and says what it means in ``default_text``."""
-    parser.add_argument("--device", choices=DEVICES, default=default,
-                        help=f"where {what}: cpu (NumPy) or gpu (CuPy: `pip install tinylatent[gpu]`); "
-                             f"the exact oracle runs on the CPU (default {default_text})")
-
-
-def check_device_now(device: str) -> None:
-    """Refuse ``--device gpu`` before any work (one line, exit 2) where CuPy or a GPU is missing."""
-    try:
-        array_module(device)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-
-
 def experiment_parser(program: str, description: str, default_out: str, json_name: str,
-                      device_default: Optional[str] = "cpu", device_default_text: str = "cpu") -> argparse.ArgumentParser:
+                      device_default: Optional[str] = "cpu", device_default_text: Optional[str] = None) -> argparse.ArgumentParser:
     """A parser with the options every experiment has; each script adds its own. ``json_name``:
     the JSON file the script writes in ``--out`` unless ``--json`` says otherwise."""
     parser = RaisingParser(prog=program, description=description)
@@ -184,7 +167,8 @@ def experiment_parser(program: str, description: str, default_out: str, json_nam
                         help=f"where to write the numbers (default OUT/{json_name})")
     parser.add_argument("--force", action="store_true", help=FORCE_HELP)
     parser.add_argument("--no-progress", action="store_true", help="print nothing while training")
-    add_device_argument(parser, default=device_default, default_text=device_default_text)
+    add_device_argument(parser, "the models train and run (the exact oracle reads on the CPU)",
+                        default=device_default, default_text=device_default_text)
     return parser
 
 
@@ -197,8 +181,7 @@ def check_common(args: argparse.Namespace, program: str, outputs: list) -> None:
     any training (``outputs``: :func:`check_outputs`)."""
     if args.seed < 0:
         raise UsageError(f"--seed must be ≥ 0; got {args.seed}")
-    if args.device is not None:
-        check_device_now(args.device)
+    array_module(args.device)  # a missing GPU: one line (run_script), before any work
     check_outputs(args, program, outputs)
 
 

@@ -57,7 +57,8 @@ import numpy as np  # noqa: E402
 
 from tinylatent import theorems as th
 from tinylatent._io import write_json
-from tinylatent.backend import to_host
+from tinylatent.backend import array_module, to_host
+from tinylatent.cli import add_device_argument
 from tinylatent.language import DELIMITER_ID, Language, mixture_language, preset
 from tinylatent.paper_results import PAPER_RESULTS
 
@@ -367,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train", action="store_true",
                         help="train a small model on the spot on the first --language and --eta, and add its curve")
     parser.add_argument("--train-steps", type=int, default=1500, help="steps for --train (default 1500)")
-    common.add_device_argument(parser, what="the --model or --train model runs (and trains)")
+    add_device_argument(parser, "the --model or --train model runs (and trains); the exact oracle reads on the CPU")
     return parser
 
 
@@ -389,7 +390,7 @@ def parse_args(argv) -> argparse.Namespace:
         raise UsageError("give --model CHECKPOINT or --train, not both")
     if args.train_steps < 1:
         raise UsageError(f"--train-steps must be at least 1; got {args.train_steps}")
-    common.check_device_now(args.device)
+    array_module(args.device)  # a missing GPU: one line (run_script), before any work
     common.check_outputs(args, PROGRAM, outputs(args))  # before anything is computed
     return args
 

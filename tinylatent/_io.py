@@ -40,6 +40,11 @@ def _fsync_directory(folder: Path) -> None:
         os.close(fd)
 
 
+def _temporary_name_parts(target: Path) -> tuple:
+    """(prefix, suffix) of :func:`atomic_write`'s temporary files for ``target``: hidden, beside it."""
+    return f".{target.name}.", ".tmp"
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], mode: str = "w") -> Path:
     """Write ``path`` through ``write(fileobj)`` into a temporary file, then rename it in place.
 
@@ -64,7 +69,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], mode: str
     target.parent.mkdir(parents=True, exist_ok=True)
     permissions = _mode_for(target)
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        prefix, suffix = _temporary_name_parts(target)
+        fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=target.parent)
     except OSError as exc:                  # named by the path asked for, not the temporary file's
         raise type(exc)(exc.errno, exc.strerror, str(given)) from None
     try:
@@ -84,7 +90,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], mode: str
     return given
 
 
-# What tempfile.mkstemp puts between atomic_write's prefix and suffix: 8 of these characters.
+# What tempfile.mkstemp puts between _temporary_name_parts' prefix and suffix: 8 of these characters.
 _TEMPORARY_NAME_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
 
 
@@ -98,7 +104,7 @@ def remove_leftover_temporaries(path: str | os.PathLike) -> list:
     lose its temporary file and fail.
     """
     target = Path(os.path.realpath(path))
-    prefix, suffix = f".{target.name}.", ".tmp"
+    prefix, suffix = _temporary_name_parts(target)
     removed = []
     for candidate in target.parent.glob(f"{prefix}*{suffix}") if target.parent.is_dir() else ():
         middle = candidate.name[len(prefix):-len(suffix)]

@@ -9,7 +9,8 @@ traceback. That covers a bad value (ValueError), a file that cannot be read or w
 
 It also holds what the project's command lines share (the examples and the benchmarks use
 them too): :class:`OneLineParser`; the argparse types :func:`int_in` for bounded sizes,
-:func:`positive_int`, :func:`non_negative_int` and :func:`path_arg`; :func:`error_text`;
+:func:`positive_int`, :func:`non_negative_int` and :func:`path_arg`; :func:`add_device_argument`;
+:func:`error_text`;
 :func:`check_output_file` / :func:`check_output_folder` / :func:`check_optional_output`, which
 refuse an output path before any work is done (an existing file is replaced only with
 ``--force``); and :func:`stdout_reader_may_leave` and :func:`run_script`, which run a script
@@ -102,6 +103,19 @@ def path_arg(text: str) -> str:
     if not text:
         raise argparse.ArgumentTypeError("must be a file or folder path; got an empty string")
     return text
+
+
+def add_device_argument(parser, where: str, default: str | None = "cpu", default_text: str | None = None,
+                        note: str = "") -> None:
+    """``--device cpu|gpu`` (:data:`tinylatent.backend.DEVICES`), as every command, example and
+    benchmark declares it. ``where`` says what runs on the device; ``default_text`` what a
+    ``default`` of None means; ``note`` is a sentence added to the help. The device itself is
+    checked when the command starts (:func:`tinylatent.backend.array_module`: one line if CuPy or
+    a GPU is missing)."""
+    from tinylatent.backend import DEVICES  # here: this module imports only the standard library
+    parser.add_argument("--device", choices=DEVICES, default=default,
+                        help=f"where {where}: cpu (NumPy) or gpu (CuPy; needs `pip install tinylatent[gpu]`); "
+                             f"default {default_text or default}" + (f". {note}" if note else ""))
 
 
 def check_output_file(path, force: bool, option: str) -> Path:
@@ -285,9 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()  # imports NumPy and the commands: the first few tenths of a second
-    except KeyboardInterrupt:
-        print("tinylatent: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        return stopped("tinylatent", exc)
     args = parser.parse_args(argv)
     try:
         code = int(args.func(args) or 0)

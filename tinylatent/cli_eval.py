@@ -17,9 +17,8 @@ checkpoint and reports, each number with a 95% confidence interval over trials
 from __future__ import annotations
 
 from tinylatent._io import json_text, write_json
-from tinylatent.backend import DEVICES
 from tinylatent.checkpoint import load_checkpoint
-from tinylatent.cli import check_optional_output, int_in, non_negative_int, path_arg
+from tinylatent.cli import add_device_argument, check_optional_output, int_in, non_negative_int, path_arg
 from tinylatent.cli_train import MAX_CONTEXT
 from tinylatent.evaluate import DEFAULT_PROMPTS, DEFAULT_WINDOWS, ICL_MAX_EXAMPLES, UNDERSTANDING_LETTERS, evaluate
 
@@ -122,7 +121,7 @@ def register(subparsers) -> None:
     p.add_argument("--max-examples", type=int_in(0, MAX_PROMPT_PARTS), default=ICL_MAX_EXAMPLES,
                    help=f"ICL with m = 0..M examples, M in 0..{MAX_PROMPT_PARTS:,} (default {ICL_MAX_EXAMPLES})")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the windows, prompts and tasks (default 0)")
-    p.add_argument("--device", choices=DEVICES, default="cpu", help="cpu (default) or gpu")
+    add_device_argument(p, "the model runs (the oracle runs on the CPU)")
     p.add_argument("--json", type=path_arg, nargs="?", const=STDOUT, default=None, metavar="FILE",
                    help="print every number as JSON, or with FILE write it there (atomically)")
     p.add_argument("--force", action="store_true", help="replace the --json FILE if it exists")

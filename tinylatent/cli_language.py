@@ -12,8 +12,8 @@ import argparse
 import numpy as np
 
 from tinylatent._io import json_text, write_json, write_text
-from tinylatent.cli import check_optional_output, int_in, path_arg, positive_int
-from tinylatent.backend import DEVICES, array_module, to_device, to_host
+from tinylatent.cli import add_device_argument, check_optional_output, int_in, path_arg, positive_int
+from tinylatent.backend import array_module, to_device, to_host
 from tinylatent.ambiguity import measure_ambiguity
 from tinylatent.language import (
     PRESETS, Language, load_language, preset, random_language, sample_corpus,
@@ -45,16 +45,9 @@ def add_language_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--language-file", type=path_arg, metavar="PATH",
                        help="a language JSON (docs/language_format.md); not with --preset or --eta")
 
-HOST_ONLY_DEVICE_HELP = ("every command takes --device; this one works on the host (random numbers are always "
-                         "drawn there, so that a seed gives the same result on either device), so gpu only "
+HOST_ONLY_DEVICE_NOTE = ("Every command takes --device; this one works on the host either way (random numbers are "
+                         "always drawn there, so that a seed gives the same result on either device), so gpu only "
                          "checks that CuPy sees a GPU")
-
-
-def add_device_argument(parser: argparse.ArgumentParser, help_text: str = "") -> None:
-    """``--device cpu|gpu``: where the arrays of the computation live."""
-    parser.add_argument("--device", choices=DEVICES, default="cpu",
-                        help="cpu (NumPy, default) or gpu (CuPy; needs `pip install tinylatent[gpu]`)"
-                             + (f"; {help_text}" if help_text else ""))
 
 
 def language_from_args(args: argparse.Namespace) -> Language:
@@ -219,7 +212,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", type=path_arg, metavar="PATH", help="write the language JSON here")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    add_device_argument(p, HOST_ONLY_DEVICE_HELP)
+    add_device_argument(p, "the arrays live", note=HOST_ONLY_DEVICE_NOTE)
     p.set_defaults(func=cmd_language)
 
     p = subparsers.add_parser("sample", help="sample a corpus, one message per line")
@@ -230,7 +223,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", type=path_arg, metavar="PATH", help="write the corpus here (default: print it)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--json", action="store_true", help="print a summary as JSON")
-    add_device_argument(p, HOST_ONLY_DEVICE_HELP)
+    add_device_argument(p, "the arrays live", note=HOST_ONLY_DEVICE_NOTE)
     p.set_defaults(func=cmd_sample)
 
     p = subparsers.add_parser("ambiguity", help="how ambiguous a language is: MAP error, E[ε(x)], q(ε(x) > 0)")
@@ -243,7 +236,7 @@ def register(subparsers) -> None:
     mode.add_argument("--exact", action="store_true", help="enumerate every message (small languages only)")
     mode.add_argument("--sample", action="store_true", help="sample even when enumeration is possible")
     p.add_argument("--seed", type=int, default=0)
-    add_device_argument(p)
+    add_device_argument(p, "the oracle runs")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_ambiguity)
 
@@ -253,7 +246,7 @@ def register(subparsers) -> None:
     p.add_argument("--phase", choices=["start", "unknown"], default="start",
                    help="start: the prompt begins a message; unknown: a window from anywhere in the stream")
     p.add_argument("--top", type=positive_int, default=5, help="how many next tokens to list")
-    add_device_argument(p)
+    add_device_argument(p, "the oracle runs")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_posterior)
 

@@ -20,9 +20,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from tinylatent._io import json_text
-from tinylatent.backend import DEVICES
 from tinylatent.checkpoint import CHECKPOINT_FILENAME, load_checkpoint
-from tinylatent.cli import check_output_folder, int_in, non_negative_int, path_arg, positive_int
+from tinylatent.cli import add_device_argument, check_output_folder, int_in, non_negative_int, path_arg, positive_int
 from tinylatent.cli_language import DEFAULT_PRESET, language_from_args, prompt_text
 from tinylatent.gpt import DTYPES, GPTConfig
 from tinylatent.language import PRESETS, as_generator
@@ -237,7 +236,7 @@ def register(subparsers) -> None:
                      help=f"validation windows, 1..{MAX_EVAL_WINDOWS:,} (default 256)")
     run.add_argument("--checkpoint-interval", type=positive_int, default=None,
                      help="steps between checkpoints (default 500)")
-    run.add_argument("--device", choices=DEVICES, default=None, help="cpu (NumPy, default) or gpu (CuPy)")
+    add_device_argument(run, "the model trains", default=None, default_text="cpu, or with --resume the run's")
     p.add_argument("--out", type=path_arg, default=DEFAULT_OUT, metavar="DIR", help=f"output folder (default {DEFAULT_OUT})")
     p.add_argument("--resume", action="store_true", help="continue the run whose checkpoint is in --out")
     p.add_argument("--force", action="store_true",
@@ -258,6 +257,6 @@ def register(subparsers) -> None:
     g.add_argument("--temperature", type=float, default=1.0, help="divide the logits by this (default 1: the model's own p)")
     g.add_argument("--top-k", type=positive_int, default=None, help="sample among the k likeliest tokens only")
     g.add_argument("--seed", type=non_negative_int, default=0, help="seed of the sampling (default 0)")
-    g.add_argument("--device", choices=DEVICES, default="cpu", help="cpu (default) or gpu")
+    add_device_argument(g, "the model runs")
     g.add_argument("--json", action="store_true", help="print prompt and completion as JSON")
     g.set_defaults(func=cmd_generate)
